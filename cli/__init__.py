@@ -1,0 +1,1 @@
+"""The kisstore command line (click). Each command parses options, calls the library, reports."""

@@ -1,0 +1,79 @@
+"""Options and error handling shared by every command."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from kisstore.errors import InputError, KisstoreError
+from kisstore.store.urls import parse_storage_options, redact
+
+SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?i?[bB]?)\s*$")
+_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'24GB', '512MiB', '1e9' → bytes."""
+    m = SIZE_RE.match(text or "")
+    if not m:
+        raise InputError(f"bad size {text!r}: expected e.g. 16GB or 512MiB")
+    unit = m.group(2).lower().rstrip("b")
+    if unit not in _UNITS:
+        raise InputError(f"bad size unit in {text!r}")
+    value = int(float(m.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise InputError(f"bad size {text!r}: must be positive")
+    return value
+
+
+def storage_option(f: Callable) -> Callable:
+    return click.option(
+        "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+        help="fsspec storage option for remote stores (endpoint_url=…, anon=true, profile=…); repeatable.",
+    )(f)
+
+
+def scheduler_option(f: Callable) -> Callable:
+    return click.option(
+        "--scheduler", default=None, metavar="ADDR",
+        help="Dask scheduler address (default: $DASK_SCHEDULER_ADDRESS, else local threads).",
+    )(f)
+
+
+def storage_options_from(pairs: tuple[str, ...]) -> dict[str, Any]:
+    return parse_storage_options(pairs)
+
+
+def handle_errors(f: Callable) -> Callable:
+    """Turn library errors into one-line messages and exit codes; tracebacks only with --debug."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        debug = bool(ctx.find_root().params.get("debug")) or os.environ.get("KISSTORE_DEBUG") == "1"
+        try:
+            return f(*args, **kwargs)
+        except KisstoreError as e:
+            if debug:
+                raise
+            click.echo(f"Error: {redact(str(e))}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; rerun the same command to resume.", err=True)
+            sys.exit(130)
+        except click.exceptions.ClickException:
+            raise
+        except Exception as e:  # an unexpected failure: still one line unless --debug
+            if debug:
+                raise
+            first = (str(e).strip().splitlines() or [""])[0]
+            click.echo(f"Error: {type(e).__name__}: {redact(first)} (rerun with --debug for the traceback)", err=True)
+            sys.exit(1)
+
+    return wrapper

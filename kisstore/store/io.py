@@ -1,0 +1,203 @@
+"""Open, validate and write kisstore stores (local paths and fsspec URLs alike)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from kisstore._version import __version__
+from kisstore.errors import InputError, StoreError
+from kisstore.store import layout
+from kisstore.store.urls import normalize_s3_options, redact, split_url
+
+warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+warnings.filterwarnings("ignore", message=".*is currently not part in the Zarr format 3 spec")
+
+MAX_CHUNK_EDGE = 4096
+
+
+def default_compressors() -> list:
+    """Every array is compressed and carries a crc32c checksum, so corruption is detected."""
+    return [ZstdCodec(level=3), Crc32cCodec()]
+
+
+def default_chunks(dims: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """One chunk per layer; square matrices split at MAX_CHUNK_EDGE."""
+    chunks = []
+    for d, n in zip(dims, shape, strict=True):
+        if d in ("layer", "step", "n_items", "model"):
+            chunks.append(1 if d == "layer" else max(n, 1))
+        elif d.startswith("d_ff"):
+            chunks.append(max(1, min(n, MAX_CHUNK_EDGE)))
+        else:
+            chunks.append(max(n, 1))
+    return tuple(chunks)
+
+
+@contextlib.contextmanager
+def storage_errors(url: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[None]:
+    """Translate storage-layer exceptions into one-line StoreErrors with secrets removed."""
+    try:
+        yield
+    except (StoreError, InputError):
+        raise
+    except PermissionError as e:
+        raise StoreError(redact(f"cannot write to store {url}: permission denied", storage_options)) from e
+    except FileNotFoundError as e:
+        raise StoreError(redact(f"store {url}: not found ({e})", storage_options)) from e
+    except OSError as e:
+        raise StoreError(redact(f"store {url}: {_describe(e)}", storage_options)) from e
+    except Exception as e:  # botocore / aiohttp errors have no common base
+        name = type(e).__name__
+        if any(s in name for s in ("Credential", "ClientError", "Endpoint", "Connect", "NoSuchBucket", "AccessDenied")):
+            raise StoreError(redact(f"store {url}: {_describe(e)}", storage_options)) from e
+        raise
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or "Unable to locate credentials" in text:
+        return "access denied: check the AWS credentials"
+    if "NoSuchBucket" in text or "bucket does not exist" in text.lower():
+        return "bucket does not exist"
+    if "Could not connect" in text or "Cannot connect" in text or "Connect" in type(e).__name__:
+        return "cannot reach the storage endpoint"
+    return text
+
+
+class Store:
+    """A handle on one kisstore store: its URL, options and the Zarr store underneath."""
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, *, read_only: bool = False):
+        scheme, rest = split_url(url)
+        self.url = url
+        self.scheme = scheme
+        self.storage_options = dict(storage_options or {})
+        self.read_only = read_only
+        with storage_errors(url, self.storage_options):
+            if scheme == "file":
+                path = rest if url.startswith("file://") else url
+                self.zstore = zarr.storage.LocalStore(path, read_only=read_only)
+            else:
+                opts = normalize_s3_options(self.storage_options) if scheme == "s3" else dict(self.storage_options)
+                self.zstore = zarr.storage.FsspecStore.from_url(url, storage_options=opts, read_only=read_only)
+
+    # -- inspection -------------------------------------------------------------------
+    def exists(self) -> bool:
+        with storage_errors(self.url, self.storage_options):
+            return _sync(self.zstore.exists("zarr.json"))
+
+    def root(self) -> zarr.Group:
+        with storage_errors(self.url, self.storage_options):
+            try:
+                return zarr.open_group(self.zstore, mode="r" if self.read_only else "r+", zarr_format=3)
+            except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+                raise StoreError(f"{self.url} is not a Zarr store (no zarr.json at its root)") from e
+
+    def validate(self) -> dict[str, Any]:
+        """Check that this is a kisstore store this version can read; return root attrs."""
+        if not self.exists():
+            raise StoreError(f"{redact(self.url)} is not a kisstore store (no Zarr group there)")
+        attrs = dict(self.root().attrs)
+        if attrs.get("created_by") != layout.CREATED_BY or "kisstore_schema_version" not in attrs:
+            raise StoreError(f"{redact(self.url)} is a Zarr store not written by kisstore (no kisstore attributes)")
+        version = attrs["kisstore_schema_version"]
+        if not isinstance(version, int) or version > layout.SCHEMA_VERSION:
+            raise StoreError(
+                f"{redact(self.url)} has kisstore schema version {version!r}; this kisstore "
+                f"({__version__}) reads versions up to {layout.SCHEMA_VERSION}: upgrade kisstore"
+            )
+        return attrs
+
+    def has(self, path: str) -> bool:
+        with storage_errors(self.url, self.storage_options):
+            return _sync(self.zstore.exists(f"{path}/zarr.json"))
+
+    def group_attrs(self, path: str) -> dict[str, Any]:
+        with storage_errors(self.url, self.storage_options):
+            return dict(zarr.open_group(self.zstore, path=path, mode="r").attrs)
+
+    def model_ids(self, complete_only: bool = True) -> list[str]:
+        if not self.has(layout.MODELS):
+            return []
+        with storage_errors(self.url, self.storage_options):
+            g = zarr.open_group(self.zstore, path=layout.MODELS, mode="r")
+            names = sorted(name for name, _ in g.groups())
+        if complete_only:
+            names = [n for n in names if self.group_attrs(f"{layout.MODELS}/{n}").get("complete") is True]
+        return names
+
+    # -- writing ----------------------------------------------------------------------
+    def init(self) -> None:
+        """Create the root group with kisstore attributes, or validate an existing one."""
+        if self.exists():
+            self.validate()
+            return
+        with storage_errors(self.url, self.storage_options):
+            root = zarr.open_group(self.zstore, mode="a", zarr_format=3)
+            root.attrs.update(
+                {"kisstore_schema_version": layout.SCHEMA_VERSION, "kisstore_version": __version__,
+                 "created_by": layout.CREATED_BY}
+            )
+
+    def write_dataset(self, path: str, ds: xr.Dataset, *, chunks: Mapping[str, tuple[int, ...]] | None = None) -> None:
+        """Write ``ds`` as the group ``path`` (replacing it), checksummed and chunked per layer."""
+        encoding = {}
+        for name, var in ds.variables.items():
+            enc = {"compressors": default_compressors()}
+            if var.ndim:
+                enc["chunks"] = (chunks or {}).get(name, default_chunks(var.dims, var.shape))
+            encoding[name] = enc
+        ds = ds.copy()
+        for var in ds.variables.values():
+            var.encoding = {}
+        with storage_errors(self.url, self.storage_options):
+            ds.to_zarr(self.zstore, group=path, mode="w", consolidated=False, zarr_format=3, encoding=encoding)
+
+    def set_attrs(self, path: str, attrs: Mapping[str, Any]) -> None:
+        with storage_errors(self.url, self.storage_options):
+            g = zarr.open_group(self.zstore, path=path, mode="r+")
+            g.attrs.update(json.loads(json.dumps(dict(attrs), default=_jsonable)))
+
+    def delete(self, path: str) -> None:
+        with storage_errors(self.url, self.storage_options):
+            if _sync(self.zstore.exists(f"{path}/zarr.json")) or path:
+                _sync(self.zstore.delete_dir(path))
+
+    def consolidate(self) -> None:
+        """Rewrite the root's consolidated metadata so readers see every group."""
+        with storage_errors(self.url, self.storage_options):
+            zarr.consolidate_metadata(self.zstore)
+
+    def open_tree(self) -> xr.DataTree:
+        return open_store(self.url, self.storage_options)
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _sync(coro):
+    from zarr.core.sync import sync
+
+    return sync(coro)
+
+
+def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> xr.DataTree:
+    """Open a kisstore store lazily (Dask-backed, one chunk per layer) as an xarray DataTree."""
+    store = Store(url, storage_options, read_only=True)
+    store.validate()
+    with storage_errors(url, storage_options):
+        return xr.open_datatree(store.zstore, engine="zarr", chunks={}, zarr_format=3)

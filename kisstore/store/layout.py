@@ -1,0 +1,60 @@
+"""Names and paths of the store layout (schema version 1, see docs/store-layout.md)."""
+
+from __future__ import annotations
+
+import re
+
+from kisstore.errors import InputError
+
+SCHEMA_VERSION = 1
+CREATED_BY = "kisstore"
+ITEMS = "items"
+MODELS = "models"
+ANALYSIS = "analysis"
+CHECKPOINTS = "_checkpoints"
+ITEM_FIELDS = ("subject", "prompt", "relation_id", "target_true", "target_new")
+
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def sanitize_model_id(name: str) -> str:
+    """Turn a model name (alias, Hub id, path) into a group name that cannot escape the store.
+
+    ``meta-llama/Llama-2-7b-hf`` → ``meta-llama--Llama-2-7b-hf``; a path keeps its last
+    component (``/models/my-gpt2/`` → ``my-gpt2``, ``x/model.gguf`` → ``model``).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise InputError("model id is empty")
+    raw = name.strip()
+    if "://" in raw:
+        raise InputError(f"model id {name!r} must not be a URL")
+    if raw.startswith(("/", ".", "~")) or raw.endswith((".gguf", "/")):
+        raw = raw.rstrip("/").split("/")[-1]
+        if raw.endswith(".gguf"):
+            raw = raw[: -len(".gguf")]
+    candidate = raw.replace("/", "--")
+    if candidate in (".", "..") or ".." in candidate.split("--") or not _SAFE.match(candidate):
+        raise InputError(
+            f"model id {name!r} cannot be used as a group name "
+            "(letters, digits, '.', '_', '-' and one '/' between owner and name)"
+        )
+    return candidate
+
+
+def check_group_name(name: str) -> str:
+    """Validate a model group name given directly (e.g. ``--model`` of analyze)."""
+    if not isinstance(name, str) or not _SAFE.match(name) or ".." in name:
+        raise InputError(f"invalid model group name {name!r}")
+    return name
+
+
+def model_path(model_id: str) -> str:
+    return f"{MODELS}/{check_group_name(model_id)}"
+
+
+def analysis_path(model_id: str) -> str:
+    return f"{ANALYSIS}/{check_group_name(model_id)}"
+
+
+def checkpoint_path(model_id: str) -> str:
+    return f"{CHECKPOINTS}/{check_group_name(model_id)}"
