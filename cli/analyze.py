@@ -1,0 +1,69 @@
+"""``kisstore analyze``: derive P matrices, whitened geometry and statistics into the store."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import click
+
+from kisstore_cli.common import handle_errors, scheduler_option, storage_option, storage_options_from
+
+
+@click.command("analyze")
+@click.argument("store")
+@click.option("--model", "models", multiple=True, metavar="M",
+              help="Model group under /models to analyse (repeatable; default: every complete model).")
+@click.option("--items", type=click.Choice(["all", "known", "intersect"]), default="all", show_default=True,
+              help="Items: all, those the model knows, or those every model in the store knows (the paper's choice).")
+@click.option("--n-items", type=int, default=None, metavar="N", help="Keep the first N items of the subset.")
+@click.option("--layers", default=None, metavar="SPEC", help="Layers: all, 5, -1, 0-5, 0,3,7, 0-29:2 (default all).")
+@click.option("--ridge", type=float, default=0.0, show_default=True, metavar="λ",
+              help="Add λ·mean(diag C) to C's diagonal before whitening (for ill-conditioned C).")
+@click.option("--top-k", type=int, default=20, show_default=True, metavar="K",
+              help="Keep the K largest off-diagonal P entries per layer with both facts' text.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Write a self-contained HTML report, PNG figures and the scaling table to DIR.")
+@click.option("--table-out", default=None, metavar="PREFIX",
+              help="Also write the scaling table to PREFIX.csv and PREFIX.parquet.")
+@scheduler_option
+@storage_option
+@handle_errors
+def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: int | None, layers: str | None,
+                    ridge: float, top_k: int, report_dir: str | None, table_out: str | None,
+                    scheduler: str | None, storage_options: tuple[str, ...]) -> None:
+    """Derive gram, P, whitened/activation cosines, statistics, KDEs, convergence and top
+    pairs for every model and layer of STORE, and write them to /analysis/<model>."""
+    from kisstore.analysis import analyze, export_table, scaling_table
+    from kisstore.analysis.cluster import dask_client
+    from kisstore.analysis.persist import read_scaling, write_analysis
+    from kisstore.store import Store, open_store
+    from kisstore.store.urls import split_url
+
+    if split_url(store)[0] == "file" and not store.startswith("file://"):
+        store = os.path.abspath(store)  # Dask workers may run in another directory
+    opts = storage_options_from(storage_options)
+    handle = Store(store, opts)
+    handle.validate()
+    start = time.perf_counter()
+    with dask_client(scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"), echo=click.echo):
+        tree = open_store(store, opts)
+        result = analyze(tree, models=list(models) or None, items=items, n_items=n_items, layers=layers,
+                         ridge=ridge, top_k=top_k)
+        stored = write_analysis(handle, result, progress=click.echo)
+        table = scaling_table(read_scaling(handle))
+    click.echo(f"analysed {len(stored)} model(s) in {time.perf_counter() - start:.1f} s; "
+               f"scaling table: {len(table)} rows → /analysis/scaling")
+    if table_out:
+        for path in export_table(table, table_out):
+            click.echo(f"wrote {path}")
+    if report_dir:
+        from kisstore.analysis.report import build_report
+
+        click.echo(f"building report in {report_dir} …")
+        paths = build_report(stored, table, Path(report_dir), progress=click.echo)
+        click.echo(f"wrote {paths[0]} and {len(paths) - 1} more file(s)")
+
+
+COMMANDS = [analyze_command]

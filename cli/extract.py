@@ -1,0 +1,61 @@
+"""``kisstore extract``."""
+
+from __future__ import annotations
+
+import click
+
+from kisstore_cli.common import handle_errors, parse_size, storage_option, storage_options_from
+
+
+@click.command()
+@click.option("--model", "models", multiple=True, required=True, metavar="M",
+              help="Alias (see `kisstore models`), Hub id, local directory or .gguf file; repeatable.")
+@click.option("--store", required=True, metavar="URL", help="Store path or fsspec URL (s3://…).")
+@click.option("--items", default=None, metavar="FILE", help="Items file in CounterFact format [default: embedded facts].")
+@click.option("--n-items", type=int, default=None, metavar="N", help="Keep the first N (known) items.")
+@click.option("--known-only", is_flag=True, help="Keep only items every model knows (the paper's choice).")
+@click.option("--corpus", default="wikipedia", show_default=True, metavar="SPEC",
+              help="embedded | python-docs | wordnet | wikipedia | hf:NAME[:CONFIG] | file/glob (.txt .jsonl .parquet).")
+@click.option("--corpus-tokens", type=int, default=None, metavar="T", help="Stop after T tokens (whole documents).")
+@click.option("--max-length", type=int, default=1024, show_default=True, help="Tokens per document (truncation).")
+@click.option("--batch-tokens", type=int, default=4096, show_default=True, help="Padded tokens per forward batch.")
+@click.option("--layers", default="all", show_default=True, metavar="SPEC", help="all | 5 | -1 | 0-5 | 0,3,7 | 0-29:2")
+@click.option("--token", type=click.Choice(["subject_last", "subject_first", "last"]), default="subject_last",
+              show_default=True, help="Token whose MLP input is the key.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--dtype", default="auto", show_default=True, help="auto | float32 | bfloat16 | float16")
+@click.option("--max-memory", default=None, metavar="SIZE", help="Accumulator memory budget (e.g. 16GB) [default: from device].")
+@click.option("--module", default=None, metavar="PATH", help="Override the hooked module path, with {i} for the layer.")
+@click.option("--overwrite", is_flag=True, help="Redo models that are already complete in the store.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model's repository.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle-based (.bin/.pt) weights.")
+@click.option("--checkpoint-every", type=float, default=300.0, show_default=True, metavar="SECONDS",
+              help="Seconds between checkpoints of the corpus pass.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@storage_option
+@handle_errors
+def extract(models, store, items, n_items, known_only, corpus, corpus_tokens, max_length, batch_tokens, layers,
+            token, device, dtype, max_memory, module, overwrite, trust_remote_code, allow_pickle,
+            checkpoint_every, quiet, storage_options):
+    """Capture keys (every layer) and all-layer covariances in one pass into a Zarr store.
+
+    \b
+    Example (the README's demo):
+      kisstore extract --model smollm2-135m --store demo.zarr --corpus embedded \\
+          --corpus-tokens 25000 --n-items 128 --known-only
+    """
+    from kisstore.extract import ExtractOptions, run_extract
+
+    opts = ExtractOptions(
+        models=list(models), store=store, storage_options=storage_options_from(storage_options), items=items,
+        n_items=n_items, known_only=known_only, corpus=corpus, corpus_tokens=corpus_tokens, max_length=max_length,
+        batch_tokens=batch_tokens, layers=layers, token=token, device=device, dtype=dtype,
+        max_memory=parse_size(max_memory) if max_memory else None, overwrite=overwrite, module=module,
+        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, checkpoint_every=checkpoint_every,
+        progress=not quiet,
+    )
+    written = run_extract(opts)
+    click.echo(f"done: {', '.join(written) if written else 'nothing to do'} in {store}")
+
+
+COMMANDS = [extract]

@@ -1,0 +1,69 @@
+"""``kisstore info``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from kisstore_cli.common import handle_errors, storage_option, storage_options_from
+
+_SKIP = {"complete", "versions", "storage_options", "layers"}
+
+
+@click.command()
+@click.argument("store")
+@click.option("--verify", is_flag=True, help="Read every chunk and check its checksum.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@storage_option
+@handle_errors
+def info(store, verify, as_json, storage_options):
+    """Show a store's tree, shapes, provenance and completeness."""
+    from kisstore.errors import StoreError
+    from kisstore.store.inspect import describe, require
+    from kisstore.store.inspect import verify as verify_store
+    from kisstore.store.io import Store
+
+    s = Store(store, storage_options_from(storage_options), read_only=True)
+    require(s)
+    summary = describe(s)
+    if verify:
+        summary["problems"] = verify_store(s)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        _print(summary)
+    if verify and summary["problems"]:
+        raise StoreError(f"{len(summary['problems'])} corrupt chunk(s) in {store}")
+
+
+def _print(s: dict) -> None:
+    a = s["attrs"]
+    click.echo(f"{s['url']}  (kisstore schema {a.get('kisstore_schema_version')}, written by "
+               f"kisstore {a.get('kisstore_version')})")
+    if s["items"]:
+        it = s["items"]
+        click.echo(f"/items  {it['n']} items from {it.get('source', '?')}  selection={it.get('selection')}")
+    for name, m in s["models"].items():
+        click.echo(f"/models/{name}  [{m['status']}]")
+        for arr, spec in m["arrays"].items():
+            click.echo(f"    {arr:<10} {str(tuple(spec['shape'])):<22} {spec['dtype']}")
+        for k, v in m["provenance"].items():
+            if k not in _SKIP:
+                click.echo(f"    {k}: {v}")
+        if "versions" in m["provenance"]:
+            click.echo(f"    versions: {m['provenance']['versions']}")
+    for name in s["analysis"]:
+        click.echo(f"/analysis/{name}")
+    for name, p in s["in_progress"].items():
+        click.echo(f"/_checkpoints/{name}  [{p['status']}] items done: {p['items_done']}, layers done: "
+                   f"{p['layers_done']}, last checkpoint {p['seconds_since_checkpoint']} s ago")
+    if "problems" in s:
+        if s["problems"]:
+            for p in s["problems"]:
+                click.echo(f"CORRUPT {p}")
+        else:
+            click.echo("verify: every chunk read back with a valid checksum")
+
+
+COMMANDS = [info]

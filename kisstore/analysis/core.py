@@ -1,0 +1,186 @@
+"""``analyze``: every derived quantity of every model and layer, as one lazy DataTree."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from kisstore._version import __version__
+from kisstore.analysis import geometry, lift, scaling, stats, subsets
+from kisstore.errors import InputError, StoreError
+from kisstore.store import layout
+
+QUANTITIES = ("p_matrix", "whitened_cos", "activation_cos")
+PROVENANCE = ("model_id", "model_revision", "architecture", "family", "n_params", "n_layers", "d_ff",
+              "corpus", "token_position")
+DEFAULT_TOP_K = 20
+
+
+def analyze(
+    tree: xr.DataTree,
+    models: str | Sequence[str] | None = None,
+    items: str = "all",
+    n_items: int | None = None,
+    layers: str | Sequence[int] | None = None,
+    ridge: float = 0.0,
+    top_k: int = DEFAULT_TOP_K,
+    *,
+    kde_grid: np.ndarray | None = None,
+    convergence_sizes: Sequence[int] | None = None,
+    max_cond: float = geometry.DEFAULT_MAX_COND,
+) -> xr.DataTree:
+    """Derive the whitened key geometry of each model and layer, lazily.
+
+    Returns a DataTree with ``/analysis/<model>`` (pairwise arrays with dims
+    ``(layer, item, item_)``, statistics, KDE, convergence, top pairs) and
+    ``/analysis/scaling`` (statistics aligned on ``(model, layer)``). Nothing is
+    computed until asked; each layer is one Dask chunk, so selecting a layer costs
+    one layer's work. ``items`` is ``all``, ``known`` or ``intersect`` (items every
+    complete model knows); ``n_items`` keeps the first N of them; ``ridge`` adds
+    ``ridge·mean(diag C)`` to C's diagonal.
+    """
+    if not ridge >= 0:
+        raise InputError(f"--ridge must be ≥ 0, got {ridge}")
+    if int(top_k) < 1:
+        raise InputError(f"--top-k must be ≥ 1, got {top_k}")
+    if not max_cond > 1:
+        raise InputError(f"max_cond must be > 1, got {max_cond}")
+    grid = stats.DEFAULT_KDE_GRID if kde_grid is None else np.asarray(kde_grid, dtype=np.float64)
+    model_ids = subsets.select_models(tree, models)
+    if scaling.GROUP in model_ids:
+        raise StoreError(f"a model group named {scaling.GROUP!r} clashes with /analysis/{scaling.GROUP}")
+    if layout.ITEMS not in tree.children:
+        raise StoreError("the store has no /items group (the facts' text): it was not written by extract")
+    items_ds = tree[layout.ITEMS].to_dataset()
+    per_model = {
+        m: analyze_model(tree, m, items_ds, items=items, n_items=n_items, layers=layers, ridge=float(ridge),
+                         top_k=int(top_k), grid=grid, sizes=convergence_sizes, max_cond=float(max_cond))
+        for m in model_ids
+    }
+    nodes: dict[str, xr.Dataset] = {f"{layout.ANALYSIS}/{m}": ds for m, ds in per_model.items()}
+    nodes[f"{layout.ANALYSIS}/{scaling.GROUP}"] = scaling.scaling_dataset(per_model)
+    out = xr.DataTree.from_dict(nodes)
+    out.attrs.update({"kisstore_version": __version__, "models": model_ids})
+    return out
+
+
+def analyze_model(
+    tree: xr.DataTree,
+    model: str,
+    items_ds: xr.Dataset,
+    *,
+    items: str,
+    n_items: int | None,
+    layers: str | Sequence[int] | None,
+    ridge: float,
+    top_k: int,
+    grid: np.ndarray,
+    sizes: Sequence[int] | None,
+    max_cond: float,
+) -> xr.Dataset:
+    """The lazy analysis Dataset of one model (see ``analyze``)."""
+    ds = subsets.model_dataset(tree, model)
+    lay = subsets.select_layers(ds, model, layers)
+    case_ids = subsets.select_items(tree, model, items, n_items)
+    n = case_ids.size
+    sizes = stats.convergence_sizes(n) if sizes is None else sorted({int(s) for s in sizes})
+    if not sizes or sizes[0] < 2 or sizes[-1] > n:
+        raise InputError(f"convergence sizes must lie in 2..{n}, got {sizes}")
+    sub = ds[["keys", "cov", "n_tokens"]].sel(layer=lay, item=case_ids)
+
+    gram = lift.gram(sub["keys"], sub["cov"], sub["n_tokens"], ridge=ridge, max_cond=max_cond)
+    p = lift.pairwise(geometry.p_matrix, gram)
+    wcos = lift.pairwise(geometry.whitened_cos, gram)
+    q = lift.key_pairs(geometry.q_matrix, sub["keys"])
+    acos = lift.pairwise(geometry.cosine, q)
+    quantities = xr.concat([p, wcos, acos], dim=pd.Index(np.array(QUANTITIES, dtype=object), name="quantity"))
+    quantities = quantities.transpose("layer", "quantity", lift.ITEM, lift.ITEM_)
+
+    k = min(top_k, n * (n - 1))
+    top_p, rows, cols = lift.top_pairs(p, k)
+    out = xr.Dataset(
+        {
+            "gram": gram,
+            "p_matrix": p,
+            "whitened_cos": wcos,
+            "whitened_angle": lift.pairwise(geometry.angle_deg, wcos),
+            "activation_cos": acos,
+            "activation_angle": lift.pairwise(geometry.angle_deg, acos),
+            "q_matrix": q,
+            "stats": lift.describe(quantities),
+            "kde": lift.kde(quantities, grid),
+            "convergence": lift.convergence(quantities, list(sizes)).transpose(
+                "layer", "n_items", "quantity", "stat"),
+            "top_p": top_p,
+            **_top_pair_items(rows, cols, case_ids, items_ds),
+        }
+    )
+    # one chunk per layer, whole along every other dim: the store's chunking
+    out = out.chunk({dim: (1 if dim == "layer" else -1) for dim in out.dims})
+    n_layers = int(ds.attrs.get("n_layers", max(lay) + 1))
+    out = out.assign_coords(
+        quantity=np.array(QUANTITIES, dtype=object),
+        stat=np.array(stats.STAT_NAMES, dtype=object),
+        relative_depth=("layer", np.asarray(lay, dtype=np.float64) / max(n_layers - 1, 1)),
+    )
+    out.attrs.update(_attrs(ds.attrs, model, items, n, ridge, max_cond, top_k, k, sizes))
+    for name, units, desc in _DESCRIPTIONS:
+        if name in out:
+            out[name].attrs.update({"long_name": desc, **({"units": units} if units else {})})
+    return out
+
+
+def _top_pair_items(rows: xr.DataArray, cols: xr.DataArray, case_ids: np.ndarray,
+                    items_ds: xr.Dataset) -> dict[str, xr.DataArray]:
+    ids = xr.DataArray(case_ids, dims=lift.ITEM)
+    out = {"top_item": lift.take(rows, ids), "top_item_": lift.take(cols, ids)}
+    missing = [c for c in case_ids.tolist() if c not in set(items_ds["item"].values.tolist())]
+    if missing:
+        raise StoreError(f"items {missing[:5]} are in the model's keys but not in /items")
+    text = items_ds.sel(item=case_ids)
+    for field in layout.ITEM_FIELDS:
+        if field in text:
+            values = text[field].chunk({lift.ITEM: -1}) if text[field].chunks else text[field]
+            out[f"top_{field}"] = lift.take(rows, values.drop_vars(lift.ITEM))
+            out[f"top_{field}_"] = lift.take(cols, values.drop_vars(lift.ITEM))
+    return out
+
+
+def _attrs(src: dict, model: str, items: str, n: int, ridge: float, max_cond: float,
+           top_k: int, k: int, sizes: Sequence[int]) -> dict:
+    attrs = {key: src[key] for key in PROVENANCE if key in src and src[key] is not None}
+    attrs.setdefault("family", src.get("architecture", "unknown"))
+    attrs.update({
+        "model": model,
+        "source": f"{layout.MODELS}/{model}",
+        "items": items,
+        "n_items": n,
+        "ridge": ridge,
+        "ridge_definition": "C + ridge * mean(diag C) * I",
+        "max_cond": max_cond,
+        "top_k": k,
+        "top_k_requested": top_k,
+        "convergence_sizes": [int(s) for s in sizes],
+        "kde": "scipy.stats.gaussian_kde, Scott's rule, off-diagonal entries",
+        "stats_over": "the N(N-1) off-diagonal entries",
+        "kisstore_version": __version__,
+    })
+    return attrs
+
+
+_DESCRIPTIONS = (
+    ("gram", "", "k_i^T C^-1 k_j (whitening-space gram)"),
+    ("p_matrix", "", "P_ij = G_ij / G_ii (interference coefficient, row-normalised)"),
+    ("whitened_cos", "", "G_ij / sqrt(G_ii G_jj)"),
+    ("whitened_angle", "degree", "arccos(whitened_cos)"),
+    ("activation_cos", "", "k_i^T k_j / (|k_i| |k_j|)"),
+    ("activation_angle", "degree", "arccos(activation_cos)"),
+    ("q_matrix", "", "k_i^T k_j"),
+    ("stats", "", "statistics of the off-diagonal entries"),
+    ("kde", "", "Gaussian KDE (Scott) of the off-diagonal entries"),
+    ("convergence", "", "statistics of the first n items' off-diagonal entries"),
+    ("top_p", "", "largest off-diagonal P entries (row item edited, column item disturbed)"),
+)

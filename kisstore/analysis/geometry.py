@@ -1,0 +1,131 @@
+"""Key geometry of one layer: pure numpy functions (arrays in, arrays out).
+
+The closed-form edit ``W' = W + Λ (C⁻¹k)ᵀ`` moves every other key ``k_i`` by
+``Λ (C⁻¹k)ᵀ k_i``: the coefficient is an inner product in the whitening space of
+``C``. Everything here is computed from the Cholesky factor ``C = L Lᵀ`` in float64;
+``C⁻¹`` is never formed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+
+from kisstore.errors import NumericalError
+
+DEFAULT_MAX_COND = 1e12
+
+
+def regularize(cov: np.ndarray, ridge: float = 0.0) -> np.ndarray:
+    """Return ``C + λ·mean(diag C)·I`` (a copy in float64); ``ridge=0`` returns C itself."""
+    c = np.array(cov, dtype=np.float64, copy=True)
+    if ridge:
+        c[np.diag_indices_from(c)] += ridge * float(np.mean(np.diag(c)))
+    return c
+
+
+def _condition_number(c: np.ndarray) -> tuple[float, float]:
+    """Exact 2-norm condition number and smallest eigenvalue (used only on the error path)."""
+    w = np.linalg.eigvalsh(c)
+    lo, hi = float(w[0]), float(w[-1])
+    return (hi / lo if lo > 0 else float("inf")), lo
+
+
+def whitening_factor(
+    cov: np.ndarray,
+    ridge: float = 0.0,
+    *,
+    max_cond: float = DEFAULT_MAX_COND,
+    layer: int | None = None,
+    n_tokens: int | None = None,
+) -> np.ndarray:
+    """Lower Cholesky factor ``L`` of ``C (+ ridge)``, or NumericalError with a remedy.
+
+    The condition number is estimated from the factor with LAPACK ``pocon`` (O(d²));
+    above ``max_cond`` the whitened geometry would be dominated by rounding.
+    """
+    c = regularize(cov, ridge)
+    d = c.shape[0]
+    where = f"layer {layer}" if layer is not None else "covariance"
+    try:
+        lower = scipy.linalg.cholesky(c, lower=True, check_finite=True)
+    except (np.linalg.LinAlgError, ValueError):
+        cond, smallest = _condition_number(np.nan_to_num(c))
+        raise NumericalError(
+            f"{where}: covariance C ({d}×{d}) is not positive definite (smallest eigenvalue "
+            f"{smallest:.3g}, condition number {cond:.3g}); {_remedy(d, n_tokens, ridge)}"
+        ) from None
+    anorm = float(np.abs(c).sum(axis=0).max())
+    rcond, info = scipy.linalg.lapack.dpocon(lower, anorm, uplo="L")
+    cond = 1.0 / rcond if rcond > 0 else float("inf")
+    if info != 0 or not cond <= max_cond:
+        raise NumericalError(
+            f"{where}: covariance C ({d}×{d}) is ill-conditioned (condition number ≈ {cond:.3g} "
+            f"> {max_cond:.3g}); {_remedy(d, n_tokens, ridge)}"
+        )
+    return lower
+
+
+def _remedy(d: int, n_tokens: int | None, ridge: float) -> str:
+    have = f" (it holds {int(n_tokens)} tokens for d_ff={d})" if n_tokens is not None else ""
+    more = "a larger ridge, e.g. --ridge 1e-2" if ridge else "--ridge λ (e.g. --ridge 1e-3)"
+    return (
+        f"accumulate C over more corpus tokens{have}, or pass {more}, "
+        "which adds λ·mean(diag C) to its diagonal"
+    )
+
+
+def gram(
+    keys: np.ndarray,
+    cov: np.ndarray,
+    ridge: float = 0.0,
+    *,
+    max_cond: float = DEFAULT_MAX_COND,
+    layer: int | None = None,
+    n_tokens: int | None = None,
+) -> np.ndarray:
+    """Gram matrix of the keys in whitening space: ``G_ij = k_iᵀ C⁻¹ k_j`` (N×N, float64).
+
+    ``keys`` is (N, d), ``cov`` (d, d). With ``C = L Lᵀ`` and ``z_i = L⁻¹ k_i``, ``G = Zᵀ Z``.
+    """
+    lower = whitening_factor(cov, ridge, max_cond=max_cond, layer=layer, n_tokens=n_tokens)
+    z = scipy.linalg.solve_triangular(lower, np.asarray(keys, dtype=np.float64).T, lower=True)
+    g = z.T @ z
+    return (g + g.T) / 2  # exactly symmetric
+
+
+def p_matrix(gram: np.ndarray) -> np.ndarray:
+    """The paper's P matrix ``P_ij = G_ij / G_ii``: row-normalised, diagonal 1, not symmetric."""
+    g = np.asarray(gram, dtype=np.float64)
+    diag = np.diagonal(g, axis1=-2, axis2=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return g / diag[..., :, None]
+
+
+def cosine(inner: np.ndarray) -> np.ndarray:
+    """Cosine similarity from a matrix of inner products: ``M_ij / sqrt(M_ii M_jj)``, clipped to [-1, 1]."""
+    m = np.asarray(inner, dtype=np.float64)
+    norm = np.sqrt(np.diagonal(m, axis1=-2, axis2=-1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.clip(m / (norm[..., :, None] * norm[..., None, :]), -1.0, 1.0)
+
+
+def whitened_cos(gram: np.ndarray) -> np.ndarray:
+    """Cosine of two keys in whitening space, ``G_ij / sqrt(G_ii G_jj)``: symmetric, in [-1, 1]."""
+    return cosine(gram)
+
+
+def q_matrix(keys: np.ndarray) -> np.ndarray:
+    """Plain inner products of the keys, ``Q_ij = k_iᵀ k_j`` (float64)."""
+    k = np.asarray(keys, dtype=np.float64)
+    return k @ np.swapaxes(k, -1, -2)
+
+
+def activation_cos(keys: np.ndarray) -> np.ndarray:
+    """Cosine of two keys in activation space, ``k_iᵀk_j / (|k_i| |k_j|)``."""
+    return cosine(q_matrix(keys))
+
+
+def angle_deg(cos: np.ndarray) -> np.ndarray:
+    """Angle in degrees of a cosine (0° parallel, 90° orthogonal, 180° opposite)."""
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))

@@ -1,0 +1,137 @@
+"""Lift the pure per-layer functions onto labeled, Dask-lazy arrays (one chunk per layer).
+
+Every function here takes and returns ``xr.DataArray``s whose leading ``layer`` dimension
+is chunked one layer per block; the numeric work stays in ``geometry`` and ``stats``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import numpy as np
+import xarray as xr
+
+from kisstore.analysis import geometry, stats
+
+try:  # one BLAS thread per layer task: Dask already runs layers in parallel, and
+    # OpenBLAS threads on top of Dask threads oversubscribe the cores (Cholesky 10× slower)
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    def threadpool_limits(*_, **__):
+        return contextlib.nullcontext()
+
+ITEM, ITEM_ = "item", "item_"
+PAIR = [ITEM, ITEM_]
+
+
+def _per_layer(func: Callable, *arrays: np.ndarray, **kwargs) -> np.ndarray:
+    """Apply ``func`` to each leading-axis slice of a block and stack the results."""
+    n = arrays[0].shape[0] if arrays[0].ndim else 1
+    return np.stack([func(*(a[i] if np.ndim(a) else a for a in arrays), **kwargs) for i in range(n)])
+
+
+def _each_matrix(func: Callable, m: np.ndarray) -> np.ndarray:
+    """Apply ``func`` to every trailing (N, N) matrix of a block of any leading shape."""
+    lead = m.shape[:-2]
+    flat = m.reshape(-1, *m.shape[-2:])
+    out = np.stack([func(x) for x in flat]) if flat.shape[0] else np.empty((0,))
+    return out.reshape(*lead, *out.shape[1:])
+
+
+def _gram_block(keys, cov, layer, n_tokens, *, ridge: float, max_cond: float) -> np.ndarray:
+    def one(k, c, lay, nt):
+        return geometry.gram(k, c, ridge, max_cond=max_cond, layer=int(lay), n_tokens=int(nt))
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _per_layer(one, keys, cov, layer, n_tokens)
+
+
+def gram(keys: xr.DataArray, cov: xr.DataArray, n_tokens: xr.DataArray, *,
+         ridge: float = 0.0, max_cond: float = geometry.DEFAULT_MAX_COND) -> xr.DataArray:
+    """Whitened gram ``G`` (layer, item, item_) from keys (layer, item, d_ff) and cov (layer, d_ff, d_ff_)."""
+    keys = keys.chunk({"layer": 1, ITEM: -1, "d_ff": -1})
+    cov = cov.chunk({"layer": 1, "d_ff": -1, "d_ff_": -1})
+    n_tokens = n_tokens.chunk({"layer": 1})
+    layer = keys["layer"].chunk({"layer": 1})
+    return xr.apply_ufunc(
+        _gram_block, keys, cov, layer, n_tokens,
+        input_core_dims=[[ITEM, "d_ff"], ["d_ff", "d_ff_"], [], []],
+        output_core_dims=[[ITEM, ITEM_]],
+        dask="parallelized", output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {ITEM: keys.sizes[ITEM], ITEM_: keys.sizes[ITEM]}},
+        kwargs={"ridge": ridge, "max_cond": max_cond},
+    ).assign_coords({ITEM: keys[ITEM].values, ITEM_: keys[ITEM].values})
+
+
+def pairwise(func: Callable[[np.ndarray], np.ndarray], matrix: xr.DataArray) -> xr.DataArray:
+    """Map an elementwise or (…, N, N) → (…, N, N) function over a pairwise matrix."""
+    return xr.apply_ufunc(func, matrix, dask="parallelized", output_dtypes=[np.float64])
+
+
+def key_pairs(func: Callable[[np.ndarray], np.ndarray], keys: xr.DataArray) -> xr.DataArray:
+    """Map a (…, N, d) → (…, N, N) function of the keys (activation space) per layer."""
+    keys = keys.chunk({"layer": 1, ITEM: -1, "d_ff": -1})
+    items = keys[ITEM].values
+    out = xr.apply_ufunc(
+        func, keys.rename({ITEM: "_k"}),
+        input_core_dims=[["_k", "d_ff"]], output_core_dims=[PAIR],
+        dask="parallelized", output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {ITEM: items.size, ITEM_: items.size}},
+    )
+    return out.assign_coords({ITEM: items, ITEM_: items})
+
+
+def describe(matrices: xr.DataArray) -> xr.DataArray:
+    """Statistics of each matrix's off-diagonal entries → (…, stat)."""
+    return xr.apply_ufunc(
+        lambda m: _each_matrix(stats.describe_matrix, m),
+        matrices, input_core_dims=[PAIR], output_core_dims=[["stat"]],
+        dask="parallelized", output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"stat": len(stats.STAT_NAMES)}},
+    ).assign_coords(stat=list(stats.STAT_NAMES))
+
+
+def kde(matrices: xr.DataArray, grid: np.ndarray) -> xr.DataArray:
+    """Scott's-rule Gaussian KDE of each matrix's off-diagonal entries on ``grid`` → (…, grid)."""
+    return xr.apply_ufunc(
+        lambda m: _each_matrix(lambda x: stats.kde_matrix(x, grid), m),
+        matrices, input_core_dims=[PAIR], output_core_dims=[["grid"]],
+        dask="parallelized", output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"grid": len(grid)}},
+    ).assign_coords(grid=np.asarray(grid, dtype=np.float64))
+
+
+def convergence(matrices: xr.DataArray, sizes: list[int]) -> xr.DataArray:
+    """Statistics of the first n items' block for each n in ``sizes`` → (…, n_items, stat)."""
+    return xr.apply_ufunc(
+        lambda m: _each_matrix(lambda x: stats.convergence(x, sizes), m),
+        matrices, input_core_dims=[PAIR], output_core_dims=[["n_items", "stat"]],
+        dask="parallelized", output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"n_items": len(sizes), "stat": len(stats.STAT_NAMES)}},
+    ).assign_coords(n_items=np.asarray(sizes, dtype=np.int64), stat=list(stats.STAT_NAMES))
+
+
+def top_pairs(p: xr.DataArray, k: int) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
+    """The k largest off-diagonal entries per layer: (value, row position, column position), dims (layer, rank)."""
+    def block(m):
+        lead = m.shape[:-2]
+        res = [stats.top_pairs(x, k) for x in m.reshape(-1, *m.shape[-2:])]
+        return tuple(np.stack([r[j] for r in res]).reshape(*lead, k) for j in range(3))
+
+    outs = xr.apply_ufunc(
+        block, p, input_core_dims=[PAIR], output_core_dims=[["rank"]] * 3,
+        dask="parallelized", output_dtypes=[np.float64, np.int64, np.int64],
+        dask_gufunc_kwargs={"output_sizes": {"rank": k}},
+    )
+    return tuple(o.assign_coords(rank=np.arange(k, dtype=np.int64)) for o in outs)
+
+
+def take(positions: xr.DataArray, values: xr.DataArray) -> xr.DataArray:
+    """``values[positions]`` for an (item,) array and (…, rank) positions, lazily."""
+    dtype = values.dtype
+    return xr.apply_ufunc(
+        lambda pos, val: np.asarray(val)[pos], positions, values.rename({ITEM: "_v"}),
+        input_core_dims=[["rank"], ["_v"]], output_core_dims=[["rank"]],
+        dask="parallelized", output_dtypes=[dtype],
+    )

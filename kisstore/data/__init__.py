@@ -1,0 +1,1 @@
+"""Inputs of extraction: items (facts) and text corpora."""

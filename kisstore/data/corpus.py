@@ -1,0 +1,180 @@
+"""Text corpora for the covariance pass, streamed document by document.
+
+Spec strings (``--corpus``):
+- ``embedded`` / ``python-docs``: Python's own bundled help topics (``pydoc_data``), split into
+  paragraph documents. Needs no network and no extra package; technical English, so its
+  statistics differ from Wikipedia's (see docs/corpora.md).
+- ``wordnet``: WordNet glosses from Debian's ``wordnet-base`` (``/usr/share/wordnet``).
+- ``wikipedia``: the Hub's ``wikimedia/wikipedia`` ``20231101.en``, streamed (the paper used
+  ``20220301.en``); needs network.
+- ``hf:NAME[:CONFIG]``: any Hub dataset with a ``text`` column, streamed.
+- local ``.txt`` (blank-line separated documents), ``.jsonl`` (``text`` field) or ``.parquet``
+  (``text`` column) files, or a glob of them.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from kisstore.errors import InputError
+
+WORDNET_DIR = Path(os.environ.get("KISSTORE_WORDNET_DIR", "/usr/share/wordnet"))
+WIKIPEDIA = ("wikimedia/wikipedia", "20231101.en")
+
+
+@dataclass(frozen=True)
+class Corpus:
+    spec: str
+    kind: str
+
+    def documents(self) -> Iterator[str]:
+        """Yield documents in a fixed order (resuming relies on it)."""
+        if self.kind == "python-docs":
+            yield from _python_docs()
+        elif self.kind == "wordnet":
+            yield from _wordnet()
+        elif self.kind == "hf":
+            yield from _hub(self.spec)
+        else:
+            yield from _files(self.spec)
+
+
+def resolve_corpus(spec: str) -> Corpus:
+    """Check a corpus spec without reading it all."""
+    if not spec or not str(spec).strip():
+        raise InputError("--corpus is empty")
+    spec = str(spec).strip()
+    if spec in ("embedded", "python-docs"):
+        return Corpus(spec, "python-docs")
+    if spec == "wordnet":
+        if not any(WORDNET_DIR.glob("data.*")):
+            raise InputError(
+                f"corpus 'wordnet' needs WordNet's data files in {WORDNET_DIR} "
+                "(Debian: apt-get install wordnet-base)"
+            )
+        return Corpus(spec, "wordnet")
+    if spec == "wikipedia" or spec.startswith("hf:"):
+        return Corpus(spec, "hf")
+    paths = _expand(spec)
+    if not paths:
+        raise InputError(
+            f"corpus {spec!r}: no such file, and not one of embedded, python-docs, wordnet, "
+            "wikipedia, hf:NAME[:CONFIG]"
+        )
+    for p in paths:
+        if p.suffix not in (".txt", ".jsonl", ".parquet"):
+            raise InputError(f"corpus file {p}: unsupported type (use .txt, .jsonl or .parquet)")
+    return Corpus(spec, "files")
+
+
+def _expand(spec: str) -> list[Path]:
+    if any(c in spec for c in "*?["):
+        return [Path(p) for p in sorted(glob.glob(spec, recursive=True)) if Path(p).is_file()]
+    p = Path(spec)
+    return [p] if p.is_file() else []
+
+
+def _paragraphs(text: str, min_chars: int = 300) -> Iterator[str]:
+    """Blank-line separated paragraphs, short neighbours merged so documents are not tiny."""
+    buf: list[str] = []
+    size = 0
+    for para in text.split("\n\n"):
+        para = para.strip()
+        if not para:
+            continue
+        buf.append(para)
+        size += len(para)
+        if size >= min_chars:
+            yield "\n\n".join(buf)
+            buf, size = [], 0
+    if buf:
+        yield "\n\n".join(buf)
+
+
+def _python_docs() -> Iterator[str]:
+    from pydoc_data.topics import topics
+
+    for name in sorted(topics):
+        yield from _paragraphs(topics[name], min_chars=1500)
+
+
+def _wordnet(per_document: int = 20) -> Iterator[str]:
+    for pos in ("noun", "verb", "adj", "adv"):
+        f = WORDNET_DIR / f"data.{pos}"
+        if not f.is_file():
+            continue
+        batch: list[str] = []
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith(" ") or "|" not in line:
+                    continue  # licence header
+                gloss = line.split("|", 1)[1].strip()
+                if gloss:
+                    batch.append(gloss[0].upper() + gloss[1:] + ("" if gloss.endswith(".") else "."))
+                if len(batch) == per_document:
+                    yield " ".join(batch)
+                    batch = []
+        if batch:
+            yield " ".join(batch)
+
+
+def _hub(spec: str) -> Iterator[str]:
+    if spec == "wikipedia":
+        name, config = WIKIPEDIA
+    else:
+        rest = spec[3:]
+        name, _, config = rest.partition(":")
+        config = config or None
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset(name, config, split="train", streaming=True)
+        it = iter(ds)
+        first = next(it)
+    except StopIteration:
+        return
+    except Exception as e:  # offline, unknown dataset, gated, ...
+        raise InputError(
+            f"corpus {spec!r}: cannot stream {name}{':' + config if config else ''} from the Hugging Face Hub "
+            f"({type(e).__name__}). Offline? Use a local file or --corpus embedded."
+        ) from None
+    column = "text" if "text" in first else next((k for k, v in first.items() if isinstance(v, str)), None)
+    if column is None:
+        raise InputError(f"corpus {spec!r}: no text column in the dataset")
+    yield first[column]
+    for row in it:
+        yield row[column]
+
+
+def _files(spec: str) -> Iterator[str]:
+    for p in _expand(spec):
+        if p.suffix == ".txt":
+            yield from _paragraphs(p.read_text(encoding="utf-8", errors="replace"), min_chars=1)
+        elif p.suffix == ".jsonl":
+            with open(p, encoding="utf-8") as fh:
+                for n, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        raise InputError(f"corpus file {p}, line {n}: not valid JSON") from None
+                    text = rec.get("text") if isinstance(rec, dict) else None
+                    if not isinstance(text, str):
+                        raise InputError(f"corpus file {p}, line {n}: no string field 'text'")
+                    yield text
+        else:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(p)
+            if "text" not in table.column_names:
+                raise InputError(f"corpus file {p}: no 'text' column")
+            for batch in table.column("text").chunks:
+                for text in batch.to_pylist():
+                    if text:
+                        yield text

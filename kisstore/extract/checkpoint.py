@@ -1,0 +1,124 @@
+"""Crash-safe extraction state inside the store (``/_checkpoints/<model-id>``).
+
+Arrays are written first, the JSON state that points at them last, so a kill at any
+moment leaves the previous committed state intact:
+
+- ``items_keys``, ``items_known``, ``items_p_true``: the item pass, written once;
+- ``done``: (layer, d_ff, d_ff_) raw sums of finished layer groups, each layer written once;
+- ``partial_0`` / ``partial_1``: the running group's sums, alternating slots; the state
+  names the slot that holds the last committed one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+
+from kisstore import failpoints
+from kisstore.errors import StoreError
+from kisstore.store.io import Store, default_compressors, storage_errors
+from kisstore.store.layout import checkpoint_path
+
+
+class Checkpoint:
+    def __init__(self, store: Store, model_id: str, fingerprint: dict[str, Any]):
+        self.store = store
+        self.path = checkpoint_path(model_id)
+        self.fingerprint = fingerprint
+        self.state: dict[str, Any] = {}
+
+    # -- lifecycle --------------------------------------------------------------------
+    def open(self, layers: Sequence[int], d: int) -> dict[str, Any]:
+        """Open or create; returns the committed state ({} when starting fresh)."""
+        self.layers = list(layers)
+        self.d = d
+        with storage_errors(self.store.url, self.store.storage_options):
+            if self.store.has(self.path):
+                g = zarr.open_group(self.store.zstore, path=self.path, mode="r+")
+                attrs = dict(g.attrs)
+                if attrs.get("fingerprint") != _plain(self.fingerprint):
+                    diff = _diff(attrs.get("fingerprint") or {}, _plain(self.fingerprint))
+                    raise StoreError(
+                        f"the store holds an unfinished extraction of this model with other settings "
+                        f"({diff}); rerun with the same options to resume, or pass --overwrite to start over"
+                    )
+                self.group = g
+                self.state = dict(attrs.get("state") or {})
+                return self.state
+            g = zarr.open_group(self.store.zstore, path=self.path, mode="w")
+            n = len(self.layers)
+            for name in ("done", "partial_0", "partial_1"):
+                g.create_array(name, shape=(n, d, d), chunks=(1, min(d, 4096), min(d, 4096)),
+                               dtype="float64", compressors=default_compressors(), fill_value=0.0)
+            g.attrs.update({"fingerprint": _plain(self.fingerprint), "state": {}})
+            self.group = g
+            self.state = {}
+            return self.state
+
+    def commit(self, **changes: Any) -> None:
+        self.state.update(changes)
+        with storage_errors(self.store.url, self.store.storage_options):
+            self.group.attrs["state"] = _plain(self.state)
+
+    def delete(self) -> None:
+        self.store.delete(self.path)
+
+    # -- item pass ----------------------------------------------------------------------
+    def save_items(self, keys: np.ndarray, known: np.ndarray, p_true: np.ndarray, case_ids: Sequence[int]) -> None:
+        with storage_errors(self.store.url, self.store.storage_options):
+            for name, arr, chunks in (
+                ("items_keys", keys, (1,) + keys.shape[1:]),
+                ("items_known", known, known.shape),
+                ("items_p_true", p_true, p_true.shape),
+                ("items_case_id", np.asarray(case_ids, dtype=np.int64), (len(case_ids),)),
+            ):
+                a = self.group.create_array(name, shape=arr.shape, chunks=chunks, dtype=arr.dtype,
+                                            compressors=default_compressors(), overwrite=True)
+                a[...] = arr
+        self.commit(items_done=True)
+
+    def load_items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        g = self.group
+        return (g["items_keys"][...], g["items_known"][...], g["items_p_true"][...], g["items_case_id"][...])
+
+    # -- sums ---------------------------------------------------------------------------
+    def save_partial(self, rows: Sequence[int], uppers: Sequence[np.ndarray], **state: Any) -> None:
+        """Write the running group's sums into the free slot, then commit the state."""
+        slot = 1 - int(self.state.get("slot", 1))
+        arr = self.group[f"partial_{slot}"]
+        with storage_errors(self.store.url, self.store.storage_options):
+            for r, u in zip(rows, uppers, strict=True):
+                arr[r] = u
+                failpoints.hit("checkpoint_write")
+        self.commit(slot=slot, **state)
+
+    def load_partial(self, rows: Sequence[int]) -> list[np.ndarray]:
+        arr = self.group[f"partial_{int(self.state['slot'])}"]
+        return [arr[r] for r in rows]
+
+    def save_done(self, rows: Sequence[int], uppers: Sequence[np.ndarray], counts: Sequence[int], **state: Any) -> None:
+        arr = self.group["done"]
+        with storage_errors(self.store.url, self.store.storage_options):
+            for r, u in zip(rows, uppers, strict=True):
+                arr[r] = u
+        done = dict(self.state.get("done_counts") or {})
+        for r, c in zip(rows, counts, strict=True):
+            done[str(r)] = int(c)
+        self.commit(done_counts=done, **state)
+
+    def load_done(self, row: int) -> np.ndarray:
+        return self.group["done"][row]
+
+
+def _plain(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _diff(old: dict, new: dict) -> str:
+    keys = sorted(set(old) | set(new))
+    changed = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return "; ".join(changed[:3]) or "unknown"

@@ -1,0 +1,124 @@
+"""The corpus pass: every hooked layer's Σ k kᵀ in one streamed pass, no LM head."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from kisstore import failpoints
+from kisstore.data.corpus import Corpus
+from kisstore.errors import InputError
+from kisstore.extract.accumulate import SecondMoment
+from kisstore.extract.batching import pad_right, token_budget_batches
+from kisstore.extract.hooks import StopForward, key_hooks
+
+
+@dataclass
+class Batch:
+    input_ids: object
+    attention_mask: object
+    docs_end: int | None  # documents consumed after this batch, where it ends a window
+    tokens: int  # non-padding tokens in the batch
+
+
+def corpus_batches(
+    tokenizer, corpus: Corpus, *, max_length: int, batch_tokens: int,
+    token_cap: int | None, skip_docs: int = 0, tokens_before: int = 0, window: int = 64,
+) -> Iterator[Batch]:
+    """Tokenise documents (truncated to ``max_length``) into right-padded token-budget batches.
+
+    Whole documents are taken until ``token_cap`` tokens are reached, so ``n ≥ cap``.
+    Documents are read in windows of ``window``; inside a window they are sorted by length
+    before batching, which removes most padding. Only a window's last batch carries
+    ``docs_end`` (a resumable point), so a resumed run reproduces the later batches exactly.
+    """
+    seen = tokens_before
+    docs = corpus.documents()
+    consumed = 0
+    for _ in range(skip_docs):
+        if next(docs, None) is None:
+            return
+        consumed += 1
+    exhausted = False
+    while not exhausted:
+        seqs: list[list[int]] = []
+        read = 0
+        while read < window:
+            if token_cap is not None and seen >= token_cap:
+                exhausted = True
+                break
+            text = next(docs, None)
+            if text is None:
+                exhausted = True
+                break
+            read += 1
+            ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"] if text.strip() else []
+            if ids:
+                seqs.append(ids)
+                seen += len(ids)
+        consumed += read
+        if not seqs:
+            continue
+        seqs.sort(key=len)
+        groups = list(token_budget_batches([len(s) for s in seqs], batch_tokens))
+        for gi, group in enumerate(groups):
+            chunk = [seqs[i] for i in group]
+            yield _make(chunk, tokenizer, consumed if gi == len(groups) - 1 else None)
+
+
+def _make(seqs: list[list[int]], tokenizer, docs_end: int | None) -> Batch:
+    ids, mask = pad_right(seqs, tokenizer.pad_token_id)
+    return Batch(ids, mask, docs_end, sum(len(s) for s in seqs))
+
+
+def accumulate(
+    lm,
+    layers: Sequence[int],
+    batches: Iterator[Batch],
+    moments: dict[int, SecondMoment],
+    *,
+    on_progress: Callable[[Batch], None] | None = None,
+    checkpoint: Callable[[Batch], None] | None = None,
+    checkpoint_every: float = 300.0,
+) -> None:
+    """Run the body of the model on each batch, adding every non-padding key into ``moments``.
+
+    The forward stops inside the deepest hooked layer's MLP; the LM head never runs.
+    """
+    import torch
+
+    body = lm.model.base_model if hasattr(lm.model, "base_model") else lm.model
+    last_ckpt = time.monotonic()
+    state = {}
+
+    def on_key(layer, x):
+        sel = x[state["mask"]]  # (tokens, d_ff), padding dropped
+        moments[layer].add(sel)
+
+    with torch.inference_mode(), key_hooks(lm.model, lm.module_template, layers, on_key, stop_after_last=True):
+        for batch in batches:
+            ids = batch.input_ids.to(lm.device)
+            mask = batch.attention_mask.to(lm.device)
+            state["mask"] = mask.bool()
+            try:
+                body(input_ids=ids, attention_mask=mask, use_cache=False)
+            except StopForward:
+                pass
+            failpoints.hit("corpus_batch")
+            if on_progress:
+                on_progress(batch)
+            due = time.monotonic() - last_ckpt >= checkpoint_every
+            if checkpoint and batch.docs_end is not None and due:
+                checkpoint(batch)
+                last_ckpt = time.monotonic()
+
+
+def check_count(count: int, d: int, corpus: str) -> None:
+    if count == 0:
+        raise InputError(f"corpus {corpus!r} yielded no tokens")
+    if count < d:
+        raise InputError(
+            f"corpus {corpus!r} gave {count} token vectors, fewer than the key dimension {d}: "
+            "the covariance would be singular; use more corpus tokens"
+        )

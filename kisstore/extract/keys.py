@@ -1,0 +1,72 @@
+"""The item pass: keys at every hooked layer, and whether the model knows each fact."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from kisstore import failpoints
+from kisstore.data.items import Item
+from kisstore.extract.batching import pad_right, token_budget_batches
+from kisstore.extract.hooks import key_hooks
+from kisstore.extract.positions import encode_item
+
+
+@dataclass
+class ItemPass:
+    keys: np.ndarray  # (layer, item, d_ff) float32
+    known: np.ndarray  # (item,) bool
+    p_true: np.ndarray  # (item,) float32
+
+
+def item_pass(
+    lm,
+    items: Sequence[Item],
+    layers: Sequence[int],
+    *,
+    position: str = "subject_last",
+    batch_tokens: int = 2048,
+    progress: bool = True,
+) -> ItemPass:
+    """One batched, teacher-forced forward pass per batch of items over ``prompt + target_true``.
+
+    The causal mask keeps the key (a prompt position) independent of the appended target,
+    so the same pass yields the keys, ``known`` (greedy argmax reproduces every target
+    token) and ``p_true`` (probability of the first target token).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    enc = [encode_item(lm.tokenizer, it, position) for it in items]
+    n, d = len(items), lm.d_ff
+    keys = np.zeros((len(layers), n, d), dtype=np.float32)
+    known = np.zeros(n, dtype=bool)
+    p_true = np.full(n, np.nan, dtype=np.float32)
+    row = {layer: r for r, layer in enumerate(layers)}
+    pad = lm.tokenizer.pad_token_id
+    bar = tqdm(total=n, desc=f"items {lm.source.name}", unit="item", disable=not progress)
+    for group in token_budget_batches([len(e.input_ids) for e in enc], batch_tokens):
+        ids, mask = pad_right([enc[i].input_ids for i in group], pad)
+        ids, mask = ids.to(lm.device), mask.to(lm.device)
+        pos = torch.tensor([enc[i].key_pos for i in group], device=lm.device)
+        batch_rows = torch.arange(len(group), device=lm.device)
+
+        def on_key(layer, x, _g=group, _p=pos, _r=batch_rows):
+            keys[row[layer], _g] = x[_r, _p].float().cpu().numpy()
+
+        with torch.inference_mode(), key_hooks(lm.model, lm.module_template, layers, on_key):
+            logits = lm.model(input_ids=ids, attention_mask=mask).logits
+        for r, i in enumerate(group):
+            tp = enc[i].target_pos
+            if not tp:
+                continue
+            tgt = ids[r, tp]
+            pred = logits[r, [t - 1 for t in tp]]
+            known[i] = bool((pred.argmax(-1) == tgt).all())
+            p_true[i] = float(torch.softmax(pred[0].float(), -1)[tgt[0]])
+        bar.update(len(group))
+        failpoints.hit("item_batch")
+    bar.close()
+    return ItemPass(keys, known, p_true)

@@ -1,0 +1,381 @@
+"""``kisstore extract``: items pass and corpus pass for each model, checkpointed into the store."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from kisstore import failpoints
+from kisstore._version import __version__
+from kisstore.data.corpus import resolve_corpus
+from kisstore.data.items import Item, ItemSet, load_items
+from kisstore.errors import InputError, StoreError
+from kisstore.extract.accumulate import SecondMoment, symmetric
+from kisstore.extract.checkpoint import Checkpoint
+from kisstore.extract.covariance import accumulate, check_count, corpus_batches
+from kisstore.extract.keys import item_pass
+from kisstore.extract.positions import POSITIONS
+from kisstore.layers import parse_layers
+from kisstore.store import layout
+from kisstore.store.io import Store
+from kisstore.store.urls import public_options, redact
+
+
+@dataclass
+class ExtractOptions:
+    models: Sequence[str]
+    store: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    items: str | None = None
+    n_items: int | None = None
+    known_only: bool = False
+    corpus: str = "wikipedia"
+    corpus_tokens: int | None = None
+    max_length: int = 1024
+    batch_tokens: int = 4096
+    layers: str | None = None
+    token: str = "subject_last"
+    device: str = "auto"
+    dtype: str = "auto"
+    max_memory: int | None = None
+    overwrite: bool = False
+    module: str | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    checkpoint_every: float = 300.0
+    progress: bool = True
+
+
+def log(msg: str, storage_options: dict | None = None) -> None:
+    print(redact(msg, storage_options), flush=True)
+
+
+def validate(opts: ExtractOptions) -> None:
+    """Everything that can be checked before touching a model or the store."""
+    if not opts.models:
+        raise InputError("no --model given")
+    if opts.n_items is not None and opts.n_items <= 0:
+        raise InputError(f"--n-items must be positive, got {opts.n_items}")
+    if opts.corpus_tokens is not None and opts.corpus_tokens <= 0:
+        raise InputError(f"--corpus-tokens must be positive, got {opts.corpus_tokens}")
+    if opts.corpus_tokens is not None and opts.corpus_tokens > 10**13:
+        raise InputError(f"--corpus-tokens {opts.corpus_tokens} is absurd (more than 10^13)")
+    if not 1 <= opts.max_length <= 1_000_000:
+        raise InputError(f"--max-length must be between 1 and 1000000, got {opts.max_length}")
+    if opts.batch_tokens < 1:
+        raise InputError(f"--batch-tokens must be positive, got {opts.batch_tokens}")
+    if opts.token not in POSITIONS:
+        raise InputError(f"unknown --token {opts.token!r}: use one of {', '.join(POSITIONS)}")
+    if opts.device not in ("auto", "cpu", "cuda") and not opts.device.startswith("cuda:"):
+        raise InputError(f"unknown --device {opts.device!r}: use auto, cpu, cuda or cuda:N")
+    if opts.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise InputError(f"unknown --dtype {opts.dtype!r}: use auto, float32, bfloat16 or float16")
+    ids = [layout.sanitize_model_id(m) for m in opts.models]
+    if len(set(ids)) != len(ids):
+        raise InputError("the same model is named twice")
+
+
+def layer_groups(layers: Sequence[int], d: int, budget: int | None) -> list[list[int]]:
+    """Fewest consecutive groups whose float64 accumulators (plus a float32 product) fit the budget."""
+    per_layer = 12 * d * d
+    if budget is None:
+        return [list(layers)]
+    per_pass = budget // per_layer
+    if per_pass < 1:
+        raise InputError(
+            f"--max-memory {budget} bytes is below one layer's accumulator ({per_layer} bytes for d_ff={d})"
+        )
+    n_pass = -(-len(layers) // per_pass)
+    size = -(-len(layers) // n_pass)
+    return [list(layers[i : i + size]) for i in range(0, len(layers), size)]
+
+
+def default_memory(device: str) -> int:
+    if device == "cpu":
+        pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return int(pages * 0.5)
+    import torch
+
+    free, _total = torch.cuda.mem_get_info()
+    return int(free * 0.7)
+
+
+class ModelRun:
+    """One model's extraction: load, item pass, corpus passes, each step checkpointed."""
+
+    def __init__(self, opts: ExtractOptions, store: Store, name: str, items: list[Item], items_sha: str):
+        self.opts, self.store, self.name = opts, store, name
+        self.model_id = layout.sanitize_model_id(name)
+        self.items = items
+        self.items_sha = items_sha
+        self.lm = None
+
+    def load(self) -> None:
+        if self.lm is not None:
+            return
+        from kisstore.models.loading import load_model
+
+        t = time.monotonic()
+        failpoints.hit("load")
+        log(f"[{self.model_id}] loading {self.name} …")
+        self.lm = load_model(self.name, device=self.opts.device, dtype=self.opts.dtype, module=self.opts.module,
+                             trust_remote_code=self.opts.trust_remote_code, allow_pickle=self.opts.allow_pickle)
+        self.layers = parse_layers(self.opts.layers, self.lm.n_layers)
+        log(f"[{self.model_id}] {self.lm.provenance['architecture']}, {self.lm.n_layers} layers, "
+            f"d_ff {self.lm.d_ff}, {self.lm.n_params / 1e6:.0f}M parameters on {self.lm.device} "
+            f"({time.monotonic() - t:.1f} s)")
+        self.ckpt = Checkpoint(self.store, self.model_id, self.fingerprint())
+
+    def unload(self) -> None:
+        self.lm = None
+        import gc
+
+        gc.collect()
+
+    def fingerprint(self) -> dict[str, Any]:
+        o = self.opts
+        return {
+            "model_revision": self.lm.provenance["model_revision"], "hooked_module": self.lm.module_template,
+            "layers": self.layers, "token_position": o.token, "corpus": o.corpus, "corpus_tokens": o.corpus_tokens,
+            "max_length": o.max_length, "items_sha256": self.items_sha, "n_candidates": len(self.items),
+            "dtype": self.lm.dtype,
+        }
+
+    # -- item pass ----------------------------------------------------------------------
+    def run_items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self.load()
+        state = self.ckpt.open(self.layers, self.lm.d_ff)
+        if state.get("items_done"):
+            log(f"[{self.model_id}] item pass: resumed from checkpoint")
+        else:
+            r = item_pass(self.lm, self.items, self.layers, position=self.opts.token,
+                          batch_tokens=min(self.opts.batch_tokens, 2048), progress=self.opts.progress)
+            self.ckpt.save_items(r.keys, r.known, r.p_true, [it.case_id for it in self.items])
+        keys, known, p_true, _ = self.ckpt.load_items()
+        log(f"[{self.model_id}] knows {int(known.sum())} of {len(self.items)} items")
+        return keys, known, p_true
+
+    # -- corpus pass --------------------------------------------------------------------
+    def run_corpus(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return (cov (layer, d, d) float64, n_tokens (layer,))."""
+        from tqdm.auto import tqdm
+
+        self.load()
+        state = self.ckpt.open(self.layers, self.lm.d_ff)
+        d, o = self.lm.d_ff, self.opts
+        budget = o.max_memory if o.max_memory is not None else default_memory(self.lm.device)
+        rows_of = {layer: r for r, layer in enumerate(self.layers)}
+        groups = layer_groups(self.layers, d, budget)
+        if len(groups) > 1:
+            log(f"[{self.model_id}] accumulators for {len(self.layers)} layers exceed the memory budget: "
+                f"{len(groups)} corpus passes of ≤ {len(groups[0])} layers")
+        corpus = resolve_corpus(o.corpus)
+        done_counts = {int(k): v for k, v in (state.get("done_counts") or {}).items()}
+        for gi, group in enumerate(groups):
+            rows = [rows_of[layer] for layer in group]
+            if all(r in done_counts for r in rows):
+                continue
+            moments = {layer: SecondMoment(d, self.lm.device) for layer in group}
+            docs, tokens = 0, 0
+            if state.get("group") == gi and "slot" in state:
+                for layer, u in zip(group, self.ckpt.load_partial(rows), strict=True):
+                    moments[layer].load(u, state["tokens"])
+                docs, tokens = int(state["docs"]), int(state["tokens"])
+                log(f"[{self.model_id}] resuming corpus pass {gi + 1}/{len(groups)} at document {docs}, "
+                    f"{tokens} tokens")
+            bar = tqdm(total=o.corpus_tokens, initial=tokens, unit="tok", unit_scale=True, disable=not o.progress,
+                       desc=f"corpus {self.model_id} [{gi + 1}/{len(groups)}] layers {group[0]}-{group[-1]}")
+            batches = corpus_batches(self.lm.tokenizer, corpus, max_length=o.max_length,
+                                     batch_tokens=o.batch_tokens, token_cap=o.corpus_tokens,
+                                     skip_docs=docs, tokens_before=tokens)
+            progress = {"docs": docs, "tokens": tokens}
+
+            def on_progress(batch, _p=progress, _bar=bar):
+                if batch.docs_end is not None:
+                    _p["docs"] = batch.docs_end
+                _p["tokens"] += batch.tokens
+                _bar.update(batch.tokens)
+
+            def checkpoint(batch, _g=group, _rows=rows, _gi=gi, _p=progress, _m=moments):
+                self.ckpt.save_partial(_rows, [_m[x].sum_upper() for x in _g], group=_gi,
+                                       docs=_p["docs"], tokens=_p["tokens"])
+
+            accumulate(self.lm, group, batches, moments, on_progress=on_progress,
+                       checkpoint=checkpoint, checkpoint_every=o.checkpoint_every)
+            bar.close()
+            count = moments[group[0]].count
+            check_count(count, d, o.corpus)
+            self.ckpt.save_done(rows, [moments[x].sum_upper() for x in group], [count] * len(group),
+                                group=gi + 1, docs=0, tokens=0, corpus_documents=progress["docs"])
+            state = self.ckpt.state
+            done_counts = {int(k): v for k, v in state["done_counts"].items()}
+        n_tokens = np.array([done_counts[rows_of[layer]] for layer in self.layers], dtype=np.int64)
+        cov = np.empty((len(self.layers), d, d), dtype=np.float64)
+        for r in range(len(self.layers)):
+            cov[r] = symmetric(self.ckpt.load_done(r)) / n_tokens[r]
+        return cov, n_tokens
+
+    def provenance(self) -> dict[str, Any]:
+        import numpy
+        import zarr
+
+        p = dict(self.lm.provenance)
+        o = self.opts
+        p["versions"] = {**p.get("versions", {}), "kisstore": __version__, "zarr": zarr.__version__,
+                         "numpy": numpy.__version__, "xarray": xr.__version__}
+        p.update({
+            "token_position": o.token, "corpus": o.corpus, "corpus_tokens": o.corpus_tokens,
+            "corpus_documents": self.ckpt.state.get("corpus_documents"), "max_length": o.max_length,
+            "batch_tokens": o.batch_tokens, "items_sha256": self.items_sha, "cov_source": "extracted",
+            "layers": self.layers, "storage_options": public_options(o.storage_options),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+        return p
+
+
+def select_items(items: list[Item], known_by_model: dict[str, np.ndarray], n_items: int | None,
+                 known_only: bool) -> list[int]:
+    """Indices of the items to store: the first N (known to every model with --known-only)."""
+    idx = np.arange(len(items))
+    if known_only:
+        mask = np.ones(len(items), dtype=bool)
+        for k in known_by_model.values():
+            mask &= k
+        idx = idx[mask]
+        if n_items is not None and len(idx) < n_items:
+            who = ", ".join(known_by_model)
+            raise InputError(f"--known-only: only {len(idx)} items are known to {who}; lower --n-items "
+                             f"(asked for {n_items})")
+    if n_items is not None:
+        idx = idx[:n_items]
+    if len(idx) == 0:
+        raise InputError("no items selected (no item is known to every model)")
+    return idx.tolist()
+
+
+def items_dataset(items: list[Item]) -> xr.Dataset:
+    def col(f):
+        return ("item", np.array([getattr(it, f) for it in items], dtype=object))
+
+    return xr.Dataset({f: col(f) for f in layout.ITEM_FIELDS},
+                      coords={"item": np.array([it.case_id for it in items], dtype=np.int64)})
+
+
+def model_dataset(keys, cov, n_tokens, known, p_true, layers, case_ids) -> xr.Dataset:
+    return xr.Dataset(
+        {
+            "keys": (("layer", "item", "d_ff"), keys.astype(np.float32)),
+            "cov": (("layer", "d_ff", "d_ff_"), cov),
+            "n_tokens": ("layer", n_tokens),
+            "known": ("item", known.astype(bool)),
+            "p_true": ("item", p_true.astype(np.float32)),
+        },
+        coords={"layer": np.asarray(layers, dtype=np.int64), "item": np.asarray(case_ids, dtype=np.int64)},
+    )
+
+
+def store_items(store: Store) -> list[Item] | None:
+    if not store.has(layout.ITEMS):
+        return None
+    ds = xr.open_zarr(store.zstore, group=layout.ITEMS, zarr_format=3, consolidated=False).load()
+    return [Item(int(c), str(p), str(s), str(r), str(t), str(n)) for c, p, s, r, t, n in zip(
+        ds["item"].values, ds.prompt.values, ds.subject.values, ds.relation_id.values,
+        ds.target_true.values, ds.target_new.values, strict=True)]
+
+
+def run_extract(opts: ExtractOptions) -> list[str]:
+    """Extract keys and covariances for every model; returns the model ids written."""
+    validate(opts)
+    item_set: ItemSet = load_items(opts.items)
+    resolve_corpus(opts.corpus)
+    store = Store(opts.store, opts.storage_options)
+    existing_items = None
+    if store.exists():
+        store.validate()
+        existing_items = store_items(store)
+        root_items_sha = store.group_attrs(layout.ITEMS).get("items_sha256") if existing_items else None
+        if existing_items is not None and root_items_sha not in (None, item_set.sha256) and opts.items is not None:
+            raise InputError("this store's items came from a different items file; use another store")
+    candidates = existing_items if existing_items is not None else item_set.items
+    if opts.n_items is not None and opts.n_items > len(candidates):
+        raise InputError(f"--n-items {opts.n_items} is larger than the {len(candidates)} items available")
+
+    # which models need work
+    from kisstore.models.loading import resolve_source
+
+    runs: list[ModelRun] = []
+    for name in opts.models:
+        resolve_source(name)  # unknown models fail before anything is written
+        mid = layout.sanitize_model_id(name)
+        if store.exists() and mid in store.model_ids(complete_only=True) and not opts.overwrite:
+            log(f"[{mid}] already complete in {opts.store}; skipping (pass --overwrite to redo it)",
+                opts.storage_options)
+            continue
+        runs.append(ModelRun(opts, store, name, candidates, item_set.sha256))
+    if not runs:
+        return []
+    store.init()
+    if opts.overwrite:
+        for run in runs:
+            for path in (layout.model_path(run.model_id), layout.checkpoint_path(run.model_id),
+                         layout.analysis_path(run.model_id)):
+                if store.has(path):
+                    store.delete(path)
+
+    # phase 1: item passes (cheap), then the selection every model shares
+    results = {}
+    for i, run in enumerate(runs):
+        results[run.model_id] = run.run_items()
+        if i < len(runs) - 1:
+            run.unload()
+    if existing_items is not None:
+        selected = list(range(len(candidates)))
+        if opts.known_only or opts.n_items:
+            log("note: the store already has its items; --known-only/--n-items do not change them")
+    else:
+        selected = select_items(candidates, {m: r[1] for m, r in results.items()}, opts.n_items, opts.known_only)
+        chosen = [candidates[i] for i in selected]
+        ds = items_dataset(chosen)
+        store.write_dataset(layout.ITEMS, ds)
+        store.set_attrs(layout.ITEMS, {"source": os.path.basename(item_set.source), "items_sha256": item_set.sha256,
+                                       "selection": {"n_items": opts.n_items, "known_only": opts.known_only,
+                                                     "models": [r.model_id for r in runs]}})
+        store.consolidate()
+        log(f"items: {len(chosen)} of {len(candidates)} selected"
+            + (" (known to every model)" if opts.known_only else ""))
+
+    # phase 2: corpus passes and final writes
+    written = []
+    for run in reversed(runs):  # the last model of phase 1 is still loaded
+        cov, n_tokens = run.run_corpus()
+        keys, known, p_true = results[run.model_id]
+        sel = np.asarray(selected)
+        ds = model_dataset(keys[:, sel], cov, n_tokens, known[sel], p_true[sel], run.layers,
+                           [candidates[i].case_id for i in selected])
+        ds.attrs = {**run.provenance(), "complete": False}
+        path = layout.model_path(run.model_id)
+        store.write_dataset(path, ds)
+        failpoints.hit("final_write")
+        store.set_attrs(path, {"complete": True})  # committed last
+        store.consolidate()
+        run.ckpt.delete()
+        store.consolidate()
+        run.unload()
+        log(f"[{run.model_id}] complete: keys {tuple(ds['keys'].shape)}, cov {tuple(ds['cov'].shape)}, "
+            f"n_tokens {int(n_tokens.min())}", opts.storage_options)
+        written.append(run.model_id)
+    return written
+
+
+def require_store(url: str, storage_options: dict | None = None) -> Store:
+    store = Store(url, storage_options, read_only=True)
+    if not store.exists():
+        raise StoreError(f"no store at {redact(url, storage_options)}")
+    store.validate()
+    return store

@@ -1,0 +1,1 @@
+"""Models: aliases, the architecture registry and loading."""

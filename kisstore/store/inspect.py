@@ -1,0 +1,105 @@
+"""Describe a store: groups, arrays, provenance, completeness; verify every chunk."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import zarr
+
+from kisstore.errors import StoreError
+from kisstore.store import layout
+from kisstore.store.io import Store, storage_errors
+
+STALE_AFTER_S = 3600.0
+
+
+def describe(store: Store) -> dict[str, Any]:
+    """A JSON-able summary: root attrs, items, each model's status, arrays and provenance."""
+    attrs = store.validate()
+    root = store.root()
+    out: dict[str, Any] = {"url": store.url, "attrs": attrs, "items": None, "models": {}, "analysis": [],
+                           "in_progress": {}}
+    with storage_errors(store.url, store.storage_options):
+        if layout.ITEMS in root:
+            g = root[layout.ITEMS]
+            out["items"] = {"n": int(g["item"].shape[0]), **dict(g.attrs)}
+        if layout.MODELS in root:
+            for name, g in sorted(root[layout.MODELS].groups()):
+                a = dict(g.attrs)
+                arrays = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in g.arrays()}
+                status = "complete" if a.get("complete") is True else "incomplete"
+                out["models"][name] = {"status": status, "arrays": arrays, "provenance": a}
+        if layout.ANALYSIS in root:
+            out["analysis"] = sorted(n for n, _ in root[layout.ANALYSIS].groups())
+        if layout.CHECKPOINTS in root:
+            for name, g in sorted(root[layout.CHECKPOINTS].groups()):
+                state = dict(g.attrs.get("state") or {})
+                age = checkpoint_age(store, f"{layout.CHECKPOINTS}/{name}")
+                stale = age is not None and age > STALE_AFTER_S
+                out["in_progress"][name] = {
+                    "status": "stale" if stale else "in progress",
+                    "seconds_since_checkpoint": None if age is None else round(age),
+                    "items_done": bool(state.get("items_done")),
+                    "layers_done": len(state.get("done_counts") or {}),
+                    "tokens_in_running_pass": state.get("tokens", 0),
+                }
+    return out
+
+
+def checkpoint_age(store: Store, path: str) -> float | None:
+    """Seconds since the checkpoint's state was last committed (local stores and fsspec)."""
+    try:
+        if store.scheme == "file":
+            import os
+
+            return time.time() - os.path.getmtime(os.path.join(str(store.zstore.root), path, "zarr.json"))
+        fs = store.zstore.fs
+        info = fs.info(f"{store.zstore.path}/{path}/zarr.json")
+        mtime = info.get("LastModified") or info.get("mtime")
+        return time.time() - (mtime.timestamp() if hasattr(mtime, "timestamp") else float(mtime))
+    except Exception:
+        return None
+
+
+def verify(store: Store, progress: bool = True) -> list[str]:
+    """Read every chunk of every array; return the problems found (empty when intact)."""
+    store.validate()
+    problems: list[str] = []
+    root = store.root()
+
+    def walk(group: zarr.Group, prefix: str):
+        for name, arr in group.arrays():
+            path = f"{prefix}{name}"
+            for sel in _chunk_slices(arr):
+                try:
+                    arr[sel]
+                except Exception as e:  # checksum mismatch, truncated or missing chunk
+                    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    problems.append(f"{path} chunk {_chunk_index(arr, sel)}: {first}")
+        for name, sub in group.groups():
+            walk(sub, f"{prefix}{name}/")
+
+    with storage_errors(store.url, store.storage_options):
+        walk(root, "/")
+    return problems
+
+
+def _chunk_slices(arr):
+    import itertools
+
+    if arr.ndim == 0:
+        yield ()
+        return
+    ranges = [range(0, n, c) for n, c in zip(arr.shape, arr.chunks, strict=True)]
+    for starts in itertools.product(*ranges):
+        yield tuple(slice(s, s + c) for s, c in zip(starts, arr.chunks, strict=True))
+
+
+def _chunk_index(arr, sel) -> tuple[int, ...]:
+    return tuple(s.start // c for s, c in zip(sel, arr.chunks, strict=True))
+
+
+def require(store: Store) -> None:
+    if not store.exists():
+        raise StoreError(f"no kisstore store at {store.url}")
