@@ -7,8 +7,12 @@ import time
 from pathlib import Path
 
 import click
-
-from kisstore_cli.common import handle_errors, scheduler_option, storage_option, storage_options_from
+from kisstore_cli.common import (
+    handle_errors,
+    scheduler_option,
+    storage_option,
+    storage_options_from,
+)
 
 
 @click.command("analyze")

@@ -107,7 +107,10 @@ def cosine(inner: np.ndarray) -> np.ndarray:
     m = np.asarray(inner, dtype=np.float64)
     norm = np.sqrt(np.diagonal(m, axis1=-2, axis2=-1))
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.clip(m / (norm[..., :, None] * norm[..., None, :]), -1.0, 1.0)
+        out = np.clip(m / (norm[..., :, None] * norm[..., None, :]), -1.0, 1.0)
+    i = np.arange(m.shape[-1])
+    out[..., i, i] = np.where(norm > 0, 1.0, np.nan)  # exactly 1 (rounding would give 1 ± ε)
+    return out
 
 
 def whitened_cos(gram: np.ndarray) -> np.ndarray:

@@ -69,7 +69,17 @@ def resolve_corpus(spec: str) -> Corpus:
     for p in paths:
         if p.suffix not in (".txt", ".jsonl", ".parquet"):
             raise InputError(f"corpus file {p}: unsupported type (use .txt, .jsonl or .parquet)")
+    if all(_blank(p) for p in paths):
+        raise InputError(f"corpus {spec!r} is empty (no text in {len(paths)} file(s))")
     return Corpus(spec, "files")
+
+
+def _blank(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
 
 
 def _expand(spec: str) -> list[Path]:

@@ -116,6 +116,15 @@ class ModelRun:
         self.items_sha = items_sha
         self.lm = None
 
+    def prepare(self) -> None:
+        """Cheap checks from the config alone (model reachable, architecture, layer spec)."""
+        from kisstore.models.loading import load_config, resolve_source
+        from kisstore.models.registry import module_template, n_layers_of
+
+        config = load_config(resolve_source(self.name), self.opts.trust_remote_code)
+        module_template(config.model_type, self.opts.module)
+        parse_layers(self.opts.layers, n_layers_of(config))
+
     def load(self) -> None:
         if self.lm is not None:
             return
@@ -317,7 +326,9 @@ def run_extract(opts: ExtractOptions) -> list[str]:
             log(f"[{mid}] already complete in {opts.store}; skipping (pass --overwrite to redo it)",
                 opts.storage_options)
             continue
-        runs.append(ModelRun(opts, store, name, candidates, item_set.sha256))
+        run = ModelRun(opts, store, name, candidates, item_set.sha256)
+        run.prepare()
+        runs.append(run)
     if not runs:
         return []
     store.init()

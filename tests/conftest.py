@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import tiny
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("models")
+    return {arch: tiny.make_model(base / arch, arch) for arch in tiny.ARCHS}
+
+
+@pytest.fixture(scope="session")
+def tiny_items(tmp_path_factory) -> Path:
+    return tiny.items_file(tmp_path_factory.mktemp("items") / "items.json")
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    return tiny.corpus_file(tmp_path_factory.mktemp("corpus") / "corpus.txt")
+
+
+def run_cli(*args: str, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """Run the real ``kisstore`` command line in a subprocess."""
+    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "kisstore_cli.main", *args], capture_output=True, text=True,
+                          env=full_env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kisstore {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def tree_digest(path: Path) -> str:
+    """Hash of every file's relative path and bytes under ``path`` (to prove a store unchanged)."""
+    h = hashlib.sha256()
+    for p in sorted(Path(path).rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(path)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()

@@ -1,0 +1,94 @@
+"""``kisstore analyze`` end to end: results written into the store, tables, errors, Dask cluster."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from click.testing import CliRunner
+from kisstore_cli.main import cli
+
+from kisstore.analysis.synthetic import write_synthetic_store
+
+
+@pytest.fixture()
+def store(tmp_path):
+    path = str(tmp_path / "store.zarr")
+    written = write_synthetic_store(path, {"a": {"n_layers": 3, "d_ff": 10}, "b": {"n_layers": 2, "d_ff": 14}},
+                                    n_items=24)
+    return path, written
+
+
+def test_analyze_writes_p_matrix_into_the_store_matching_numpy(store, tmp_path):
+    path, written = store
+    r = CliRunner().invoke(cli, ["analyze", path, "--table-out", str(tmp_path / "tab")])
+    assert r.exit_code == 0, r.output
+    assert "a: 3 layers × 24 items" in r.output
+    tree = xr.open_datatree(path, engine="zarr")  # plain xarray, no kisstore
+    for model in ("a", "b"):
+        ds = tree[f"analysis/{model}"].to_dataset()
+        for layer in ds["layer"].values:
+            k = written[model]["keys"][layer].astype(np.float64)
+            g = k @ np.linalg.inv(written[model]["cov"][layer]) @ k.T
+            np.testing.assert_allclose(ds["p_matrix"].sel(layer=layer).values, g / np.diag(g)[:, None],
+                                       rtol=1e-6, atol=1e-9)
+    scaling = tree["analysis/scaling"].to_dataset()
+    assert sorted(str(m) for m in scaling["model"].values) == ["a", "b"]
+    csv = pd.read_csv(tmp_path / "tab.csv")
+    parquet = pd.read_parquet(tmp_path / "tab.parquet")
+    assert len(csv) == len(parquet) == 5
+    assert {"model", "family", "n_params", "layer", "relative_depth", "p_matrix_kurtosis"} <= set(csv.columns)
+
+
+def test_analyze_options_select_model_layers_items_and_ridge(store):
+    path, _ = store
+    r = CliRunner().invoke(cli, ["analyze", path, "--model", "a", "--layers", "1-2", "--n-items", "20",
+                                 "--ridge", "0.01", "--top-k", "3"])
+    assert r.exit_code == 0, r.output
+    ds = xr.open_datatree(path, engine="zarr")["analysis/a"].to_dataset()
+    assert ds["layer"].values.tolist() == [1, 2] and ds.sizes["item"] == 20 and ds.sizes["rank"] == 3
+    assert ds.attrs["ridge"] == 0.01
+
+
+@pytest.mark.parametrize("args,text", [
+    (["--model", "zzz"], "unknown model 'zzz'"),
+    (["--n-items", "500"], "only 24"),
+    (["--layers", "9"], "out of range"),
+])
+def test_analyze_bad_input_gives_one_line_error_and_exit_code_2(store, args, text):
+    path, _ = store
+    r = CliRunner().invoke(cli, ["analyze", path, *args])
+    assert r.exit_code == 2
+    assert text in r.output and "Traceback" not in r.output
+
+
+def test_analyze_on_a_non_store_is_a_store_error(tmp_path):
+    r = CliRunner().invoke(cli, ["analyze", str(tmp_path / "nothing")])
+    assert r.exit_code == 2 and "Error:" in r.output
+
+
+def test_analyze_runs_on_a_local_dask_cluster_with_worker_processes(store, monkeypatch):
+    from distributed import LocalCluster
+
+    path, written = store
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
+        r = CliRunner().invoke(cli, ["analyze", path, "--model", "b"])
+        assert r.exit_code == 0, r.output
+        assert "using Dask scheduler" in r.output and "2 worker(s)" in r.output
+        # the per-layer gram tasks went through the cluster's scheduler
+        from distributed import Client
+        with Client(cluster.scheduler_address) as client:
+            prefixes = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
+        assert "gram_block" in prefixes
+    ds = xr.open_datatree(path, engine="zarr")["analysis/b"].to_dataset()
+    k = written["b"]["keys"][1].astype(np.float64)
+    g = k @ np.linalg.inv(written["b"]["cov"][1]) @ k.T
+    np.testing.assert_allclose(ds["gram"].sel(layer=1).values, g, rtol=1e-8)
+
+
+def test_unreachable_scheduler_is_a_clear_error(store):
+    path, _ = store
+    r = CliRunner().invoke(cli, ["analyze", path, "--scheduler", "tcp://127.0.0.1:1"], env={**os.environ})
+    assert r.exit_code == 2 and "Dask scheduler" in r.output

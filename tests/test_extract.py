@@ -1,0 +1,146 @@
+"""Extraction against independent computations on tiny random models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from kisstore.data.items import load_items
+from kisstore.extract import ExtractOptions, run_extract
+from tests import tiny
+
+# written here independently of kisstore.models.registry
+KEY_MODULE = {
+    "gpt2": "transformer.h.{}.mlp.c_proj",
+    "gptj": "transformer.h.{}.mlp.fc_out",
+    "gpt_neox": "gpt_neox.layers.{}.mlp.dense_4h_to_h",
+    "llama": "model.layers.{}.mlp.down_proj",
+}
+
+
+def _extract(model_dir, store, items, corpus, **kw):
+    opts = ExtractOptions(models=[str(model_dir)], store=str(store), items=str(items), corpus=str(corpus),
+                          progress=False, **kw)
+    return run_extract(opts)
+
+
+def _capture_all(model, arch, ids):
+    """Every layer's down-projection input for one unpadded sequence, via our own hooks."""
+    n = model.config.num_hidden_layers
+    out = {}
+    mods = dict(model.named_modules())
+    handles = [mods[KEY_MODULE[arch].format(i)].register_forward_pre_hook(
+        lambda m, a, i=i: out.__setitem__(i, a[0][0].double().clone())) for i in range(n)]
+    with torch.no_grad():
+        model(input_ids=torch.tensor([ids]))
+    for h in handles:
+        h.remove()
+    return [out[i].numpy() for i in range(n)]
+
+
+@pytest.mark.parametrize("arch", tiny.ARCHS)
+def test_keys_equal_an_unbatched_hook_at_the_last_subject_token(arch, tiny_models, tiny_items, tiny_corpus, tmp_path):
+    store = tmp_path / "s.zarr"
+    (mid,) = _extract(tiny_models[arch], store, tiny_items, tiny_corpus)
+    ds = xr.open_datatree(store, engine="zarr")[f"models/{mid}"].ds
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[arch]).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_models[arch])
+    for j, item in enumerate(load_items(str(tiny_items)).items):
+        before_end = item.prompt.index("{}") + len(item.subject)
+        pos = len(tok(item.text[:before_end])["input_ids"]) - 1
+        ids = tok(f"{item.text} {item.target_true}")["input_ids"]
+        per_layer = _capture_all(model, arch, ids)
+        for layer in range(model.config.num_hidden_layers):
+            np.testing.assert_allclose(ds["keys"].values[layer, j], per_layer[layer][pos], rtol=1e-4, atol=1e-5)
+    assert ds["keys"].shape == (3, 12, ds.sizes["d_ff"])
+
+
+def _numpy_cov(model_dir, arch, corpus, max_length, cap=None):
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    docs = [d.strip() for d in corpus.read_text().split("\n\n") if d.strip()]
+    blocks = [[] for _ in range(model.config.num_hidden_layers)]
+    seen = 0
+    for doc in docs:
+        if cap is not None and seen >= cap:
+            break
+        ids = tok(doc, truncation=True, max_length=max_length)["input_ids"]
+        seen += len(ids)
+        for layer, k in enumerate(_capture_all(model, arch, ids)):
+            blocks[layer].append(k)
+    ks = [np.concatenate(b) for b in blocks]
+    return np.stack([k.T @ k / len(k) for k in ks]), len(ks[0])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_covariance_equals_numpy_over_the_same_tokens(arch, tiny_models, tiny_items, tiny_corpus, tmp_path):
+    store = tmp_path / "s.zarr"
+    (mid,) = _extract(tiny_models[arch], store, tiny_items, tiny_corpus, max_length=48)
+    ds = xr.open_datatree(store, engine="zarr")[f"models/{mid}"].ds
+    expect, n = _numpy_cov(tiny_models[arch], arch, tiny_corpus, 48)
+    assert (ds["n_tokens"].values == n).all()
+    np.testing.assert_allclose(ds["cov"].values, expect, rtol=2e-5, atol=1e-7)
+    for c in ds["cov"].values:
+        assert np.allclose(c, c.T)
+        assert np.linalg.eigvalsh(c).min() > 0
+
+
+def test_token_cap_takes_whole_documents_until_reached(tiny_models, tiny_items, tiny_corpus, tmp_path):
+    store = tmp_path / "s.zarr"
+    (mid,) = _extract(tiny_models["gpt2"], store, tiny_items, tiny_corpus, corpus_tokens=500)
+    ds = xr.open_datatree(store, engine="zarr")[f"models/{mid}"].ds
+    expect, n = _numpy_cov(tiny_models["gpt2"], "gpt2", tiny_corpus, 1024, cap=500)
+    assert n >= 500 and (ds["n_tokens"].values == n).all()
+    np.testing.assert_allclose(ds["cov"].values, expect, rtol=2e-5, atol=1e-7)
+
+
+def test_layers_split_over_several_passes_give_the_same_covariance(tiny_models, tiny_items, tiny_corpus, tmp_path):
+    one = tmp_path / "one.zarr"
+    many = tmp_path / "many.zarr"
+    (mid,) = _extract(tiny_models["llama"], one, tiny_items, tiny_corpus)
+    d = 36
+    _extract(tiny_models["llama"], many, tiny_items, tiny_corpus, max_memory=12 * d * d)  # one layer per pass
+    a = xr.open_datatree(one, engine="zarr")[f"models/{mid}"].ds
+    b = xr.open_datatree(many, engine="zarr")[f"models/{mid}"].ds
+    np.testing.assert_allclose(a["cov"].values, b["cov"].values, rtol=1e-12)
+    xr.testing.assert_equal(a["keys"], b["keys"])
+
+
+def test_selected_layers_only(tiny_models, tiny_items, tiny_corpus, tmp_path):
+    store = tmp_path / "s.zarr"
+    (mid,) = _extract(tiny_models["gpt_neox"], store, tiny_items, tiny_corpus, layers="0,-1")
+    ds = xr.open_datatree(store, engine="zarr")[f"models/{mid}"].ds
+    assert ds["layer"].values.tolist() == [0, 2]
+
+
+def test_known_and_p_true_follow_teacher_forced_argmax(tiny_models, tiny_items, tiny_corpus, tmp_path):
+    arch = "gpt2"
+    store = tmp_path / "s.zarr"
+    (mid,) = _extract(tiny_models[arch], store, tiny_items, tiny_corpus)
+    ds = xr.open_datatree(store, engine="zarr")[f"models/{mid}"].ds
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[arch]).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_models[arch])
+    for j, item in enumerate(load_items(str(tiny_items)).items):
+        n_prompt = len(tok(item.text)["input_ids"])
+        ids = tok(f"{item.text} {item.target_true}")["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0]
+        pred = logits[n_prompt - 1 : len(ids) - 1].argmax(-1).tolist()
+        assert bool(ds["known"].values[j]) == (pred == ids[n_prompt:])
+        p = torch.softmax(logits[n_prompt - 1], -1)[ids[n_prompt]].item()
+        assert ds["p_true"].values[j] == pytest.approx(p, rel=1e-4)
+
+
+def test_second_model_shares_items_and_complete_model_is_skipped(tiny_models, tiny_items, tiny_corpus, tmp_path, capsys):
+    store = tmp_path / "s.zarr"
+    _extract(tiny_models["gpt2"], store, tiny_items, tiny_corpus, n_items=5)
+    assert _extract(tiny_models["gpt2"], store, tiny_items, tiny_corpus, n_items=5) == []
+    assert "already complete" in capsys.readouterr().out
+    _extract(tiny_models["llama"], store, tiny_items, tiny_corpus)
+    tree = xr.open_datatree(store, engine="zarr")
+    assert set(tree["models"].children) == {"gpt2", "llama"}
+    assert tree["models/llama"].ds.sizes["item"] == 5
+    np.testing.assert_array_equal(tree["models/llama"]["item"].values, tree["items"]["item"].values)

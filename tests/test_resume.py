@@ -1,0 +1,68 @@
+"""Crash safety: SIGKILL at each named point, rerun, same arrays as an uninterrupted run."""
+
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from tests import tiny
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def long_corpus(tmp_path_factory):
+    return tiny.corpus_file(tmp_path_factory.mktemp("long") / "corpus.txt", n_docs=400)
+
+
+def _args(model, store, items, corpus):
+    return ["extract", "--model", str(model), "--store", str(store), "--items", str(items), "--corpus", str(corpus),
+            "--checkpoint-every", "0", "--batch-tokens", "1024", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_models, tiny_items, long_corpus, tmp_path_factory):
+    store = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    run_cli(*_args(tiny_models["llama"], store, tiny_items, long_corpus), check=True)
+    return xr.open_datatree(store, engine="zarr")["models/llama"].ds.load()
+
+
+@pytest.mark.parametrize("point", ["load", "item_batch", "corpus_batch:15", "checkpoint_write:5", "final_write"])
+def test_killed_extract_resumes_to_the_uninterrupted_result(point, reference, tiny_models, tiny_items, long_corpus,
+                                                            tmp_path):
+    store = tmp_path / "s.zarr"
+    args = _args(tiny_models["llama"], store, tiny_items, long_corpus)
+    killed = run_cli(*args, env={"KISSTORE_FAILPOINT": point})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    if store.exists():
+        info = run_cli("info", "--json", str(store))
+        assert '"status": "complete"' not in info.stdout  # a killed run is never shown as complete
+    resumed = run_cli(*args, check=True)
+    if point.startswith(("corpus_batch", "checkpoint_write")):
+        assert "resuming corpus pass" in resumed.stdout
+    ds = xr.open_datatree(store, engine="zarr")["models/llama"].ds
+    assert ds.attrs["complete"] is True
+    np.testing.assert_array_equal(ds["cov"].values, reference["cov"].values)
+    np.testing.assert_array_equal(ds["keys"].values, reference["keys"].values)
+    np.testing.assert_array_equal(ds["n_tokens"].values, reference["n_tokens"].values)
+    assert "_checkpoints" not in xr.open_datatree(store, engine="zarr").children or not \
+        xr.open_datatree(store, engine="zarr")["_checkpoints"].children
+
+
+def test_info_reports_an_unfinished_extraction_as_in_progress(tiny_models, tiny_items, long_corpus, tmp_path):
+    store = tmp_path / "s.zarr"
+    run_cli(*_args(tiny_models["llama"], store, tiny_items, long_corpus), env={"KISSTORE_FAILPOINT": "corpus_batch:15"})
+    out = run_cli("info", str(store), check=True).stdout
+    assert "[in progress]" in out and "[complete]" not in out
+
+
+def test_resume_with_other_settings_is_refused(tiny_models, tiny_items, long_corpus, tmp_path):
+    store = tmp_path / "s.zarr"
+    args = _args(tiny_models["llama"], store, tiny_items, long_corpus)
+    run_cli(*args, env={"KISSTORE_FAILPOINT": "corpus_batch:15"})
+    other = run_cli(*args, "--max-length", "17")
+    assert other.returncode == 2
+    assert "unfinished extraction" in other.stderr and "max_length" in other.stderr
+    assert "Traceback" not in other.stderr
