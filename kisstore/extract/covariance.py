@@ -93,7 +93,8 @@ def accumulate(
     state = {}
 
     def on_key(layer, x):
-        sel = x[state["mask"]]  # (tokens, d_ff), padding dropped
+        mask = state["mask"]
+        sel = x.reshape(*mask.shape, -1)[mask]  # (tokens, d_ff), padding dropped
         moments[layer].add(sel)
 
     with torch.inference_mode(), key_hooks(lm.model, lm.module_template, layers, on_key, stop_after_last=True):

@@ -53,7 +53,8 @@ def item_pass(
         pos = torch.tensor([enc[i].key_pos for i in group], device=lm.device)
         batch_rows = torch.arange(len(group), device=lm.device)
 
-        def on_key(layer, x, _g=group, _p=pos, _r=batch_rows):
+        def on_key(layer, x, _g=group, _p=pos, _r=batch_rows, _shape=ids.shape):
+            x = x.reshape(*_shape, -1)  # some models (OPT) flatten (batch, seq) before the MLP
             keys[row[layer], _g] = x[_r, _p].float().cpu().numpy()
 
         with torch.inference_mode(), key_hooks(lm.model, lm.module_template, layers, on_key):

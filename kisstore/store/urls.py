@@ -25,7 +25,7 @@ def split_url(url: str) -> tuple[str, str]:
         raise InputError("store URL is empty")
     m = _URL_RE.match(url)
     if m is None:
-        if "://" in url or url.startswith(":"):
+        if "://" in url or url.startswith(":") or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+:", url):
             raise InputError(f"malformed store URL {url!r}")
         return "file", url
     scheme = m.group("scheme").lower()
