@@ -92,3 +92,24 @@ def test_unreachable_scheduler_is_a_clear_error(store):
     path, _ = store
     r = CliRunner().invoke(cli, ["analyze", path, "--scheduler", "tcp://127.0.0.1:1"], env={**os.environ})
     assert r.exit_code == 2 and "Dask scheduler" in r.output
+
+
+def test_singular_covariance_exits_3_with_remedy_and_ridge_recovers(tmp_path):
+    from kisstore.analysis.synthetic import items_dataset, model_dataset, synthetic_model
+    from kisstore.store import Store
+
+    path = str(tmp_path / "s.zarr")
+    s = Store(path)
+    s.init()
+    ids = np.arange(20)
+    s.write_dataset("items", items_dataset(ids))
+    arrays = synthetic_model(np.random.default_rng(0), 20, 12, 2, n_samples=6)  # 6 tokens < d_ff 12
+    s.write_dataset("models/m", model_dataset(arrays, ids))
+    s.set_attrs("models/m", {"complete": True, "n_layers": 2})
+    s.consolidate()
+    r = CliRunner().invoke(cli, ["analyze", path])
+    assert r.exit_code == 3
+    assert "layer 0" in r.output and "condition number" in r.output and "--ridge" in r.output
+    r = CliRunner().invoke(cli, ["analyze", path, "--ridge", "0.1"])
+    assert r.exit_code == 0, r.output
+    assert xr.open_datatree(path, engine="zarr")["analysis/m"].attrs["ridge"] == 0.1
