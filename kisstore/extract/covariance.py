@@ -14,6 +14,9 @@ from kisstore.extract.batching import pad_right, token_budget_batches
 from kisstore.extract.hooks import StopForward, key_hooks
 
 
+WINDOW = 64  # documents sorted by length together; also the unit of resuming and sharding
+
+
 @dataclass
 class Batch:
     input_ids: object
@@ -24,7 +27,8 @@ class Batch:
 
 def corpus_batches(
     tokenizer, corpus: Corpus, *, max_length: int, batch_tokens: int,
-    token_cap: int | None, skip_docs: int = 0, tokens_before: int = 0, window: int = 64,
+    token_cap: int | None, skip_docs: int = 0, tokens_before: int = 0, window: int = WINDOW,
+    max_docs: int | None = None,
 ) -> Iterator[Batch]:
     """Tokenise documents (truncated to ``max_length``) into right-padded token-budget batches.
 
@@ -32,6 +36,7 @@ def corpus_batches(
     Documents are read in windows of ``window``; inside a window they are sorted by length
     before batching, which removes most padding. Only a window's last batch carries
     ``docs_end`` (a resumable point), so a resumed run reproduces the later batches exactly.
+    ``max_docs`` stops after that many documents (a shard of the corpus).
     """
     seen = tokens_before
     docs = corpus.documents()
@@ -45,6 +50,9 @@ def corpus_batches(
         seqs: list[list[int]] = []
         read = 0
         while read < window:
+            if max_docs is not None and consumed + read - skip_docs >= max_docs:
+                exhausted = True
+                break
             if token_cap is not None and seen >= token_cap:
                 exhausted = True
                 break
@@ -65,6 +73,19 @@ def corpus_batches(
         for gi, group in enumerate(groups):
             chunk = [seqs[i] for i in group]
             yield _make(chunk, tokenizer, consumed if gi == len(groups) - 1 else None)
+
+
+def count_documents(tokenizer, corpus: Corpus, *, max_length: int, token_cap: int | None) -> int:
+    """How many documents ``corpus_batches`` would read under ``token_cap`` (same rule)."""
+    seen = 0
+    n = 0
+    for text in corpus.documents():
+        if token_cap is not None and seen >= token_cap:
+            break
+        n += 1
+        if text.strip():
+            seen += len(tokenizer(text, truncation=True, max_length=max_length)["input_ids"])
+    return n
 
 
 def _make(seqs: list[list[int]], tokenizer, docs_end: int | None) -> Batch:

@@ -50,6 +50,8 @@ class ExtractOptions:
     allow_pickle: bool = False
     checkpoint_every: float = 300.0
     progress: bool = True
+    scheduler: str | None = None
+    shards: int = 1
 
 
 def log(msg: str, storage_options: dict | None = None) -> None:
@@ -68,6 +70,8 @@ def validate(opts: ExtractOptions) -> None:
         raise InputError(f"--corpus-tokens {opts.corpus_tokens} is absurd (more than 10^13)")
     if not 1 <= opts.max_length <= 1_000_000:
         raise InputError(f"--max-length must be between 1 and 1000000, got {opts.max_length}")
+    if opts.shards < 1:
+        raise InputError(f"--shards must be at least 1, got {opts.shards}")
     if opts.batch_tokens < 1:
         raise InputError(f"--batch-tokens must be positive, got {opts.batch_tokens}")
     if opts.token not in POSITIONS:
@@ -115,6 +119,8 @@ class ModelRun:
         self.items = items
         self.items_sha = items_sha
         self.lm = None
+        self.imported = None
+        self.client = None
 
     def prepare(self) -> None:
         """Cheap checks from the config alone (model reachable, architecture, layer spec)."""
@@ -136,10 +142,24 @@ class ModelRun:
         self.lm = load_model(self.name, device=self.opts.device, dtype=self.opts.dtype, module=self.opts.module,
                              trust_remote_code=self.opts.trust_remote_code, allow_pickle=self.opts.allow_pickle)
         self.layers = parse_layers(self.opts.layers, self.lm.n_layers)
+        self.imported = self.imported_cov()
+        if self.imported is not None:
+            have = [int(x) for x in self.imported["layer"].values]
+            if self.opts.layers in (None, "", "all"):
+                self.layers = have
+            elif missing := sorted(set(self.layers) - set(have)):
+                raise InputError(f"layers {missing} are not among the imported covariance's layers {have}")
         log(f"[{self.model_id}] {self.lm.provenance['architecture']}, {self.lm.n_layers} layers, "
             f"d_ff {self.lm.d_ff}, {self.lm.n_params / 1e6:.0f}M parameters on {self.lm.device} "
             f"({time.monotonic() - t:.1f} s)")
         self.ckpt = Checkpoint(self.store, self.model_id, self.fingerprint())
+
+    def imported_cov(self) -> xr.Dataset | None:
+        """The covariance `kisstore import-rome` put in this model's group, if any."""
+        path = layout.model_path(self.model_id)
+        if not self.store.has(path) or self.store.group_attrs(path).get("cov_source") != "imported":
+            return None
+        return xr.open_zarr(self.store.zstore, group=path, zarr_format=3, consolidated=False)
 
     def unload(self) -> None:
         self.lm = None
@@ -176,6 +196,13 @@ class ModelRun:
         from tqdm.auto import tqdm
 
         self.load()
+        if self.imported is not None:
+            ds = self.imported.sel(layer=self.layers)
+            log(f"[{self.model_id}] using the imported covariance ({ds.attrs.get('imported_from')}); "
+                "no corpus pass")
+            return ds["cov"].values.astype(np.float64), ds["n_tokens"].values.astype(np.int64)
+        if self.client is not None:
+            return self.run_corpus_sharded()
         state = self.ckpt.open(self.layers, self.lm.d_ff)
         d, o = self.lm.d_ff, self.opts
         budget = o.max_memory if o.max_memory is not None else default_memory(self.lm.device)
@@ -224,11 +251,41 @@ class ModelRun:
                                 group=gi + 1, docs=0, tokens=0, corpus_documents=progress["docs"])
             state = self.ckpt.state
             done_counts = {int(k): v for k, v in state["done_counts"].items()}
-        n_tokens = np.array([done_counts[rows_of[layer]] for layer in self.layers], dtype=np.int64)
+        return self.final_cov(done_counts)
+
+    def final_cov(self, done_counts: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        d = self.lm.d_ff
+        n_tokens = np.array([done_counts[r] for r in range(len(self.layers))], dtype=np.int64)
         cov = np.empty((len(self.layers), d, d), dtype=np.float64)
         for r in range(len(self.layers)):
             cov[r] = symmetric(self.ckpt.load_done(r)) / n_tokens[r]
         return cov, n_tokens
+
+    def run_corpus_sharded(self) -> tuple[np.ndarray, np.ndarray]:
+        """The corpus pass split into shards run on the Dask cluster's workers."""
+        from kisstore.extract import shards
+        from kisstore.extract.covariance import WINDOW, count_documents
+
+        o = self.opts
+        state = self.ckpt.open(self.layers, self.lm.d_ff)
+        done = {int(k): v for k, v in (state.get("done_counts") or {}).items()}
+        if len(done) < len(self.layers):
+            corpus = resolve_corpus(o.corpus)
+            n_docs = count_documents(self.lm.tokenizer, corpus, max_length=o.max_length, token_cap=o.corpus_tokens)
+            ranges = shards.plan(n_docs, o.shards, WINDOW)
+            load = {"device": o.device, "dtype": o.dtype, "module": o.module,
+                    "trust_remote_code": o.trust_remote_code, "allow_pickle": o.allow_pickle}
+            tasks = [shards.ShardTask(self.name, self.model_id, load, o.store, o.storage_options, self.layers,
+                                      o.corpus, o.max_length, o.batch_tokens, o.max_memory, i, r, len(ranges))
+                     for i, r in enumerate(ranges)]
+            log(f"[{self.model_id}] corpus pass: {n_docs} documents in {len(tasks)} shards on the cluster")
+            shards.run_sharded(tasks, self.client, progress=o.progress)
+            uppers, count = shards.merge(self.store, self.model_id, ranges, len(self.layers))
+            check_count(count, self.lm.d_ff, o.corpus)
+            rows = list(range(len(self.layers)))
+            self.ckpt.save_done(rows, uppers, [count] * len(rows), corpus_documents=n_docs)
+            done = {r: count for r in rows}
+        return self.final_cov(done)
 
     def provenance(self) -> dict[str, Any]:
         import numpy
@@ -236,13 +293,18 @@ class ModelRun:
 
         p = dict(self.lm.provenance)
         o = self.opts
+        p["cov_source"] = "extracted"
+        if self.imported is not None:
+            p.update({k: v for k, v in self.imported.attrs.items() if k.startswith("imported")})
+            p["cov_source"] = "imported"
         p["versions"] = {**p.get("versions", {}), "kisstore": __version__, "zarr": zarr.__version__,
                          "numpy": numpy.__version__, "xarray": xr.__version__}
         p.update({
             "token_position": o.token, "corpus": o.corpus, "corpus_tokens": o.corpus_tokens,
             "corpus_documents": self.ckpt.state.get("corpus_documents"), "max_length": o.max_length,
-            "batch_tokens": o.batch_tokens, "items_sha256": self.items_sha, "cov_source": "extracted",
+            "batch_tokens": o.batch_tokens, "items_sha256": self.items_sha,
             "layers": self.layers, "storage_options": public_options(o.storage_options),
+            "shards": o.shards if self.client is not None else None,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
         return p
@@ -331,6 +393,12 @@ def run_extract(opts: ExtractOptions) -> list[str]:
         runs.append(run)
     if not runs:
         return []
+    if opts.shards > 1 or opts.scheduler:
+        from kisstore.extract.shards import connect
+
+        client = connect(opts.scheduler)
+        for run in runs:
+            run.client = client
     store.init()
     if opts.overwrite:
         for run in runs:

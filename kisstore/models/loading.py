@@ -162,6 +162,15 @@ def load_config(source: ModelSource, trust_remote_code: bool = False):
     if source.kind == "gguf":
         directory, _ = _gguf_cached(Path(source.location))
         return AutoConfig.from_pretrained(directory)
+    if source.kind == "dir" and not trust_remote_code:
+        import json
+
+        try:
+            declared = json.loads((Path(source.location) / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(f"{source.location}/config.json is not valid JSON") from e
+        if not isinstance(declared, dict) or "model_type" not in declared:
+            raise InputError(f"{source.location}/config.json has no model_type")
     try:
         return AutoConfig.from_pretrained(
             source.location, revision=source.revision, trust_remote_code=trust_remote_code
@@ -191,8 +200,10 @@ def load_model(
 ) -> LoadedModel:
     """Load model + fast tokenizer, find the key modules, and describe where it all came from."""
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    transformers.utils.logging.disable_progress_bar()  # kisstore shows its own progress
     source = resolve_source(name)
     dev = pick_device(device)
     config = load_config(source, trust_remote_code)

@@ -1,0 +1,162 @@
+"""Sharded corpus pass on a Dask cluster: K shards of whole document windows, merged exactly.
+
+Shards are contiguous ranges of whole ``WINDOW``-document windows, so every batch a shard
+forms is the batch a single process forms; only the float64 summation order of the final
+merge differs. Each shard commits its partial sums and token count into the store
+(``/_checkpoints/<model>/shards/<k>``) before reporting done; a rerun skips committed shards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kisstore import failpoints
+from kisstore.errors import InputError, StoreError
+
+
+@dataclass
+class ShardTask:
+    model: str
+    model_id: str
+    load: dict[str, Any]
+    store: str
+    storage_options: dict[str, Any]
+    layers: list[int]
+    corpus: str
+    max_length: int
+    batch_tokens: int
+    budget: int | None
+    index: int
+    docs: tuple[int, int]
+    n_shards: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def plan(n_docs: int, n_shards: int, window: int) -> list[tuple[int, int]]:
+    """Split ``n_docs`` documents into at most ``n_shards`` ranges of whole windows."""
+    if n_shards < 1:
+        raise InputError(f"--shards must be at least 1, got {n_shards}")
+    n_windows = -(-n_docs // window)
+    k = max(1, min(n_shards, n_windows))
+    bounds = [round(i * n_windows / k) * window for i in range(k + 1)]
+    bounds[-1] = n_docs
+    return [(bounds[i], min(bounds[i + 1], n_docs)) for i in range(k) if bounds[i] < n_docs]
+
+
+def shard_path(model_id: str, index: int) -> str:
+    from kisstore.store.layout import checkpoint_path
+
+    return f"{checkpoint_path(model_id)}/shards/{index}"
+
+
+def committed(store, task: ShardTask) -> bool:
+    path = shard_path(task.model_id, task.index)
+    if not store.has(path):
+        return False
+    a = store.group_attrs(path)
+    return a.get("done") is True and a.get("docs") == list(task.docs) and a.get("n_shards") == task.n_shards
+
+
+def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
+    """Worker side: accumulate Σ k kᵀ over one shard's documents and commit it to the store."""
+    import zarr
+
+    from kisstore.data.corpus import resolve_corpus
+    from kisstore.extract.accumulate import SecondMoment
+    from kisstore.extract.covariance import accumulate, corpus_batches
+    from kisstore.extract.pipeline import layer_groups
+    from kisstore.models.loading import load_model
+    from kisstore.store.io import Store, default_compressors, storage_errors
+
+    task = ShardTask(**{**task_dict, "docs": tuple(task_dict["docs"])})
+    store = Store(task.store, task.storage_options)
+    if committed(store, task):
+        return {"index": task.index, "count": store.group_attrs(shard_path(task.model_id, task.index))["count"],
+                "skipped": True}
+    lm = load_model(task.model, **task.load)
+    d = lm.d_ff
+    corpus = resolve_corpus(task.corpus)
+    start, stop = task.docs
+    uppers: dict[int, np.ndarray] = {}
+    count = 0
+    from kisstore.extract.pipeline import default_memory
+
+    budget = task.budget if task.budget is not None else default_memory(lm.device)
+    for group in layer_groups(task.layers, d, budget):
+        moments = {layer: SecondMoment(d, lm.device) for layer in group}
+        batches = corpus_batches(lm.tokenizer, corpus, max_length=task.max_length, batch_tokens=task.batch_tokens,
+                                 token_cap=None, skip_docs=start, max_docs=stop - start)
+        accumulate(lm, group, batches, moments)
+        for layer in group:
+            uppers[layer] = moments[layer].sum_upper()
+        count = moments[group[0]].count
+    path = shard_path(task.model_id, task.index)
+    with storage_errors(store.url, store.storage_options):
+        g = zarr.open_group(store.zstore, path=path, mode="w")
+        arr = g.create_array("sum", shape=(len(task.layers), d, d), chunks=(1, min(d, 4096), min(d, 4096)),
+                             dtype="float64", compressors=default_compressors(), fill_value=0.0)
+        for r, layer in enumerate(task.layers):
+            arr[r] = uppers[layer]
+        g.attrs.update({"done": True, "count": int(count), "docs": [start, stop], "n_shards": task.n_shards})
+    return {"index": task.index, "count": int(count), "skipped": False}
+
+
+def connect(address: str | None):
+    """A distributed Client for ``address`` (or $DASK_SCHEDULER_ADDRESS); clear error if unreachable."""
+    import os
+
+    from distributed import Client
+
+    address = address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if not address:
+        raise InputError("--shards needs a Dask cluster: pass --scheduler ADDR or set DASK_SCHEDULER_ADDRESS")
+    try:
+        return Client(address, timeout="15s")
+    except (OSError, TimeoutError, ValueError) as e:
+        raise InputError(f"cannot reach the Dask scheduler at {address!r} ({type(e).__name__})") from None
+
+
+def run_sharded(tasks: list[ShardTask], client, progress: bool = True) -> list[dict[str, Any]]:
+    """Submit every uncommitted shard (GPU workers get one shard each via resources), wait, report."""
+    from distributed import as_completed
+
+    info = client.scheduler_info()
+    has_gpu = any("GPU" in (w.get("resources") or {}) for w in info.get("workers", {}).values())
+    futures = [
+        client.submit(run_shard, asdict(t), key=f"kisstore-shard-{t.model_id}-{t.index}-of-{t.n_shards}",
+                      retries=2, pure=False, resources={"GPU": 1} if has_gpu else None)
+        for t in tasks
+    ]
+    results = []
+    for fut in as_completed(futures):
+        try:
+            r = fut.result()
+        except Exception as e:
+            raise StoreError(f"a corpus shard failed after retries: {type(e).__name__}: {e}; rerun the same "
+                             "command to redo only the unfinished shards") from e
+        if progress or r["skipped"]:
+            print(f"  shard {r['index'] + 1}/{len(tasks)}: {r['count']} tokens"
+                  + (" (already committed)" if r["skipped"] else ""), flush=True)
+        results.append(r)
+        failpoints.hit("shard_done")
+    return sorted(results, key=lambda r: r["index"])
+
+
+def merge(store, model_id: str, shards: list[tuple[int, int]], n_layers: int) -> tuple[list[np.ndarray], int]:
+    """Exact merge: Σ over shards of the float64 partial sums, and the total token count."""
+    import zarr
+
+    total = None
+    count = 0
+    for i in range(len(shards)):
+        g = zarr.open_group(store.zstore, path=shard_path(model_id, i), mode="r")
+        if g.attrs.get("done") is not True:
+            raise StoreError(f"shard {i} of {model_id} is not committed")
+        s = g["sum"][...]
+        total = s if total is None else total + s
+        count += int(g.attrs["count"])
+    assert total is not None and total.shape[0] == n_layers
+    return [total[r] for r in range(n_layers)], count
