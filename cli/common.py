@@ -50,6 +50,11 @@ def storage_options_from(pairs: tuple[str, ...]) -> dict[str, Any]:
     return parse_storage_options(pairs)
 
 
+def _looks_corrupt(e: BaseException) -> bool:
+    text = f"{type(e).__name__}: {e}".lower()
+    return "checksum" in text or "decompression" in text or "zstd" in text or "corrupt" in text
+
+
 def handle_errors(f: Callable) -> Callable:
     """Turn library errors into one-line messages and exit codes; tracebacks only with --debug."""
 
@@ -73,6 +78,10 @@ def handle_errors(f: Callable) -> Callable:
             if debug:
                 raise
             first = (str(e).strip().splitlines() or [""])[0]
+            if _looks_corrupt(e):
+                click.echo(f"Error: corrupt data in the store ({redact(first)}); `kisstore info --verify STORE` "
+                           "names the damaged arrays and chunks", err=True)
+                sys.exit(2)
             click.echo(f"Error: {type(e).__name__}: {redact(first)} (rerun with --debug for the traceback)", err=True)
             sys.exit(1)
 

@@ -35,12 +35,13 @@ from kisstore_cli.common import handle_errors, parse_size, storage_option, stora
               help="Dask scheduler for a sharded corpus pass (default: $DASK_SCHEDULER_ADDRESS with --shards).")
 @click.option("--shards", type=int, default=1, show_default=True, metavar="K",
               help="Split the corpus pass into K shards run on the cluster's workers.")
+@click.option("--break-lock", is_flag=True, help="Take over a write lock left by a process that died elsewhere.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @storage_option
 @handle_errors
 def extract(models, store, items, n_items, known_only, corpus, corpus_tokens, max_length, batch_tokens, layers,
             token, device, dtype, max_memory, module, overwrite, trust_remote_code, allow_pickle,
-            checkpoint_every, scheduler, shards, quiet, storage_options):
+            checkpoint_every, scheduler, shards, break_lock, quiet, storage_options):
     """Capture keys (every layer) and all-layer covariances in one pass into a Zarr store.
 
     \b
@@ -56,7 +57,7 @@ def extract(models, store, items, n_items, known_only, corpus, corpus_tokens, ma
         batch_tokens=batch_tokens, layers=layers, token=token, device=device, dtype=dtype,
         max_memory=parse_size(max_memory) if max_memory else None, overwrite=overwrite, module=module,
         trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, checkpoint_every=checkpoint_every,
-        progress=not quiet, scheduler=scheduler, shards=shards,
+        progress=not quiet, scheduler=scheduler, shards=shards, break_lock=break_lock,
     )
     written = run_extract(opts)
     click.echo(f"done: {', '.join(written) if written else 'nothing to do'} in {store}")

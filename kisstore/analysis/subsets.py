@@ -49,7 +49,26 @@ def model_dataset(tree: xr.DataTree, model: str) -> xr.Dataset:
     for name in ("keys", "n_tokens"):
         if name not in ds:
             raise StoreError(f"model {model!r} has no `{name}` array in the store")
+    check_shapes(ds, model)
     return ds
+
+
+_EXPECTED = {"keys": ("layer", "item", "d_ff"), "cov": ("layer", "d_ff", "d_ff_"), "n_tokens": ("layer",)}
+
+
+def check_shapes(ds: xr.Dataset, model: str) -> None:
+    """Refuse arrays whose dims, dtypes or sizes do not fit the layout (another tool, a bad edit)."""
+    for name, dims in _EXPECTED.items():
+        var = ds[name]
+        if var.dims != dims:
+            raise StoreError(f"model {model!r}: `{name}` has dims {var.dims}, expected {dims}")
+    if not np.issubdtype(ds["keys"].dtype, np.floating) or not np.issubdtype(ds["cov"].dtype, np.floating):
+        raise StoreError(f"model {model!r}: `keys`/`cov` must be floating point, found "
+                         f"{ds['keys'].dtype}/{ds['cov'].dtype}")
+    if not np.issubdtype(ds["n_tokens"].dtype, np.integer):
+        raise StoreError(f"model {model!r}: `n_tokens` must be integer, found {ds['n_tokens'].dtype}")
+    if ds.sizes["d_ff"] != ds.sizes["d_ff_"]:
+        raise StoreError(f"model {model!r}: `cov` is not square ({ds.sizes['d_ff']} × {ds.sizes['d_ff_']})")
 
 
 def select_layers(ds: xr.Dataset, model: str, layers: str | Sequence[int] | None) -> list[int]:

@@ -52,6 +52,7 @@ class ExtractOptions:
     progress: bool = True
     scheduler: str | None = None
     shards: int = 1
+    break_lock: bool = False
 
 
 def log(msg: str, storage_options: dict | None = None) -> None:
@@ -130,6 +131,8 @@ class ModelRun:
         config = load_config(resolve_source(self.name), self.opts.trust_remote_code)
         module_template(config.model_type, self.opts.module)
         parse_layers(self.opts.layers, n_layers_of(config))
+        if self.store.exists():
+            self.imported = self.imported_cov()
 
     def load(self) -> None:
         if self.lm is not None:
@@ -295,13 +298,17 @@ class ModelRun:
         o = self.opts
         p["cov_source"] = "extracted"
         if self.imported is not None:
-            p.update({k: v for k, v in self.imported.attrs.items() if k.startswith("imported")})
+            p.update({k: v for k, v in self.imported.attrs.items()
+                      if k.startswith("imported") or k in ("corpus", "corpus_documents", "corpus_tokens",
+                                                           "max_length")})
             p["cov_source"] = "imported"
         p["versions"] = {**p.get("versions", {}), "kisstore": __version__, "zarr": zarr.__version__,
                          "numpy": numpy.__version__, "xarray": xr.__version__}
         p.update({
             "token_position": o.token, "corpus": o.corpus, "corpus_tokens": o.corpus_tokens,
             "corpus_documents": self.ckpt.state.get("corpus_documents"), "max_length": o.max_length,
+            **({} if self.imported is None else {k: self.imported.attrs.get(k) for k in
+                                                  ("corpus", "corpus_documents", "corpus_tokens", "max_length")}),
             "batch_tokens": o.batch_tokens, "items_sha256": self.items_sha,
             "layers": self.layers, "storage_options": public_options(o.storage_options),
             "shards": o.shards if self.client is not None else None,
@@ -364,7 +371,6 @@ def run_extract(opts: ExtractOptions) -> list[str]:
     """Extract keys and covariances for every model; returns the model ids written."""
     validate(opts)
     item_set: ItemSet = load_items(opts.items)
-    resolve_corpus(opts.corpus)
     store = Store(opts.store, opts.storage_options)
     existing_items = None
     if store.exists():
@@ -393,12 +399,30 @@ def run_extract(opts: ExtractOptions) -> list[str]:
         runs.append(run)
     if not runs:
         return []
+    if opts.overwrite or any(run.imported is None for run in runs):
+        resolve_corpus(opts.corpus)  # not needed when every covariance was imported
     if opts.shards > 1 or opts.scheduler:
         from kisstore.extract.shards import connect
 
         client = connect(opts.scheduler)
         for run in runs:
             run.client = client
+    from kisstore.store.lock import ModelLock
+
+    locks = [ModelLock(store, run.model_id, break_lock=opts.break_lock) for run in runs]
+    taken = []
+    try:
+        for lock in locks:
+            lock.acquire()
+            taken.append(lock)
+        return _extract_locked(opts, store, runs, candidates, existing_items, item_set)
+    finally:
+        for lock in taken:
+            lock.release()
+
+
+def _extract_locked(opts: ExtractOptions, store: Store, runs: list[ModelRun], candidates: list[Item],
+                    existing_items: list[Item] | None, item_set: ItemSet) -> list[str]:
     store.init()
     if opts.overwrite:
         for run in runs:
