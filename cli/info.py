@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import click
-
 from kisstore_cli.common import handle_errors, storage_option, storage_options_from
 
 _SKIP = {"complete", "versions", "storage_options", "layers"}

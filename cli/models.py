@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-
 from kisstore_cli.common import handle_errors
 
 

@@ -55,8 +55,8 @@ def test_keys_match_a_direct_transformers_hook(demo_store):
     import xarray as xr
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kisstore.models.loading import _gguf_cached
     from kisstore.models.embedded import smollm2_gguf
+    from kisstore.models.loading import _gguf_cached
 
     directory, _ = _gguf_cached(smollm2_gguf(), progress=False)
     model = AutoModelForCausalLM.from_pretrained(directory).eval()
@@ -69,7 +69,7 @@ def test_keys_match_a_direct_transformers_hook(demo_store):
         text = prompt.replace("{}", subject)
         pos = len(tok(text[: prompt.index("{}") + len(subject)])["input_ids"]) - 1
         got = {}
-        h = model.model.layers[12].mlp.down_proj.register_forward_pre_hook(lambda m, a: got.setdefault("k", a[0][0]))
+        h = model.model.layers[12].mlp.down_proj.register_forward_pre_hook(lambda m, a, g=got: g.setdefault("k", a[0][0]))
         with torch.no_grad():
             model(input_ids=torch.tensor([tok(text)["input_ids"]]))
         h.remove()

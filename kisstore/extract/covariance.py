@@ -13,7 +13,6 @@ from kisstore.extract.accumulate import SecondMoment
 from kisstore.extract.batching import pad_right, token_budget_batches
 from kisstore.extract.hooks import StopForward, key_hooks
 
-
 WINDOW = 64  # documents sorted by length together; also the unit of resuming and sharding
 
 
