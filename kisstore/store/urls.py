@@ -17,6 +17,10 @@ from kisstore.errors import InputError
 _URL_RE = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?P<rest>.*)$")
 _SECRET_KEYS = ("secret", "token", "password", "key", "credential", "session")
 _SUPPORTED_SCHEMES = ("file", "s3", "gs", "gcs", "az", "abfs", "memory", "http", "https")
+_URL_CREDENTIALS_RE = re.compile(r"(://)[^/@\s:]+:[^/@\s]+@")
+# secret values seen by parse_storage_options in this process: redact() removes them even
+# where the caller has no storage options at hand (e.g. the CLI's error handler)
+_SEEN_SECRETS: set[str] = set()
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -72,17 +76,21 @@ def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", key):
             raise InputError(f"bad --storage-option key {key!r}: expected a name like endpoint_url")
         out[key] = _coerce(value)
+    _SEEN_SECRETS.update(secret_values(out, include_env=False))
     return out
 
 
-def secret_values(storage_options: Mapping[str, Any] | None = None) -> list[str]:
+def secret_values(storage_options: Mapping[str, Any] | None = None, *, include_env: bool = True) -> list[str]:
     """Every string that must never be shown: secret-looking options and AWS env values."""
     values: list[str] = []
     for k, v in (storage_options or {}).items():
         if isinstance(v, Mapping):
-            values.extend(secret_values(v))
+            values.extend(secret_values(v, include_env=False))
         elif isinstance(v, str) and any(s in k.lower() for s in _SECRET_KEYS) and len(v) >= 4:
             values.append(v)
+    if not include_env:
+        return values
+    values.extend(_SEEN_SECRETS)
     for k, v in os.environ.items():
         if k.startswith(("AWS_", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")) and any(
             s in k.lower() for s in _SECRET_KEYS
@@ -96,7 +104,7 @@ def redact(text: str, storage_options: Mapping[str, Any] | None = None) -> str:
     for secret in sorted(set(secret_values(storage_options)), key=len, reverse=True):
         text = text.replace(secret, "***")
     # credentials embedded in URLs: scheme://user:pass@host
-    return re.sub(r"(://)[^/@\s:]+:[^/@\s]+@", r"\1***@", text)
+    return _URL_CREDENTIALS_RE.sub(r"\1***@", text)
 
 
 def public_options(storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -107,13 +115,24 @@ def public_options(storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
             continue
         if isinstance(v, Mapping):
             v = public_options(v)
+        elif isinstance(v, str):
+            v = _URL_CREDENTIALS_RE.sub(r"\1***@", v)  # e.g. endpoint_url=http://user:pass@host
         safe[k] = v
     return safe
 
 
 def normalize_s3_options(storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Put ``endpoint_url``/``region_name`` where s3fs reads them."""
+    """Put ``endpoint_url``/``region_name`` where s3fs reads them.
+
+    ``region`` is accepted for ``region_name``, ``access_key_id``/``secret_access_key``
+    (the AWS names) for s3fs's ``key``/``secret``.
+    """
     opts = dict(storage_options or {})
+    for alias, name in (("region", "region_name"), ("access_key_id", "key"), ("aws_access_key_id", "key"),
+                        ("secret_access_key", "secret"), ("aws_secret_access_key", "secret"),
+                        ("session_token", "token"), ("aws_session_token", "token")):
+        if alias in opts and name not in opts:
+            opts[name] = opts.pop(alias)
     ck = dict(opts.pop("client_kwargs", {}) or {})
     for name in ("endpoint_url", "region_name"):
         if name in opts:
