@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import click
+
 from kisstore_cli.common import (
     handle_errors,
     scheduler_option,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+
 from kisstore_cli.common import handle_errors, parse_size, storage_option, storage_options_from
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+
 from kisstore_cli.common import handle_errors, storage_option, storage_options_from
 
 _SKIP = {"complete", "versions", "storage_options", "layers"}

@@ -6,7 +6,7 @@ reads and analyses a shared store needs neither. Extraction lives in
 """
 
 from kisstore._version import __version__
-from kisstore.errors import KisstoreError, InputError, StoreError
+from kisstore.errors import InputError, KisstoreError, StoreError
 
 __all__ = ["__version__", "KisstoreError", "InputError", "StoreError", "open_store", "analyze"]
 

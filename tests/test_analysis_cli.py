@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import xarray as xr
 from click.testing import CliRunner
-from kisstore_cli.main import cli
 
 from kisstore.analysis.synthetic import write_synthetic_store
+from kisstore_cli.main import cli
 
 
 @pytest.fixture()

@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
-from kisstore_cli.main import cli
 
 from kisstore.analysis.synthetic import write_synthetic_store
+from kisstore_cli.main import cli
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "adhoc-queries.md"
 

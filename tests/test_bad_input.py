@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from kisstore_cli.main import cli
 
+from kisstore_cli.main import cli
 from tests.conftest import tree_digest
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from kisstore_cli.main import cli
 
 from kisstore.analysis.synthetic import write_synthetic_store
+from kisstore_cli.main import cli
 
 CHROMIUM = "/usr/bin/chromium"
 DRIVER = "/usr/bin/chromedriver"

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import xarray as xr
 from click.testing import CliRunner
-from kisstore_cli.main import cli
 
 from kisstore.errors import InputError, StoreError
 from kisstore.extract import ExtractOptions, run_extract
 from kisstore.interop import ExportOptions, ImportOptions, run_export, run_import
 from kisstore.interop import rome_format as fmt
+from kisstore_cli.main import cli
 from tests import tiny
 from tests.conftest import tree_digest
 
