@@ -50,6 +50,16 @@ def storage_options_from(pairs: tuple[str, ...]) -> dict[str, Any]:
     return parse_storage_options(pairs)
 
 
+_STORAGE_ERRORS = ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionClosedError",
+                   "NoCredentialsError", "PartialCredentialsError", "ServerDisconnectedError", "ReadTimeoutError")
+
+
+def _looks_like_storage(e: BaseException) -> bool:
+    """Storage-layer failures that escaped the library's own translation (raised deep in fsspec/zarr)."""
+    chain = [e, e.__cause__, e.__context__]
+    return any(type(x).__name__ in _STORAGE_ERRORS for x in chain if x is not None)
+
+
 def _looks_corrupt(e: BaseException) -> bool:
     text = f"{type(e).__name__}: {e}".lower()
     return "checksum" in text or "decompression" in text or "zstd" in text or "corrupt" in text
@@ -78,6 +88,11 @@ def handle_errors(f: Callable) -> Callable:
             if debug:
                 raise
             first = (str(e).strip().splitlines() or [""])[0]
+            if _looks_like_storage(e):
+                from kisstore.store.io import _describe
+
+                click.echo(f"Error: storage: {redact(_describe(e))}", err=True)
+                sys.exit(2)
             if _looks_corrupt(e):
                 click.echo(f"Error: corrupt data in the store ({redact(first)}); `kisstore info --verify STORE` "
                            "names the damaged arrays and chunks", err=True)

@@ -89,8 +89,8 @@ class Checkpoint:
     def save_partial(self, rows: Sequence[int], uppers: Sequence[np.ndarray], **state: Any) -> None:
         """Write the running group's sums into the free slot, then commit the state."""
         slot = 1 - int(self.state.get("slot", 1))
-        arr = self.group[f"partial_{slot}"]
         with storage_errors(self.store.url, self.store.storage_options):
+            arr = self.group[f"partial_{slot}"]
             for r, u in zip(rows, uppers, strict=True):
                 arr[r] = u
                 failpoints.hit("checkpoint_write")
@@ -101,8 +101,8 @@ class Checkpoint:
         return [arr[r] for r in rows]
 
     def save_done(self, rows: Sequence[int], uppers: Sequence[np.ndarray], counts: Sequence[int], **state: Any) -> None:
-        arr = self.group["done"]
         with storage_errors(self.store.url, self.store.storage_options):
+            arr = self.group["done"]
             for r, u in zip(rows, uppers, strict=True):
                 arr[r] = u
         done = dict(self.state.get("done_counts") or {})
