@@ -1,6 +1,7 @@
 """``kisstore analyze`` end to end: results written into the store, tables, errors, Dask cluster."""
 
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -109,7 +110,9 @@ def test_singular_covariance_exits_3_with_remedy_and_ridge_recovers(tmp_path):
     s.consolidate()
     r = CliRunner().invoke(cli, ["analyze", path])
     assert r.exit_code == 3
-    assert "layer 0" in r.output and "condition number" in r.output and "--ridge" in r.output
+    # whichever layer's task fails first is named (both are singular)
+    assert re.search(r"layer [01]:", r.output) and "--ridge" in r.output
+    assert "condition number" in r.output or "not positive definite" in r.output
     r = CliRunner().invoke(cli, ["analyze", path, "--ridge", "0.1"])
     assert r.exit_code == 0, r.output
     assert xr.open_datatree(path, engine="zarr")["analysis/m"].attrs["ridge"] == 0.1
