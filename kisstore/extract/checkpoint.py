@@ -65,7 +65,13 @@ class Checkpoint:
             self.group.attrs["state"] = _plain(self.state)
 
     def delete(self) -> None:
+        """Remove this model's checkpoint, and the ``/_checkpoints`` group once it is empty."""
         self.store.delete(self.path)
+        parent = self.path.rsplit("/", 1)[0]
+        with storage_errors(self.store.url, self.store.storage_options):
+            g = zarr.open_group(self.store.zstore, path=parent, mode="r")
+            if not any(True for _ in g.groups()) and not any(True for _ in g.arrays()):
+                self.store.delete(parent)
 
     # -- item pass ----------------------------------------------------------------------
     def save_items(self, keys: np.ndarray, known: np.ndarray, p_true: np.ndarray, case_ids: Sequence[int]) -> None:

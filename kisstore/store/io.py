@@ -20,6 +20,7 @@ from kisstore.store.urls import normalize_s3_options, redact, split_url
 
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
 warnings.filterwarnings("ignore", message=".*is currently not part in the Zarr format 3 spec")
+warnings.filterwarnings("ignore", message="Object at .kisstore-locks is not recognized")
 
 MAX_CHUNK_EDGE = 4096
 
