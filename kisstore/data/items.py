@@ -39,7 +39,11 @@ class ItemSet:
 
 
 def items_schema() -> dict:
-    return json.loads(resources.files("kisstore.schemas").joinpath("items.schema.json").read_text())
+    """The JSON Schema of items files (installed as ``kisstore.schemas``; ``schemas/`` in a source tree)."""
+    try:
+        return json.loads(resources.files("kisstore.schemas").joinpath("items.schema.json").read_text())
+    except ModuleNotFoundError:
+        return json.loads((Path(__file__).resolve().parents[2] / "schemas" / "items.schema.json").read_text())
 
 
 def embedded_items_path() -> Path:

@@ -113,15 +113,18 @@ def accumulate(
     state = {}
 
     def on_key(layer, x):
-        mask = state["mask"]
-        sel = x.reshape(*mask.shape, -1)[mask]  # (tokens, d_ff), padding dropped
-        moments[layer].add(sel)
+        flat = x.reshape(-1, x.shape[-1])  # some models (OPT) flatten (batch, seq) before the MLP
+        rows = state["rows"]
+        moments[layer].add(flat if rows is None else flat.index_select(0, rows))  # (tokens, d_ff), padding dropped
 
     with torch.inference_mode(), key_hooks(lm.model, lm.module_template, layers, on_key, stop_after_last=True):
         for batch in batches:
             ids = batch.input_ids.to(lm.device)
             mask = batch.attention_mask.to(lm.device)
-            state["mask"] = mask.bool()
+            # the non-padding rows, found once per batch rather than once per layer (a boolean
+            # mask index costs a nonzero() per layer); no copy at all when nothing is padded
+            keep = mask.reshape(-1).bool()
+            state["rows"] = None if bool(keep.all()) else keep.nonzero().squeeze(1)
             try:
                 body(input_ids=ids, attention_mask=mask, use_cache=False)
             except StopForward:

@@ -1,0 +1,175 @@
+"""``python -m benchmarks [--quick] [--device cuda]``: run every benchmark, print the table,
+save ``benchmarks/results-<cpu|cuda>.json`` and rewrite ``docs/benchmarks.md``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of one run; chosen so a full CPU run ends well inside 15 minutes on 2 loaded cores."""
+
+    corpus_tokens: int
+    batch_tokens: int
+    max_length: int
+    cov_layers: tuple[int, ...]  # layers the per-layer baseline runs on
+    p_layers: tuple[int, ...]  # layers the paper's P method runs on
+    n_small: int
+    n_large: int
+    measure_large: bool
+    store_tokens: int  # corpus tokens of the store extracted for benchmark 5
+
+
+def settings(device: str, quick: bool, n_layers: int) -> Settings:
+    last, mid = n_layers - 1, n_layers // 2
+    if device.startswith("cuda"):
+        return Settings(corpus_tokens=16384 if quick else 65536, batch_tokens=8192, max_length=1024,
+                        cov_layers=(0, mid, last) if quick else tuple(range(n_layers)),
+                        p_layers=(mid,) if quick else (0, mid, last), n_small=16, n_large=128,
+                        measure_large=True, store_tokens=8192)
+    if quick:
+        return Settings(corpus_tokens=2048, batch_tokens=1024, max_length=1024, cov_layers=(0, last),
+                        p_layers=(mid,), n_small=8, n_large=128, measure_large=False, store_tokens=2048)
+    return Settings(corpus_tokens=4096, batch_tokens=1024, max_length=1024, cov_layers=(0, mid, last),
+                    p_layers=(0, last), n_small=16, n_large=128, measure_large=True, store_tokens=4096)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="Smaller corpus, fewer layers and items (a few minutes).")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu).")
+    ap.add_argument("--model", choices=["embedded", "random"], default="embedded",
+                    help="The embedded SmolLM2-135M, or its configuration with random weights "
+                         "(used automatically when the embedded model is not installed).")
+    ap.add_argument("--only", default="cov,p,memory,scale",
+                    help="Comma-separated subset of: cov (benchmarks 1, 3, 4), p (2), memory (5), scale (6).")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="Where to save the results (default: benchmarks/results-<cpu|cuda>.json).")
+    ap.add_argument("--doc", type=Path, default=None, help="Markdown to rewrite (default: docs/benchmarks.md).")
+    ap.add_argument("--render", action="store_true", help="Only rewrite the markdown from saved results.")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks import report
+
+    args = parse(argv)
+    doc = args.doc or report.DOC
+    kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    if args.render:
+        print(f"wrote {report.render(doc=doc)}")
+        return 0
+
+    import torch
+
+    from benchmarks import common
+
+    if kind == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device here", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    only = set(args.only.split(","))
+    info = common.machine(args.device)
+    print(f"kisstore benchmarks on {info['cpu']} ({info['cores']} cores), device {args.device}"
+          + (f" ({info['gpu']})" if info.get("gpu") else "") + f", torch {info['torch']}", flush=True)
+
+    def progress(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)
+
+    lm, model_note = common.load_bench_model(args.device, args.model)
+    cfg = settings(args.device, args.quick, lm.n_layers)
+    progress(f"model: {model_note}; {lm.n_layers} layers, d_ff {lm.d_ff}")
+    results: list[common.Result] = []
+    notes: list[str] = []
+    covs = None
+
+    if "cov" in only or "p" in only:
+        from benchmarks import covariance
+        from kisstore.data.corpus import resolve_corpus
+        from kisstore.extract.covariance import corpus_batches
+
+        batches = list(corpus_batches(lm.tokenizer, resolve_corpus("embedded"), max_length=cfg.max_length,
+                                      batch_tokens=cfg.batch_tokens, token_cap=cfg.corpus_tokens))
+        warm = covariance_warmup(batches[0])
+        progress(f"benchmarks 1, 3, 4: corpus pass over {sum(b.tokens for b in batches):,} tokens in "
+                 f"{len(batches)} batches; layer_stats on layers {list(cfg.cov_layers)}")
+        run = covariance.run(lm, batches, sample_layers=cfg.cov_layers, device=args.device, warmup=warm,
+                             progress=progress)
+        results += run.results
+        covs = run.covs
+
+    if "p" in only:
+        from benchmarks import pmatrix
+        from kisstore.data.items import load_items
+
+        items = load_items(None).items
+        progress(f"benchmark 2: P matrices, paper's method at N={cfg.n_small} on layers {list(cfg.p_layers)}")
+        results += pmatrix.run(lm, items, covs, sample_layers=cfg.p_layers, n_small=cfg.n_small,
+                               n_large=cfg.n_large, measure_large=cfg.measure_large, device=args.device,
+                               progress=progress)
+
+    if "memory" in only:
+        if kind == "cuda":
+            notes.append("Benchmark 5 (analysis time and memory) is a CPU benchmark; see the CPU section.")
+        elif "random" in lm.source.kind:
+            notes.append("Benchmark 5 skipped: it runs `kisstore extract` on the embedded model, not installed here.")
+        else:
+            from benchmarks import memory
+
+            del lm  # the children need the memory, not this process
+            import gc
+
+            gc.collect()
+            progress(f"benchmark 5: kisstore extract (128 items, {cfg.store_tokens} corpus tokens) and analyze")
+            results += memory.run(device=args.device, n_items=128, corpus_tokens=cfg.store_tokens, progress=progress)
+
+    scale = None
+    if "scale" in only:
+        from benchmarks import scale as scale_mod
+
+        eff = next((r for r in results if r.key == "flop_efficiency"), None)
+        gemm = None
+        if kind == "cuda" and eff is not None:
+            gemm = {"float32": eff.details["gemm_gflops"] * 1e9,
+                    "bfloat16": common.gemm_flops(args.device, dtype="bfloat16")["best"]}
+        value = eff.value if eff is not None else 0.5
+        source = (f"measured on SmolLM2-135M, {kind}, this run" if eff is not None
+                  else "assumed (benchmark 4 not run)")
+        scale = scale_mod.plan(value, gemm, efficiency_source=source)
+
+    elapsed = time.perf_counter() - start
+    payload = {
+        "command": "python -m benchmarks" + (" --quick" if args.quick else "")
+                   + (f" --device {args.device}" if kind == "cuda" else ""),
+        "mode": "quick" if args.quick else "full", "machine": info, "model": model_note,
+        "settings": cfg.__dict__, "results": [r.as_dict() for r in results], "scale": scale,
+        "notes": notes, "elapsed_s": elapsed,
+    }
+    path = args.json or report.RESULTS[kind]
+    report.save(payload, path)
+    print()
+    print(report.table(payload["results"]))
+    print(f"\n{elapsed / 60:.1f} min; results in {path}")
+    if args.json is None or args.doc is not None:
+        print(f"wrote {report.render({**report.RESULTS, kind: path}, doc=doc)}")
+    return 0
+
+
+def covariance_warmup(batch):
+    """A short slice of the first batch, to pay first-call costs before the timings."""
+    from kisstore.extract.covariance import Batch
+
+    ids, mask = batch.input_ids[:1, :64], batch.attention_mask[:1, :64]
+    return Batch(ids, mask, None, int(mask.sum()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

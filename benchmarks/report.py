@@ -1,0 +1,208 @@
+"""Print the results table and render docs/benchmarks.md from the saved results files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import fmt
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = {"cpu": ROOT / "benchmarks" / "results-cpu.json", "cuda": ROOT / "benchmarks" / "results-cuda.json"}
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def _target(r: dict[str, Any]) -> str:
+    if r["target"] is None:
+        return "—"
+    return f"{'≥' if r['better'] == 'higher' else '≤'} {fmt(r['target'])}{r['unit']}"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """A plain-text table: benchmark, value, target, PASS/FAIL."""
+    rows = [(r["title"], f"{fmt(r['value'])}{r['unit']}", _target(r), r["status"]) for r in results]
+    widths = [max(len(x[i]) for x in [("benchmark", "value", "target", "status"), *rows]) for i in range(4)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [line.format("benchmark", "value", "target", "status"), line.format(*("-" * w for w in widths))]
+    out += [line.format(*row) for row in rows]
+    return "\n".join(out)
+
+
+def save(payload: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, default=float) + "\n")
+
+
+def _md_results(results: list[dict[str, Any]]) -> list[str]:
+    out = ["| benchmark | value | target | status |", "|---|---|---|---|"]
+    out += [f"| {r['title']} | **{fmt(r['value'])}{r['unit']}** | {_target(r)} | {r['status']} |" for r in results]
+    return out
+
+
+def _md_details(results: list[dict[str, Any]]) -> list[str]:
+    by = {r["key"]: r for r in results}
+    out: list[str] = []
+
+    def add(key: str, text) -> None:
+        if key in by:
+            out.append(f"- {text(by[key]['details'], by[key])}")
+
+    add("cov_speedup", lambda d, r: (
+        f"Covariance: kisstore {d['kisstore_s']:.1f} s for {d['tokens']:,} tokens and all layers; layer_stats "
+        f"measured {', '.join(f'layer {k}: {v:.1f} s' for k, v in d['layer_stats_measured_s'].items())}, "
+        f"{d['layer_stats_all_layers_s_extrapolated']:.0f} s extrapolated to all layers ({d['extrapolation']}). "
+        f"Median of per-round ratios {fmt(r['value'])}×, ratio of totals {fmt(d['ratio_of_totals'])}×."))
+    add("cov_max_rel_diff", lambda d, r: (
+        "Covariance difference per sampled layer: "
+        + ", ".join(f"{k}: {v:.1e}" for k, v in d["per_layer"].items()) + f" ({d['note']})."))
+    add("overhead", lambda d, r: (
+        f"Overhead: bare forward {d['tokens_per_s_bare']:.0f} tokens/s, with every accumulator "
+        f"{d['tokens_per_s_kisstore']:.0f} tokens/s; ratio of totals {fmt(d['ratio_of_totals'])}×."))
+    add("flop_efficiency", lambda d, r: (
+        f"FLOP/s: corpus pass {d['useful_gflops']:.1f} GFLOP/s useful ({d['flops_per_token_forward'] / 1e6:.0f} MFLOP "
+        f"forward + {d['flops_per_token_accumulate'] / 1e6:.0f} MFLOP accumulation per token), large float32 GEMM "
+        f"{d['gemm_gflops']:.1f} GFLOP/s, the best of "
+        + ", ".join(f"{k} {v:.0f}" for k, v in d.get("gemm_gflops_by_library", {}).items())
+        + f" GFLOP/s (medians over rounds); against torch's GEMM alone {d.get('efficiency_vs_torch_gemm', float('nan')):.2f}."))
+    add("p_speedup_measured", lambda d, r: (
+        "P at small N, per layer: " + "; ".join(
+            f"layer {k}: paper {v['paper_s']:.1f} s, kisstore {v['kisstore_s']:.2f} s" for k, v in d["per_layer"].items())
+        + f" (torch threads {d['torch_threads']}, ridge {d['ridge']:g})."))
+    add("p_speedup", lambda d, r: (
+        f"P at large N: paper ≈ {d['paper_s_extrapolated'] / 3600:.1f} h = {d['extrapolation_paper']}; "
+        f"kisstore {d['kisstore_s']:.1f} s ({d['kisstore']})."))
+    add("p_max_rel_diff", lambda d, r: (
+        f"P difference: {d['note']}; max |ΔP| {d['max_abs_diff']:.1e}. Given the same keys, the paper's per-pair "
+        f"formula with an explicit C⁻¹ and kisstore's Cholesky whitening differ by {d['same_keys_diff']:.1e}."))
+    add("analyze_s", lambda d, r: (
+        f"Analysis: the command's own timer {fmt(d['command_own_timer_s'] or float('nan'))} s; peak RSS "
+        f"{d['peak_rss_mib']:.0f} MiB for {d['inputs_mib']:.0f} MiB of inputs and {d['outputs_mib']:.0f} MiB of outputs."))
+    add("extract_rss", lambda d, r: (
+        f"Extraction ({d['corpus_tokens']:,} corpus tokens, {d['wall_s']:.0f} s): peak RSS {d['peak_rss_mib']:.0f} MiB "
+        f"for {d['weights_mib']:.0f} MiB of weights, {d['keys_mib']:.0f} MiB of keys and {d['cov_mib']:.0f} MiB of "
+        f"float64 covariances; store on disk {d['store_on_disk_mib']:.0f} MiB."))
+    return out
+
+
+def _md_scale(scale: dict[str, Any]) -> list[str]:
+    k = scale["shards"]
+    out = [f"Efficiency used: {scale['efficiency']:.2f} ({scale['efficiency_source']}); GEMM FLOP/s: "
+           + ", ".join(f"{t} {v / 1e12:.0f} T" for t, v in scale["gemm_flops"].items()) + ".", "",
+           f"| model | layers | d_ff | params | dtype | accumulator / layer | all layers | passes × layers | tokens/s | hours, 1 GPU | hours, {k} GPUs |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in scale["rows"]:
+        out.append(f"| {r['model']} | {r['layers']} | {r['d_ff']} | {r['params_B']:.2f} B | {r['dtype']} | "
+                   f"{r['acc_per_layer_GiB']:.2f} GiB | {r['acc_all_layers_GiB']:.1f} GiB | "
+                   f"{r['passes']} × ≤{r['layers_per_pass']} | {r['tokens_per_s']:,.0f} | {r['hours_1_gpu']:.2f} | "
+                   f"{r[f'hours_{k}_gpus']:.2f} |")
+    out += ["", "Assumptions:"] + [f"- {a}" for a in scale["assumptions"]]
+    return out
+
+
+def _md_run(title: str, payload: dict[str, Any]) -> list[str]:
+    m = payload["machine"]
+    where = f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads)"
+    if m.get("gpu"):
+        where += f", GPU {m['gpu']} (CUDA {m.get('cuda')})"
+    out = [f"## {title}", "",
+           f"Run {m['date']}, `{payload['command']}` ({payload['mode']} mode, {payload['elapsed_s'] / 60:.1f} min). "
+           f"Machine: {where}; torch {m['torch']}, transformers {m.get('transformers', '?')}, Python {m['python']}; "
+           f"load average at start {', '.join(f'{x:.1f}' for x in m['load_average'])}. "
+           f"Model: {payload['model']}.", ""]
+    out += _md_results(payload["results"]) + ["", "Details:", ""] + _md_details(payload["results"])
+    for note in payload.get("notes", []):
+        out.append(f"- {note}")
+    if payload.get("scale"):
+        out += ["", f"### Scale plan: the paper's eleven models on one H100 80 GB ({title} efficiency)", ""]
+        out += _md_scale(payload["scale"])
+    return out + [""]
+
+
+INTRO = """# Benchmarks
+
+`python -m benchmarks` (add `--quick` for a short run, `--device cuda` on a GPU) measures
+kisstore against the methods the field's code uses, **side by side in one process** on the
+embedded SmolLM2-135M (30 layers, d_ff 1536): every figure is a ratio of two runs made on the
+same machine at the same time, so it holds on a shared, noisy machine where absolute speeds
+do not. It prints the table below and rewrites this page from `benchmarks/results-*.json`
+(`python -m benchmarks --render` rewrites it without measuring).
+
+What is compared, and how:
+
+1. **Covariance, all layers.** kisstore's corpus pass (`kisstore.extract.covariance.accumulate`,
+   every layer's `Σ kkᵀ` in one pass, float32 upper-triangle block products per batch added into
+   float64) against our own
+   re-implementation of the method of ROME's `layer_stats` (written from its description): one
+   corpus pass *per layer*, a hook on that layer's down-projection that stops the forward
+   there, the masked inputs added by float32 `addmm` into a float32 sum. Same token batches on
+   both sides. The baseline runs on a few layers spread over depth; a pass to layer l costs
+   `a + b·(l+1)`, fitted by least squares and summed over all layers (formula in the details).
+2. **P matrices.** kisstore (one batched item pass for every layer, Cholesky whitening) against
+   the paper's method as its repository runs it: for every pair (i, j) both keys are recomputed
+   by forward passes (the whole model on one item, as ROME's `compute_ks` does), then `C⁻¹`
+   (formed once per layer) is applied to the pair. Measured at N = 16 on a few layers, then
+   extrapolated: the paper's cost is `layers × N² × (seconds per pair)`; kisstore is measured at
+   N = 128 and every layer (full mode) or extrapolated linearly in N (quick mode).
+3. **Overhead of extraction**: the corpus pass with every accumulator against the bare body
+   forward (no hooks, no LM head) of the same batches.
+4. **Distance to the hardware**: useful FLOP/s of the corpus pass (forward: 2 FLOPs per
+   non-embedding weight per token plus causal attention; accumulation: d_ff² per layer per token,
+   what `syrk` needs) divided by the FLOP/s of a large float32 GEMM measured between the batches.
+5. **Analysis and memory**: `kisstore extract` (128 items, every layer, the embedded corpus) and
+   `kisstore analyze` run as the real command line in child processes; each reports its own peak
+   RSS (`VmHWM`) as it exits.
+6. **Scale plan** for the paper's eleven models on one H100 80 GB, from their published shapes,
+   kisstore's memory rule and the efficiency measured here.
+
+Timing discipline: the corpus work is interleaved batch by batch (bare, kisstore, layer_stats per
+sampled layer, GEMM; order rotated each batch) and summarised by the median of per-batch ratios;
+the P benchmark times kisstore immediately before and after each baseline layer. On CPU both P
+methods run with the torch thread count that makes a one-item forward fastest (on a loaded
+2-core machine, two OpenMP threads can make tiny forwards 10× slower). On CUDA every timing is
+bracketed by `torch.cuda.synchronize()` and the accumulators live on the device.
+"""
+
+
+TUNING = """## What was tuned, and what the hardware allows
+
+- **Accumulation inside torch.** The corpus pass used to add each batch with scipy's `ssyrk`
+  (OpenBLAS) from inside the forward hook. On 2 cores OpenBLAS's threads then compete with
+  torch's OpenMP threads, which spin after every parallel region: with 30 accumulators the pass
+  ran at 3.1× the bare forward's time on an 694-token batch (1.7× with OpenBLAS held to one
+  thread). `SecondMoment` now multiplies only the column blocks on or above the diagonal with
+  torch (b = 4 blocks of 384 for d_ff 1536: 5/8 of a full GEMM's work; 3 blocks of 512 measured
+  1.41×, 4 of 384 1.30–1.35×, smaller blocks no better), added into the float64 sum block by
+  block. The same code runs on CUDA, where it saves 3/8 of the accumulation's GEMM work.
+- **Padding dropped once per batch.** The non-padding rows are found once per batch
+  (`index_select`, or no copy at all when a batch has no padding) instead of a boolean-mask
+  index per layer.
+- **What remains.** Accumulation needs d_ff²·layers = 71 MFLOP per token against the forward's
+  ~230 MFLOP, so even at the forward's own efficiency it costs ~1.3×: the ≤ 1.25× target needs
+  the accumulation to run faster than the forward's GEMMs. Torch's CPU GEMMs (MKL) take AVX2
+  code paths on this AMD EPYC (~200 GFLOP/s for a 2048³ product); scipy's OpenBLAS with its
+  AVX-512 kernels (`OPENBLAS_CORETYPE=SkylakeX`; this environment sets `Haswell`) runs `ssyrk`
+  for 2048 keys of width 1536 in 13 ms instead of 22 ms, but only outside torch's thread pool.
+  On CUDA the accumulation runs as float32 products (TF32 off, for 1e-5 accuracy) beside a
+  forward in the same float32.
+- **Noise.** This machine is shared: timings of the same work varied by up to 10× within
+  minutes. The interleaved, best-of-two, median-of-rounds design keeps the ratios stable;
+  absolute speeds in the details are indicative only.
+"""
+
+
+def render(paths: dict[str, Path] | None = None, doc: Path = DOC) -> Path:
+    """Rewrite docs/benchmarks.md from the results files that exist."""
+    paths = paths or RESULTS
+    lines = [INTRO]
+    for kind, title in (("cpu", "CPU"), ("cuda", "CUDA")):
+        p = paths.get(kind)
+        if p is not None and p.is_file():
+            lines += _md_run(title, json.loads(p.read_text()))
+        elif kind == "cuda":
+            lines += ["## CUDA", "", "Not run yet: on a GPU machine run `python -m benchmarks --device cuda`, then "
+                      "copy its `results-cuda.json` into `benchmarks/` and run `python -m benchmarks --render`.", ""]
+    lines.append(TUNING)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text("\n".join(lines))
+    return doc

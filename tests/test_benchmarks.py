@@ -1,0 +1,118 @@
+"""Smoke test of the benchmark code on a tiny model: the baselines we re-implemented compute the
+same numbers as kisstore (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import covariance, pmatrix, report, scale
+from benchmarks.common import Result, random_smollm2
+from kisstore.data.corpus import resolve_corpus
+from kisstore.data.items import load_items
+from kisstore.extract.covariance import corpus_batches
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_models):
+    from kisstore.models.loading import load_model
+
+    return load_model(str(tiny_models["llama"]), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def batches(lm, tiny_corpus):
+    return list(corpus_batches(lm.tokenizer, resolve_corpus(str(tiny_corpus)), max_length=64, batch_tokens=256,
+                               token_cap=None))
+
+
+def test_layer_stats_reimplementation_gives_kisstores_covariance(lm, batches):
+    run = covariance.run(lm, batches, sample_layers=[0, 1, 2], device="cpu", progress=lambda _: None)
+    by = {r.key: r for r in run.results}
+    assert by["cov_max_rel_diff"].value <= 1e-5
+    assert set(by["cov_max_rel_diff"].details["per_layer"]) == {0, 1, 2}
+    assert run.n_tokens == sum(b.tokens for b in batches)
+    # a layer_stats pass over all batches at once agrees with kisstore, layer by layer
+    for layer in range(lm.n_layers):
+        stat = covariance.Float32SecondMoment()
+        covariance.layer_stats_pass(lm, layer, batches, stat)
+        assert stat.count == run.n_tokens
+        np.testing.assert_allclose(stat.moment(), run.covs[layer], rtol=1e-5, atol=1e-7)
+    for key in ("cov_speedup", "overhead", "flop_efficiency"):
+        assert np.isfinite(by[key].value) and by[key].value > 0
+
+
+def test_paper_p_method_gives_kisstores_p(lm, batches, tiny_items):
+    run = covariance.run(lm, batches, sample_layers=[1], device="cpu", progress=lambda _: None)
+    items = load_items(str(tiny_items)).items[:5]
+    ridge = pmatrix.pick_ridge(run.covs, [0, 2])
+    for layer in (0, 2):
+        paper = pmatrix.paper_p(lm, items, layer, run.covs[layer], ridge)
+        ours = pmatrix.kisstore_p(lm, items, [layer], run.covs, ridge)[layer]
+        np.testing.assert_allclose(np.diag(paper), 1.0, atol=1e-12)
+        assert np.abs(paper - ours).max() <= 1e-6
+        keys: dict = {}
+        pmatrix.kisstore_p(lm, items, [layer], run.covs, ridge, keys)
+        np.testing.assert_allclose(pmatrix.paper_algebra(keys[layer], run.covs[layer], ridge), ours, atol=1e-9)
+
+
+def test_extrapolation_is_exact_for_linear_costs():
+    times = {layer: 0.5 + 2.0 * (layer + 1) for layer in (0, 4, 9)}
+    assert covariance.extrapolate_all_layers(times, 10) == pytest.approx(sum(0.5 + 2.0 * (i + 1) for i in range(10)))
+
+
+def test_random_stand_in_runs_the_corpus_and_p_benchmarks():
+    cfg = {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+           "bos_token_id": 0, "eos_token_id": 256, "pad_token_id": 256}
+    lm = random_smollm2("cpu", cfg)
+    batches = list(corpus_batches(lm.tokenizer, resolve_corpus("embedded"), max_length=48, batch_tokens=128,
+                                  token_cap=200))
+    run = covariance.run(lm, batches, sample_layers=[0, 1], device="cpu", progress=lambda _: None)
+    assert {r.key: r for r in run.results}["cov_max_rel_diff"].value <= 1e-5
+    items = load_items(None).items[:3]  # the byte-level tokenizer locates subjects too
+    ridge = pmatrix.pick_ridge(run.covs, [1])
+    paper = pmatrix.paper_p(lm, items, 1, run.covs[1], ridge)
+    assert np.abs(paper - pmatrix.kisstore_p(lm, items, [1], run.covs, ridge)[1]).max() <= 1e-6
+
+
+def test_scale_plan_covers_the_papers_models():
+    plan = scale.plan(0.5)
+    rows = {r["model"]: r for r in plan["rows"]}
+    assert len(rows) == 11
+    assert rows["GPT-2 Small"]["acc_per_layer_GiB"] == pytest.approx(8 * 3072**2 / 2**30)
+    assert rows["GPT-2 Small"]["passes"] == 1
+    assert rows["Llama-2 13B"]["passes"] >= 2  # 40 layers × 12·13824² bytes exceed one H100
+    assert all(r["hours_8_gpus"] < r["hours_1_gpu"] for r in rows.values())
+
+
+def test_report_renders_saved_results(tmp_path):
+    res = [Result("overhead", "Overhead", 1.1, 1.25, "lower", "×",
+                  {"tokens_per_s_bare": 10.0, "tokens_per_s_kisstore": 9.0, "ratio_of_totals": 1.1})]
+    payload = {"command": "python -m benchmarks", "mode": "quick", "elapsed_s": 60.0, "model": "tiny",
+               "machine": {"date": "today", "cpu": "cpu", "cores": 2, "torch_threads": 2, "torch": "x",
+                           "python": "3", "load_average": [1.0, 1.0, 1.0]},
+               "results": [r.as_dict() for r in res], "scale": scale.plan(0.5), "notes": []}
+    path = tmp_path / "results-cpu.json"
+    report.save(payload, path)
+    assert json.loads(path.read_text())["results"][0]["status"] == "PASS"
+    doc = report.render({"cpu": path, "cuda": tmp_path / "missing.json"}, doc=tmp_path / "b.md")
+    text = doc.read_text()
+    assert "| Overhead | **1.1×** | ≤ 1.25× | PASS |" in text and "Llama-2 13B" in text
+    assert "PASS" in report.table(payload["results"])
+
+
+def test_blocked_second_moment_matches_float64_numpy():
+    """The accumulator the benchmarks time: upper-triangle blocks (4 here) give Σkkᵀ exactly."""
+    from kisstore.extract.accumulate import SecondMoment, block_edges
+
+    rng = np.random.default_rng(0)
+    keys = [rng.standard_normal((n, 1536)).astype(np.float32) for n in (100, 37)]
+    m = SecondMoment(1536)
+    for k in keys:
+        m.add(k)
+    assert len(block_edges(1536)) == 5 and m.count == 137
+    expect = sum(k.astype(np.float64).T @ k.astype(np.float64) for k in keys)
+    np.testing.assert_allclose(m.total(), expect, rtol=2e-5, atol=1e-4)
