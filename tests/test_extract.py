@@ -27,6 +27,13 @@ def _extract(model_dir, store, items, corpus, **kw):
     return run_extract(opts)
 
 
+def _extracted_and_reference(model_dir, store, items, corpus):
+    """The stored model dataset after an extraction, and the same model loaded directly."""
+    (mid,) = _extract(model_dir, store, items, corpus)
+    ds = xr.open_datatree(store, engine="zarr")[f"models/{mid}"].ds
+    return ds, AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
+
+
 def _capture_all(model, arch, ids):
     """Every layer's down-projection input for one unpadded sequence, via our own hooks."""
     n = model.config.num_hidden_layers
@@ -43,11 +50,7 @@ def _capture_all(model, arch, ids):
 
 @pytest.mark.parametrize("arch", tiny.ARCHS)
 def test_keys_equal_an_unbatched_hook_at_the_last_subject_token(arch, tiny_models, tiny_items, tiny_corpus, tmp_path):
-    store = tmp_path / "s.zarr"
-    (mid,) = _extract(tiny_models[arch], store, tiny_items, tiny_corpus)
-    ds = xr.open_datatree(store, engine="zarr")[f"models/{mid}"].ds
-    model = AutoModelForCausalLM.from_pretrained(tiny_models[arch]).eval()
-    tok = AutoTokenizer.from_pretrained(tiny_models[arch])
+    ds, model, tok = _extracted_and_reference(tiny_models[arch], tmp_path / "s.zarr", tiny_items, tiny_corpus)
     for j, item in enumerate(load_items(str(tiny_items)).items):
         before_end = item.prompt.index("{}") + len(item.subject)
         pos = len(tok(item.text[:before_end])["input_ids"]) - 1
@@ -118,11 +121,7 @@ def test_selected_layers_only(tiny_models, tiny_items, tiny_corpus, tmp_path):
 
 def test_known_and_p_true_follow_teacher_forced_argmax(tiny_models, tiny_items, tiny_corpus, tmp_path):
     arch = "gpt2"
-    store = tmp_path / "s.zarr"
-    (mid,) = _extract(tiny_models[arch], store, tiny_items, tiny_corpus)
-    ds = xr.open_datatree(store, engine="zarr")[f"models/{mid}"].ds
-    model = AutoModelForCausalLM.from_pretrained(tiny_models[arch]).eval()
-    tok = AutoTokenizer.from_pretrained(tiny_models[arch])
+    ds, model, tok = _extracted_and_reference(tiny_models[arch], tmp_path / "s.zarr", tiny_items, tiny_corpus)
     for j, item in enumerate(load_items(str(tiny_items)).items):
         n_prompt = len(tok(item.text)["input_ids"])
         ids = tok(f"{item.text} {item.target_true}")["input_ids"]
