@@ -15,7 +15,7 @@ from kisstore import failpoints
 from kisstore._version import __version__
 from kisstore.data.corpus import resolve_corpus
 from kisstore.data.items import Item, ItemSet, load_items
-from kisstore.errors import InputError, StoreError
+from kisstore.errors import InputError
 from kisstore.extract.accumulate import SecondMoment, symmetric
 from kisstore.extract.checkpoint import Checkpoint
 from kisstore.extract.covariance import accumulate, check_count, corpus_batches
@@ -475,10 +475,3 @@ def _extract_locked(opts: ExtractOptions, store: Store, runs: list[ModelRun], ca
         written.append(run.model_id)
     return written
 
-
-def require_store(url: str, storage_options: dict | None = None) -> Store:
-    store = Store(url, storage_options, read_only=True)
-    if not store.exists():
-        raise StoreError(f"no store at {redact(url, storage_options)}")
-    store.validate()
-    return store

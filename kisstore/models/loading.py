@@ -31,10 +31,6 @@ class ModelSource:
     family: str = ""
     revision: str | None = None
 
-    @property
-    def display(self) -> str:
-        return self.location if self.kind != "gguf" else f"{self.location}"
-
 
 @dataclass
 class LoadedModel:
@@ -84,7 +80,7 @@ def resolve_source(name: str) -> ModelSource:
     return ModelSource(name, "hub", name, "")
 
 
-def _sha256(path: Path, limit: int | None = None) -> str:
+def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):

@@ -213,16 +213,13 @@ class Store:
 
     def delete(self, path: str) -> None:
         with storage_errors(self.url, self.storage_options):
-            if _sync(self.zstore.exists(f"{path}/zarr.json")) or path:
+            if path:  # never the root
                 _sync(self.zstore.delete_dir(path))
 
     def consolidate(self) -> None:
         """Rewrite the root's consolidated metadata so readers see every group."""
         with storage_errors(self.url, self.storage_options):
             zarr.consolidate_metadata(self.zstore)
-
-    def open_tree(self) -> xr.DataTree:
-        return open_store(self.url, self.storage_options)
 
 
 def _jsonable(o: Any) -> Any:
