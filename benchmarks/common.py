@@ -67,10 +67,11 @@ def median(values: Sequence[float]) -> float:
 
 
 def gemm_flops(device: str, n: int | None = None, repeats: int = 1, dtype: str = "float32") -> dict[str, float]:
-    """FLOP/s of a large square matrix product, by library: torch (what the model's layers call)
-    and, on CPU, scipy's BLAS (OpenBLAS, whose AVX-512 kernels MKL does not use on AMD CPUs).
-    Float32 with TF32 off on CUDA, as the model runs. ``best`` is the larger: the hardware's
-    demonstrated GEMM rate."""
+    """FLOP/s of a large square matrix product, by library: torch (what the model's layers call:
+    MKL on CPU, cuBLAS on CUDA) and, on CPU, scipy's BLAS (OpenBLAS) and oneDNN (torch's
+    ``mkldnn._linear_pointwise``, strict float32), whose AVX-512 kernels MKL does not use on AMD
+    CPUs. Float32 with TF32 off on CUDA, as the model runs. ``best`` is the largest: the
+    hardware's demonstrated GEMM rate."""
     import torch
 
     if device.startswith("cuda"):
@@ -82,8 +83,15 @@ def gemm_flops(device: str, n: int | None = None, repeats: int = 1, dtype: str =
     if not device.startswith("cuda") and dtype == "float32":
         from scipy.linalg.blas import sgemm
 
+        from kisstore.extract.cpu_kernels import onednn_available
+
         x, y = a.numpy(), b.numpy()
         out["blas"] = _best_rate(lambda: sgemm(1.0, x, y), 2.0 * n**3, device, repeats)
+        if onednn_available():
+            op = torch.ops.mkldnn._linear_pointwise
+            bt = b.T.contiguous()  # the op computes a @ wᵀ
+            with torch.inference_mode():
+                out["onednn"] = _best_rate(lambda: op(a, bt, None, "none", [], ""), 2.0 * n**3, device, repeats)
     out["best"] = max(out.values())
     return out
 

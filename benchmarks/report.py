@@ -58,7 +58,14 @@ def _md_details(results: list[dict[str, Any]]) -> list[str]:
         + ", ".join(f"{k}: {v:.1e}" for k, v in d["per_layer"].items()) + f" ({d['note']})."))
     add("overhead", lambda d, r: (
         f"Overhead: bare forward {d['tokens_per_s_bare']:.0f} tokens/s, with every accumulator "
-        f"{d['tokens_per_s_kisstore']:.0f} tokens/s; ratio of totals {fmt(d['ratio_of_totals'])}×."))
+        f"{d['tokens_per_s_kisstore']:.0f} tokens/s ({d.get('kernels', 'torch')} kernels on both sides); ratio of "
+        f"totals {fmt(d['ratio_of_totals'])}×"
+        + (f". Floor: {fmt(d['floor'])}× = {d['floor_definition']}." if "floor" in d else ".")))
+    add("vs_stock_forward", lambda d, r: (
+        f"Against the stock forward: transformers' forward with torch's own CPU kernels runs "
+        f"{d['tokens_per_s_stock']:.0f} tokens/s, {fmt(d['stock_forward_vs_onednn_forward'])}× the time of the "
+        f"oneDNN forward; kisstore's whole pass, accumulators included, takes {fmt(r['value'])}× the stock "
+        f"forward's time (ratio of totals {fmt(d['ratio_of_totals'])}×)."))
     add("flop_efficiency", lambda d, r: (
         f"FLOP/s: corpus pass {d['useful_gflops']:.1f} GFLOP/s useful ({d['flops_per_token_forward'] / 1e6:.0f} MFLOP "
         f"forward + {d['flops_per_token_accumulate'] / 1e6:.0f} MFLOP accumulation per token), large float32 GEMM "

@@ -105,12 +105,13 @@ def test_report_renders_saved_results(tmp_path):
 
 
 def test_blocked_second_moment_matches_float64_numpy():
-    """The accumulator the benchmarks time: upper-triangle blocks (4 here) give Σkkᵀ exactly."""
+    """The torch path of the accumulator (CUDA's, and CPU's without oneDNN): upper-triangle
+    blocks (4 here) give Σkkᵀ to float32 rounding."""
     from kisstore.extract.accumulate import SecondMoment, block_edges
 
     rng = np.random.default_rng(0)
     keys = [rng.standard_normal((n, 1536)).astype(np.float32) for n in (100, 37)]
-    m = SecondMoment(1536)
+    m = SecondMoment(1536, kernels="torch")
     for k in keys:
         m.add(k)
     assert len(block_edges(1536)) == 5 and m.count == 137

@@ -1,38 +1,59 @@
-"""Second-moment accumulators: Σ k kᵀ over token vectors, float32 per batch, float64 in total."""
+"""Second-moment accumulators: Σ k kᵀ over token vectors, float32 per product, float64 in total."""
 
 from __future__ import annotations
 
 import numpy as np
 
-BLOCK = 384  # width of the column blocks of the upper-triangle products (at most MAX_BLOCKS of them)
+BLOCK = 384  # width of the column blocks of the torch path's upper-triangle products
 MAX_BLOCKS = 8
+PANEL = 192  # height of the row panels of the oneDNN path (at most MAX_PANELS of them)
+MAX_PANELS = 8
+FLUSH_TOKENS = 8192  # the oneDNN path's float32 panels go into the float64 sum at least this often
 
 
-def block_edges(d: int) -> list[int]:
-    """Edges of the column blocks: ``b = clamp(d // BLOCK, 1, MAX_BLOCKS)`` near-equal blocks."""
-    b = min(max(d // BLOCK, 1), MAX_BLOCKS)
+def block_edges(d: int, width: int = BLOCK, most: int = MAX_BLOCKS) -> list[int]:
+    """Edges of ``b = clamp(d // width, 1, most)`` near-equal blocks of ``0…d``."""
+    b = min(max(d // width, 1), most)
     return [round(i * d / b) for i in range(b + 1)]
 
 
 class SecondMoment:
     """Running uncentred sum S = Σ_t k_t k_tᵀ and count n for one layer.
 
-    Each batch's product is computed in float32 and added into a float64 sum, block by block:
-    the keys' columns are cut into b blocks and only the b(b+1)/2 blocks on or above the
-    diagonal are multiplied (torch matmuls, 1/2 + 1/(2b) of a full GEMM's work, ``syrk``'s
-    saving without leaving torch). On CPU this matters twice: a BLAS outside torch (scipy's
-    ``ssyrk``) called from inside the forward competes with torch's spinning OpenMP threads
-    for the same cores, which made the corpus pass 3.1× slower than the bare forward on 2
-    cores; the blocked torch products keep it near 1.3–1.4× (docs/benchmarks.md). The sum lives on
-    the model's device (numpy float64 on CPU, a float64 tensor on CUDA); entries below the
-    diagonal blocks are never written and only the upper triangle is meaningful.
+    Only the upper triangle is computed (``syrk``'s saving without leaving torch's thread pool:
+    a BLAS with its own threads, called from inside the forward, fights torch's OpenMP threads
+    for the cores and made the corpus pass 3× slower on 2 cores). Two ways, chosen by
+    ``kernels``:
+
+    - ``"onednn"`` (CPU, where ``kisstore.extract.cpu_kernels`` finds the op): the keys' columns
+      are cut into b row panels; panel i of S (rows of block i, columns from block i on) gets
+      ``k_iᵀ k_{i:}`` added *inside* oneDNN's GEMM into a float32 panel (1/2 + 1/(2b) of a full
+      GEMM's work). The float32 panels are added into the float64 sum at most every
+      ``FLUSH_TOKENS`` tokens and at every :meth:`flush` (the corpus pass flushes at each
+      resumable point, so a resumed run repeats the same additions bit for bit).
+    - ``"torch"`` (CPU fallback, and CUDA): b(b+1)/2 column blocks multiplied by torch matmuls
+      in float32, each batch's products added straight into the float64 sum, which lives on the
+      model's device (a float64 tensor on CUDA).
+
+    Entries below the diagonal blocks are never written; only the upper triangle is meaningful.
     """
 
-    def __init__(self, d: int, device: str = "cpu"):
+    def __init__(self, d: int, device: str = "cpu", kernels: str = "auto"):
+        from kisstore.extract.cpu_kernels import resolve
+
         self.d = d
         self.device = device
         self.count = 0
-        self._edges = block_edges(d)
+        self.kernels = resolve(kernels, device)
+        self._pending = 0  # tokens in the float32 panels, not yet in the float64 sum
+        if self.kernels == "onednn":
+            import torch
+
+            self._edges = block_edges(d, PANEL, MAX_PANELS)
+            e = self._edges
+            self._panels = [torch.zeros(e[i + 1] - e[i], d - e[i]) for i in range(len(e) - 1)]
+        else:
+            self._edges = block_edges(d)
         if device == "cpu":
             self._sum = np.zeros((d, d), dtype=np.float64, order="F")
         else:
@@ -48,24 +69,54 @@ class SecondMoment:
             return
         self.count += int(k.shape[0])
         k = (k.detach() if hasattr(k, "detach") else torch.from_numpy(np.asarray(k))).float()
+        e = self._edges
+        if self.kernels == "onednn":
+            # kᵀ as a contiguous (d, tokens) matrix: its row slices are the panels' operands
+            # (oneDNN takes a strided view through a reference kernel ~100× slower)
+            kt = k.cpu().T.contiguous()
+            binary = torch.ops.mkldnn._linear_pointwise.binary
+            for i, panel in enumerate(self._panels):
+                self._panels[i] = binary(kt[e[i] : e[i + 1]], panel, kt[e[i] :], None, "add")
+            self._pending += int(k.shape[0])
+            if self._pending >= FLUSH_TOKENS:
+                self.flush()
+            return
         if self.device == "cpu":
             k = k.cpu()
             total = torch.from_numpy(self._sum)  # a view: adds land in the numpy array
         else:
             total = self._sum
-        e = self._edges
         for i in range(len(e) - 1):
             rows = k[:, e[i] : e[i + 1]]
             for j in range(i, len(e) - 1):
                 total[e[i] : e[i + 1], e[j] : e[j + 1]] += rows.T @ k[:, e[j] : e[j + 1]]
 
+    def flush(self) -> None:
+        """Move the float32 panels into the float64 sum (a no-op for the torch path)."""
+        if not self._pending:
+            return
+        import torch
+
+        e = self._edges
+        for i, panel in enumerate(self._panels):
+            self._sum[e[i] : e[i + 1], e[i] :] += panel.numpy()
+            # a fresh tensor, not zero_(): panels made under inference_mode cannot be written outside it
+            self._panels[i] = torch.zeros_like(panel)
+        self._pending = 0
+
     def sum_upper(self) -> np.ndarray:
         """The raw accumulator's upper triangle as numpy float64, for checkpoints."""
+        self.flush()
         s = self._sum if self.device == "cpu" else self._sum.cpu().numpy()
         return np.triu(s)
 
     def load(self, upper: np.ndarray, count: int) -> None:
         self.count = int(count)
+        if self.kernels == "onednn":
+            import torch
+
+            self._panels = [torch.zeros_like(p) for p in self._panels]
+            self._pending = 0
         if self.device == "cpu":
             self._sum[...] = upper
         else:

@@ -101,12 +101,18 @@ def accumulate(
     on_progress: Callable[[Batch], None] | None = None,
     checkpoint: Callable[[Batch], None] | None = None,
     checkpoint_every: float = 300.0,
+    cpu_kernels: str = "auto",
 ) -> None:
     """Run the body of the model on each batch, adding every non-padding key into ``moments``.
 
-    The forward stops inside the deepest hooked layer's MLP; the LM head never runs.
+    The forward stops inside the deepest hooked layer's MLP; the LM head never runs. On CPU,
+    ``cpu_kernels`` (``kisstore.extract.cpu_kernels``) picks the float32 kernels of the model's
+    linear layers. The accumulators are flushed into their float64 sums at every resumable
+    point (the last batch of a document window), before any checkpoint.
     """
     import torch
+
+    from kisstore.extract.cpu_kernels import onednn_linears, resolve
 
     body = lm.model.base_model if hasattr(lm.model, "base_model") else lm.model
     last_ckpt = time.monotonic()
@@ -117,7 +123,9 @@ def accumulate(
         rows = state["rows"]
         moments[layer].add(flat if rows is None else flat.index_select(0, rows))  # (tokens, d_ff), padding dropped
 
-    with torch.inference_mode(), key_hooks(lm.model, lm.module_template, layers, on_key, stop_after_last=True):
+    fast = resolve(cpu_kernels, lm.device) == "onednn"
+    with (torch.inference_mode(), onednn_linears(lm.model, enabled=fast),
+          key_hooks(lm.model, lm.module_template, layers, on_key, stop_after_last=True)):
         for batch in batches:
             ids = batch.input_ids.to(lm.device)
             mask = batch.attention_mask.to(lm.device)
@@ -129,6 +137,9 @@ def accumulate(
                 body(input_ids=ids, attention_mask=mask, use_cache=False)
             except StopForward:
                 pass
+            if batch.docs_end is not None:
+                for m in moments.values():
+                    m.flush()
             failpoints.hit("corpus_batch")
             if on_progress:
                 on_progress(batch)

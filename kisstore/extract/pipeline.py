@@ -19,6 +19,8 @@ from kisstore.errors import InputError
 from kisstore.extract.accumulate import SecondMoment, symmetric
 from kisstore.extract.checkpoint import Checkpoint
 from kisstore.extract.covariance import accumulate, check_count, corpus_batches
+from kisstore.extract.cpu_kernels import CHOICES as CPU_KERNELS
+from kisstore.extract.cpu_kernels import resolve as resolve_kernels
 from kisstore.extract.keys import item_pass
 from kisstore.extract.positions import POSITIONS
 from kisstore.layers import parse_layers
@@ -53,6 +55,7 @@ class ExtractOptions:
     scheduler: str | None = None
     shards: int = 1
     break_lock: bool = False
+    cpu_kernels: str = "auto"
 
 
 def log(msg: str, storage_options: dict | None = None) -> None:
@@ -79,6 +82,8 @@ def validate(opts: ExtractOptions) -> None:
         raise InputError(f"unknown --token {opts.token!r}: use one of {', '.join(POSITIONS)}")
     if opts.device not in ("auto", "cpu", "cuda") and not opts.device.startswith("cuda:"):
         raise InputError(f"unknown --device {opts.device!r}: use auto, cpu, cuda or cuda:N")
+    if opts.cpu_kernels not in CPU_KERNELS:
+        raise InputError(f"unknown --cpu-kernels {opts.cpu_kernels!r}: use {', '.join(CPU_KERNELS)}")
     if opts.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise InputError(f"unknown --dtype {opts.dtype!r}: use auto, float32, bfloat16 or float16")
     ids = [layout.sanitize_model_id(m) for m in opts.models]
@@ -220,7 +225,7 @@ class ModelRun:
             rows = [rows_of[layer] for layer in group]
             if all(r in done_counts for r in rows):
                 continue
-            moments = {layer: SecondMoment(d, self.lm.device) for layer in group}
+            moments = {layer: SecondMoment(d, self.lm.device, o.cpu_kernels) for layer in group}
             docs, tokens = 0, 0
             if state.get("group") == gi and "slot" in state:
                 for layer, u in zip(group, self.ckpt.load_partial(rows), strict=True):
@@ -246,7 +251,7 @@ class ModelRun:
                                        docs=_p["docs"], tokens=_p["tokens"])
 
             accumulate(self.lm, group, batches, moments, on_progress=on_progress,
-                       checkpoint=checkpoint, checkpoint_every=o.checkpoint_every)
+                       checkpoint=checkpoint, checkpoint_every=o.checkpoint_every, cpu_kernels=o.cpu_kernels)
             bar.close()
             count = moments[group[0]].count
             check_count(count, d, o.corpus)
@@ -279,7 +284,8 @@ class ModelRun:
             load = {"device": o.device, "dtype": o.dtype, "module": o.module,
                     "trust_remote_code": o.trust_remote_code, "allow_pickle": o.allow_pickle}
             tasks = [shards.ShardTask(self.name, self.model_id, load, o.store, o.storage_options, self.layers,
-                                      o.corpus, o.max_length, o.batch_tokens, o.max_memory, i, r, len(ranges))
+                                      o.corpus, o.max_length, o.batch_tokens, o.max_memory, i, r, len(ranges),
+                                      cpu_kernels=o.cpu_kernels)
                      for i, r in enumerate(ranges)]
             log(f"[{self.model_id}] corpus pass: {n_docs} documents in {len(tasks)} shards on the cluster")
             shards.run_sharded(tasks, self.client, progress=o.progress)
@@ -312,6 +318,8 @@ class ModelRun:
             "batch_tokens": o.batch_tokens, "items_sha256": self.items_sha,
             "layers": self.layers, "storage_options": public_options(o.storage_options),
             "shards": o.shards if self.client is not None else None,
+            # float32 kernels of the corpus pass (sharded: as this process resolves them)
+            "cpu_kernels": resolve_kernels(o.cpu_kernels, self.lm.device),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
         return p

@@ -33,6 +33,7 @@ class ShardTask:
     docs: tuple[int, int]
     n_shards: int
     extra: dict[str, Any] = field(default_factory=dict)
+    cpu_kernels: str = "auto"
 
 
 def plan(n_docs: int, n_shards: int, window: int) -> list[tuple[int, int]]:
@@ -86,10 +87,10 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
 
     budget = task.budget if task.budget is not None else default_memory(lm.device)
     for group in layer_groups(task.layers, d, budget):
-        moments = {layer: SecondMoment(d, lm.device) for layer in group}
+        moments = {layer: SecondMoment(d, lm.device, task.cpu_kernels) for layer in group}
         batches = corpus_batches(lm.tokenizer, corpus, max_length=task.max_length, batch_tokens=task.batch_tokens,
                                  token_cap=None, skip_docs=start, max_docs=stop - start)
-        accumulate(lm, group, batches, moments)
+        accumulate(lm, group, batches, moments, cpu_kernels=task.cpu_kernels)
         for layer in group:
             uppers[layer] = moments[layer].sum_upper()
         count = moments[group[0]].count

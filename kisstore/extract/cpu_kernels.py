@@ -1,0 +1,110 @@
+"""oneDNN float32 kernels for the CPU corpus pass.
+
+torch sends a float32 ``matmul``/``linear`` on CPU to MKL. On AMD CPUs MKL takes its AVX2
+code path, so an AVX-512 machine (Zen 4/5) runs at half of what it can: on the 2-core EPYC
+these benchmarks run on, MKL reaches ~215 GFLOP/s and oneDNN's AVX-512 ``brg_matmul`` ~450.
+torch ships oneDNN and reaches it, in *strict* float32 (no bf16/tf32 down-conversion), through
+``torch.ops.mkldnn._linear_pointwise`` (``y = x Wᵀ + b``), the op TorchInductor uses for CPU
+linears, and its ``.binary`` form (``y = x Wᵀ + other``), which lets a product be added to a
+running sum inside the GEMM.
+
+Two uses during the corpus pass, both under ``torch.inference_mode``:
+
+- :func:`onednn_linears` runs the model's float32 ``nn.Linear`` layers through the op;
+- ``SecondMoment`` (``kisstore.extract.accumulate``) accumulates Σ k kᵀ panel by panel with it.
+
+Both are chosen by ``kisstore extract --cpu-kernels auto|onednn|torch``: ``auto`` uses oneDNN
+where a probe at first use shows the op present and exact to float32 rounding against float64,
+``torch`` keeps torch's own kernels. Results agree to float32 rounding either way
+(``tests/test_cpu_kernels.py``); the choice is recorded in the store's provenance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+
+from kisstore.errors import InputError
+
+CHOICES = ("auto", "onednn", "torch")
+
+
+@functools.cache
+def onednn_available() -> bool:
+    """True where torch's oneDNN linear ops exist and compute float32 products exactly enough.
+
+    The probe multiplies small random matrices with both forms of the op and compares them with
+    float64 products: a build without oneDNN, or one that would round the inputs to bf16
+    (relative error ~1e-3), fails it and the torch kernels are used instead.
+    """
+    try:
+        import torch
+
+        if not torch.backends.mkldnn.is_available():
+            return False
+        op = torch.ops.mkldnn._linear_pointwise
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(67, 130, generator=g)
+        w = torch.randn(96, 130, generator=g)
+        b = torch.randn(96, generator=g)
+        other = torch.randn(67, 96, generator=g)
+        with torch.inference_mode():
+            y = op(x, w, b, "none", [], "")
+            z = op.binary(x, other, w, None, "add")
+        ref = x.double() @ w.double().T
+        scale = float(ref.abs().max())
+        err_y = float((y.double() - (ref + b.double())).abs().max()) / scale
+        err_z = float((z.double() - (ref + other.double())).abs().max()) / scale
+        return y.dtype == torch.float32 and err_y < 1e-5 and err_z < 1e-5
+    except Exception:  # noqa: BLE001 - any failure (op missing, unsupported build) means: do not use it
+        return False
+
+
+def resolve(choice: str, device: str) -> str:
+    """The kernels a run on ``device`` uses: ``onednn`` or ``torch`` (always ``torch`` off the CPU)."""
+    if choice not in CHOICES:
+        raise InputError(f"unknown --cpu-kernels {choice!r}: use {', '.join(CHOICES)}")
+    if str(device) != "cpu":
+        return "torch"
+    if choice == "onednn" and not onednn_available():
+        raise InputError("--cpu-kernels onednn: this torch build has no usable oneDNN float32 linear op "
+                         "(torch.ops.mkldnn._linear_pointwise); use --cpu-kernels auto or torch")
+    if choice == "auto":
+        return "onednn" if onednn_available() else "torch"
+    return choice
+
+
+@contextlib.contextmanager
+def onednn_linears(model, enabled: bool = True) -> Iterator[int]:
+    """Run ``model``'s float32 CPU ``nn.Linear`` layers through oneDNN while the block runs.
+
+    Forward hooks still fire (only ``forward`` is replaced, per instance). Layers that are not
+    plain ``nn.Linear``, whose weight is not a contiguous float32 CPU tensor, or whose ``forward``
+    already belongs to someone else (accelerate's offloading wraps it) keep theirs; so do calls
+    with autograd on or a non-float32 input. Yields how many layers were switched.
+    """
+    import torch
+
+    patched = []
+    if enabled:
+        op = torch.ops.mkldnn._linear_pointwise
+        linear = torch.nn.functional.linear
+        for m in model.modules():
+            w = getattr(m, "weight", None)
+            if (type(m) is not torch.nn.Linear or "forward" in vars(m) or w is None or w.dtype != torch.float32
+                    or w.device.type != "cpu" or not w.is_contiguous()):
+                continue
+
+            def forward(x, _m=m):
+                if x.dtype != torch.float32 or torch.is_grad_enabled():
+                    return linear(x, _m.weight, _m.bias)
+                return op(x if x.is_contiguous() else x.contiguous(), _m.weight, _m.bias, "none", [], "")
+
+            m.forward = forward
+            patched.append(m)
+    try:
+        yield len(patched)
+    finally:
+        for m in patched:
+            del m.forward

@@ -1,0 +1,148 @@
+"""The oneDNN CPU kernels of the corpus pass against float64 numpy and torch's own kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from kisstore.errors import InputError
+from kisstore.extract import ExtractOptions, run_extract
+from kisstore.extract import accumulate as acc
+from kisstore.extract.accumulate import SecondMoment
+from kisstore.extract.cpu_kernels import onednn_available, onednn_linears, resolve
+from tests.conftest import run_cli
+
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch build has no usable oneDNN linear op")
+
+
+def _keys(seed: int, sizes, d: int) -> list[np.ndarray]:
+    """Keys with columns of very different scales (as real MLP activations have)."""
+    rng = np.random.default_rng(seed)
+    scale = rng.uniform(0.05, 20.0, d).astype(np.float32)
+    return [(rng.standard_normal((n, d)).astype(np.float32) * scale) for n in sizes]
+
+
+def _numpy_sum(keys) -> np.ndarray:
+    return sum(k.astype(np.float64).T @ k.astype(np.float64) for k in keys)
+
+
+@needs_onednn
+@pytest.mark.parametrize("d", [1000, 1536, 64])
+def test_onednn_second_moment_equals_float64_numpy(d, monkeypatch):
+    monkeypatch.setattr(acc, "FLUSH_TOKENS", 1500)  # several flushes, some batches between them
+    keys = _keys(0, (700, 1, 37, 900, 1200, 0, 333), d)
+    m = SecondMoment(d, kernels="onednn")
+    assert m.kernels == "onednn" and len(m._panels) == min(max(d // acc.PANEL, 1), acc.MAX_PANELS)
+    with torch.inference_mode():  # as in the corpus pass; total() below runs outside it
+        for k in keys[:4]:
+            m.add(torch.from_numpy(k))
+    for k in keys[4:]:  # and numpy input, outside inference mode
+        m.add(k)
+    expect = _numpy_sum(keys)
+    got = m.total()
+    assert m.count == sum(len(k) for k in keys)
+    np.testing.assert_array_equal(got, got.T)
+    assert np.abs(got - expect).max() / np.abs(expect).max() < 2e-6
+    np.testing.assert_allclose(got, expect, rtol=2e-5, atol=2e-6 * np.abs(expect).max())
+
+
+@needs_onednn
+def test_onednn_and_torch_kernels_agree_to_float32_rounding():
+    keys = _keys(1, (512, 640, 96), 1536)
+    a, b = SecondMoment(1536, kernels="onednn"), SecondMoment(1536, kernels="torch")
+    for k in keys:
+        a.add(k)
+        b.add(k)
+    ta, tb = a.total(), b.total()
+    assert np.abs(ta - tb).max() / np.abs(tb).max() < 2e-6
+    assert not np.array_equal(ta, tb)  # two different kernels, really both run
+
+
+@needs_onednn
+def test_restoring_a_checkpoint_at_a_flush_repeats_the_run_bit_for_bit():
+    """The corpus pass flushes at each resumable point; a run restored there adds the same way."""
+    keys = _keys(2, (300, 250, 410, 120), 700)
+    whole = SecondMoment(700, kernels="onednn")
+    for k in keys[:2]:
+        whole.add(k)
+    whole.flush()
+    saved, count = whole.sum_upper(), whole.count
+    for k in keys[2:]:
+        whole.add(k)
+    resumed = SecondMoment(700, kernels="onednn")
+    resumed.add(keys[0])  # stale float32 panels that load() must drop
+    resumed.load(saved, count)
+    for k in keys[2:]:
+        resumed.add(k)
+    assert resumed.count == whole.count
+    np.testing.assert_array_equal(resumed.sum_upper(), whole.sum_upper())
+
+
+@needs_onednn
+def test_onednn_linears_compute_the_same_layer_and_are_removed_after():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(48, 80), torch.nn.GELU(), torch.nn.Linear(80, 16, bias=False),
+                                torch.nn.Linear(16, 8).double())
+    x = torch.randn(3, 11, 48)
+    sub = model[:3]
+    with torch.inference_mode():
+        ref = sub(x)
+        strided = sub(x.transpose(0, 1))
+        with onednn_linears(model) as n:
+            got = sub(x)
+            got_strided = sub(x.transpose(0, 1))  # non-contiguous input is made contiguous first
+            assert n == 2  # the float64 layer keeps torch's kernel
+            assert "forward" in vars(model[0]) and "forward" not in vars(model[3])
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_strided.numpy(), strided.numpy(), rtol=1e-5, atol=1e-6)
+    assert all("forward" not in vars(m) for m in model.modules())
+    with onednn_linears(model):  # autograd on: torch's own kernel, so gradients still flow
+        y = sub(x.requires_grad_())
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@needs_onednn
+def test_a_forward_someone_else_wrapped_is_left_alone():
+    lin = torch.nn.Linear(8, 4)
+
+    def theirs(x):
+        return torch.zeros(x.shape[0], 4)
+
+    lin.forward = theirs
+    with onednn_linears(lin) as n:
+        assert n == 0 and lin.forward is theirs
+    assert lin.forward is theirs
+
+
+def test_resolve():
+    assert resolve("auto", "cuda:0") == "torch" and resolve("onednn", "cuda") == "torch"
+    assert resolve("torch", "cpu") == "torch"
+    assert resolve("auto", "cpu") == ("onednn" if onednn_available() else "torch")
+    with pytest.raises(InputError, match="unknown --cpu-kernels"):
+        resolve("mkl", "cpu")
+
+
+@needs_onednn
+def test_extraction_with_either_kernels_gives_the_same_store_contents(tiny_models, tiny_items, tiny_corpus, tmp_path):
+    out = {}
+    for kernels in ("onednn", "torch"):
+        store = tmp_path / f"{kernels}.zarr"
+        opts = ExtractOptions(models=[str(tiny_models["llama"])], store=str(store), items=str(tiny_items),
+                              corpus=str(tiny_corpus), progress=False, max_length=48, cpu_kernels=kernels)
+        (mid,) = run_extract(opts)
+        ds = xr.open_datatree(store, engine="zarr")[f"models/{mid}"].ds
+        assert ds.attrs["cpu_kernels"] == kernels
+        out[kernels] = ds
+    a, b = out["onednn"], out["torch"]
+    np.testing.assert_array_equal(a["n_tokens"].values, b["n_tokens"].values)
+    np.testing.assert_allclose(a["cov"].values, b["cov"].values, rtol=1e-5, atol=1e-6 * float(np.abs(b["cov"]).max()))
+    np.testing.assert_array_equal(a["keys"].values, b["keys"].values)  # the item pass keeps torch's kernels
+
+
+def test_unknown_cpu_kernels_is_a_usage_error(tmp_path):
+    r = run_cli("extract", "--model", "smollm2-135m", "--store", str(tmp_path / "s.zarr"), "--cpu-kernels", "mkl")
+    assert r.returncode == 2 and "--cpu-kernels" in r.stderr
+    assert not (tmp_path / "s.zarr").exists()
