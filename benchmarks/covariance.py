@@ -213,7 +213,7 @@ def run(lm, batches: Sequence, *, sample_layers: Sequence[int], device: str, war
                 "layer_stats_measured_s": per_layer_s, "extrapolation": formula, "tokens": n_tokens}),
         Result("cov_max_rel_diff", "Covariance difference, max|ΔC| / max|C| on the sampled layers",
                max(diffs.values()), 1e-5, "lower", "",
-               {"per_layer": diffs, "note": "kisstore: float32 upper-triangle products per batch into float64; layer_stats: float32 addmm into float32"}),
+               {"per_layer": diffs, "note": f"kisstore: float32 upper-triangle products ({kernels} kernels) into float64; layer_stats: float32 addmm into float32"}),
         Result("overhead", f"Extraction overhead: corpus pass with {lm.n_layers} accumulators vs bare forward "
                "(same kernels)", median(overhead), 1.25, "lower", "×",
                {"per_round": overhead, "ratio_of_totals": tot["kisstore"] / tot["bare"], "kernels": kernels,

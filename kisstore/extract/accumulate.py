@@ -47,15 +47,17 @@ class SecondMoment:
         self.kernels = resolve(kernels, device)
         self._pending = 0  # tokens in the float32 panels, not yet in the float64 sum
         if self.kernels == "onednn":
-            import torch
-
             self._edges = block_edges(d, PANEL, MAX_PANELS)
-            e = self._edges
-            self._panels = [torch.zeros(e[i + 1] - e[i], d - e[i]) for i in range(len(e) - 1)]
+            # float32 panels; None: empty since the last flush (the next product overwrites, no zeroing)
+            self._panels: list = [None] * (len(self._edges) - 1)
         else:
             self._edges = block_edges(d)
         if device == "cpu":
-            self._sum = np.zeros((d, d), dtype=np.float64, order="F")
+            # row-major for the panels' row blocks; column-major suits the torch path's blocks
+            # committed now (np.zeros maps pages lazily): the first flush would otherwise pay
+            # d²·8 bytes of page faults in the middle of the pass
+            self._sum = np.empty((d, d), dtype=np.float64, order="C" if self.kernels == "onednn" else "F")
+            self._sum.fill(0.0)
         else:
             import torch
 
@@ -74,9 +76,11 @@ class SecondMoment:
             # kᵀ as a contiguous (d, tokens) matrix: its row slices are the panels' operands
             # (oneDNN takes a strided view through a reference kernel ~100× slower)
             kt = k.cpu().T.contiguous()
-            binary = torch.ops.mkldnn._linear_pointwise.binary
+            op = torch.ops.mkldnn._linear_pointwise
             for i, panel in enumerate(self._panels):
-                self._panels[i] = binary(kt[e[i] : e[i + 1]], panel, kt[e[i] :], None, "add")
+                rows, cols = kt[e[i] : e[i + 1]], kt[e[i] :]
+                self._panels[i] = (op(rows, cols, None, "none", [], "") if panel is None
+                                   else op.binary(rows, panel, cols, None, "add"))
             self._pending += int(k.shape[0])
             if self._pending >= FLUSH_TOKENS:
                 self.flush()
@@ -95,13 +99,10 @@ class SecondMoment:
         """Move the float32 panels into the float64 sum (a no-op for the torch path)."""
         if not self._pending:
             return
-        import torch
-
         e = self._edges
         for i, panel in enumerate(self._panels):
             self._sum[e[i] : e[i + 1], e[i] :] += panel.numpy()
-            # a fresh tensor, not zero_(): panels made under inference_mode cannot be written outside it
-            self._panels[i] = torch.zeros_like(panel)
+            self._panels[i] = None
         self._pending = 0
 
     def sum_upper(self) -> np.ndarray:
@@ -113,9 +114,7 @@ class SecondMoment:
     def load(self, upper: np.ndarray, count: int) -> None:
         self.count = int(count)
         if self.kernels == "onednn":
-            import torch
-
-            self._panels = [torch.zeros_like(p) for p in self._panels]
+            self._panels = [None] * len(self._panels)
             self._pending = 0
         if self.device == "cpu":
             self._sum[...] = upper
