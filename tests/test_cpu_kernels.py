@@ -125,6 +125,17 @@ def test_resolve():
         resolve("mkl", "cpu")
 
 
+def test_without_onednn_auto_falls_back_and_onednn_is_refused(monkeypatch):
+    """A torch build without the op (here: the probe's answer replaced) is never used silently."""
+    import kisstore.extract.cpu_kernels as ck
+
+    monkeypatch.setattr(ck, "onednn_available", lambda: False)
+    assert ck.resolve("auto", "cpu") == "torch"
+    assert SecondMoment(64).kernels == "torch"
+    with pytest.raises(InputError, match="no usable oneDNN"):
+        ck.resolve("onednn", "cpu")
+
+
 @needs_onednn
 def test_extraction_with_either_kernels_gives_the_same_store_contents(tiny_models, tiny_items, tiny_corpus, tmp_path):
     out = {}
