@@ -28,7 +28,7 @@ class SecondMoment:
     - ``"onednn"`` (CPU, where ``kisstore.extract.cpu_kernels`` finds the op): the keys' columns
       are cut into b row panels; panel i of S (rows of block i, columns from block i on) gets
       ``k_iᵀ k_{i:}`` added *inside* oneDNN's GEMM into a float32 panel (1/2 + 1/(2b) of a full
-      GEMM's work). The float32 panels are added into the float64 sum at most every
+      GEMM's work). The float32 panels are added into the float64 sum at least every
       ``FLUSH_TOKENS`` tokens and at every :meth:`flush` (the corpus pass flushes at each
       resumable point, so a resumed run repeats the same additions bit for bit).
     - ``"torch"`` (CPU fallback, and CUDA): b(b+1)/2 column blocks multiplied by torch matmuls
