@@ -13,6 +13,7 @@ from benchmarks.common import Result, random_smollm2
 from kisstore.data.corpus import resolve_corpus
 from kisstore.data.items import load_items
 from kisstore.extract.covariance import corpus_batches
+from kisstore.extract.cpu_kernels import resolve
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,11 @@ def test_random_stand_in_runs_the_corpus_and_p_benchmarks():
     batches = list(corpus_batches(lm.tokenizer, resolve_corpus("embedded"), max_length=48, batch_tokens=128,
                                   token_cap=200))
     run = covariance.run(lm, batches, sample_layers=[0, 1], device="cpu", progress=lambda _: None)
-    assert {r.key: r for r in run.results}["cov_max_rel_diff"].value <= 1e-5
+    by = {r.key: r for r in run.results}
+    assert by["cov_max_rel_diff"].value <= 1e-5
+    assert by["overhead"].details["kernels"] == resolve("auto", "cpu") and by["overhead"].details["floor"] > 1
+    # with kisstore's own CPU kernels, the pass is compared with the stock forward as well
+    assert ("vs_stock_forward" in by) == (resolve("auto", "cpu") == "onednn")
     items = load_items(None).items[:3]  # the byte-level tokenizer locates subjects too
     ridge = pmatrix.pick_ridge(run.covs, [1])
     paper = pmatrix.paper_p(lm, items, 1, run.covs[1], ridge)
@@ -117,3 +122,10 @@ def test_blocked_second_moment_matches_float64_numpy():
     assert len(block_edges(1536)) == 5 and m.count == 137
     expect = sum(k.astype(np.float64).T @ k.astype(np.float64) for k in keys)
     np.testing.assert_allclose(m.total(), expect, rtol=2e-5, atol=1e-4)
+
+
+def test_bad_batch_tokens_is_refused_before_any_work(capsys):
+    from benchmarks.__main__ import main
+
+    assert main(["--batch-tokens", "0", "--json", "/nonexistent/never-written.json"]) == 2
+    assert "--batch-tokens must be positive" in capsys.readouterr().err
