@@ -157,3 +157,12 @@ def test_unknown_cpu_kernels_is_a_usage_error(tmp_path):
     r = run_cli("extract", "--model", "smollm2-135m", "--store", str(tmp_path / "s.zarr"), "--cpu-kernels", "mkl")
     assert r.returncode == 2 and "--cpu-kernels" in r.stderr
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_unknown_cpu_kernels_through_the_python_api_touches_nothing(tiny_models, tiny_items, tiny_corpus, tmp_path):
+    store = tmp_path / "s.zarr"
+    opts = ExtractOptions(models=[str(tiny_models["llama"])], store=str(store), items=str(tiny_items),
+                          corpus=str(tiny_corpus), progress=False, cpu_kernels="mkl")
+    with pytest.raises(InputError, match="unknown --cpu-kernels 'mkl'"):
+        run_extract(opts)
+    assert not store.exists()

@@ -61,10 +61,14 @@ def onednn_available() -> bool:
         return False
 
 
-def resolve(choice: str, device: str) -> str:
-    """The kernels a run on ``device`` uses: ``onednn`` or ``torch`` (always ``torch`` off the CPU)."""
+def check_choice(choice: str) -> None:
     if choice not in CHOICES:
         raise InputError(f"unknown --cpu-kernels {choice!r}: use {', '.join(CHOICES)}")
+
+
+def resolve(choice: str, device: str) -> str:
+    """The kernels a run on ``device`` uses: ``onednn`` or ``torch`` (always ``torch`` off the CPU)."""
+    check_choice(choice)
     if str(device) != "cpu":
         return "torch"
     if choice == "onednn" and not onednn_available():

@@ -19,7 +19,7 @@ from kisstore.errors import InputError
 from kisstore.extract.accumulate import SecondMoment, symmetric
 from kisstore.extract.checkpoint import Checkpoint
 from kisstore.extract.covariance import accumulate, check_count, corpus_batches
-from kisstore.extract.cpu_kernels import CHOICES as CPU_KERNELS
+from kisstore.extract.cpu_kernels import check_choice as check_cpu_kernels
 from kisstore.extract.cpu_kernels import resolve as resolve_kernels
 from kisstore.extract.keys import item_pass
 from kisstore.extract.positions import POSITIONS
@@ -82,8 +82,7 @@ def validate(opts: ExtractOptions) -> None:
         raise InputError(f"unknown --token {opts.token!r}: use one of {', '.join(POSITIONS)}")
     if opts.device not in ("auto", "cpu", "cuda") and not opts.device.startswith("cuda:"):
         raise InputError(f"unknown --device {opts.device!r}: use auto, cpu, cuda or cuda:N")
-    if opts.cpu_kernels not in CPU_KERNELS:
-        raise InputError(f"unknown --cpu-kernels {opts.cpu_kernels!r}: use {', '.join(CPU_KERNELS)}")
+    check_cpu_kernels(opts.cpu_kernels)
     if opts.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise InputError(f"unknown --dtype {opts.dtype!r}: use auto, float32, bfloat16 or float16")
     ids = [layout.sanitize_model_id(m) for m in opts.models]
