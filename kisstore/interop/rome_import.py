@@ -8,7 +8,6 @@ only the keys.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import xarray as xr
 
 from kisstore._version import __version__
 from kisstore.errors import InputError, StoreError
+from kisstore.hashing import file_sha256
 from kisstore.interop import rome_format as fmt
 from kisstore.store import layout
 from kisstore.store.io import Store
@@ -186,13 +186,6 @@ def select_files(folder: Path, shape: ModelShape, precision: str | None = None,
     return {layer: fs[0] for layer, fs in sorted(chosen.items())}, ignored
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 # -- the store side ----------------------------------------------------------------------
 def _check_store(store: Store, model_id: str, overwrite: bool) -> list[str]:
@@ -241,7 +234,7 @@ def run_import(opts: ImportOptions, echo: Callable[[str], None] | None = None) -
         stats = fmt.read_stats_file(f.path, shape.d_ff)
         records.append({"layer": layer, "file": f.path.name, "count": stats.count, "precision": f.precision,
                         "dtype": stats.dtype, "sample_size": f.sample_size if f.sample_size is not None
-                        else stats.sample_size, "sha256": _sha256(f.path)})
+                        else stats.sample_size, "sha256": file_sha256(f.path)})
         say(f"  layer {layer}: {f.path.name} (count {stats.count}, {stats.dtype})")
         del stats
     store = Store(opts.store, opts.storage_options)

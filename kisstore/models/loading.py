@@ -7,7 +7,6 @@ once and cached as safetensors, so later loads take seconds.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kisstore.errors import InputError
+from kisstore.hashing import file_sha256
 from kisstore.models.aliases import ALIASES, family_of
 from kisstore.models.embedded import smollm2_gguf
 from kisstore.models.registry import module_template, n_layers_of
@@ -80,17 +80,10 @@ def resolve_source(name: str) -> ModelSource:
     return ModelSource(name, "hub", name, "")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _gguf_cached(gguf: Path, progress: bool = True) -> tuple[Path, str]:
     """Dequantise a GGUF file once into a safetensors directory; return (dir, sha256)."""
-    digest = _sha256(gguf)
+    digest = file_sha256(gguf)
     target = cache_dir() / "gguf" / digest[:20]
     if (target / "config.json").is_file() and (target / "kisstore-complete").is_file():
         return target, digest
