@@ -10,7 +10,7 @@ from kisstore import failpoints
 from kisstore.data.corpus import Corpus
 from kisstore.errors import InputError
 from kisstore.extract.accumulate import SecondMoment
-from kisstore.extract.batching import pad_right, token_budget_batches
+from kisstore.extract.batching import pad_right, padding_aware_batches
 from kisstore.extract.hooks import StopForward, key_hooks
 
 WINDOW = 64  # documents sorted by length together; also the unit of resuming and sharding
@@ -33,7 +33,7 @@ def corpus_batches(
 
     Whole documents are taken until ``token_cap`` tokens are reached, so ``n ≥ cap``.
     Documents are read in windows of ``window``; inside a window they are sorted by length
-    before batching, which removes most padding. Only a window's last batch carries
+    and cut into the batches that pad least (``padding_aware_batches``). Only a window's last batch carries
     ``docs_end`` (a resumable point), so a resumed run reproduces the later batches exactly.
     ``max_docs`` stops after that many documents (a shard of the corpus).
     """
@@ -68,7 +68,7 @@ def corpus_batches(
         if not seqs:
             continue
         seqs.sort(key=len)
-        groups = list(token_budget_batches([len(s) for s in seqs], batch_tokens))
+        groups = padding_aware_batches([len(s) for s in seqs], batch_tokens)
         for gi, group in enumerate(groups):
             chunk = [seqs[i] for i in group]
             yield _make(chunk, tokenizer, consumed if gi == len(groups) - 1 else None)
