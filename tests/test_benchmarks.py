@@ -74,7 +74,10 @@ def test_random_stand_in_runs_the_corpus_and_p_benchmarks():
     run = covariance.run(lm, batches, sample_layers=[0, 1], device="cpu", progress=lambda _: None)
     by = {r.key: r for r in run.results}
     assert by["cov_max_rel_diff"].value <= 1e-5
-    assert by["overhead"].details["kernels"] == resolve("auto", "cpu") and by["overhead"].details["floor"] > 1
+    assert by["overhead"].details["kernels"] == resolve("auto", "cpu")
+    # the target row's baseline is the model's own forward; the body-only info row has the floor
+    assert by["overhead"].details["tokens_per_s_forward"] > 0 and by["overhead"].details["baseline"]
+    assert by["overhead_accumulators"].details["floor"] > 1
     # with kisstore's own CPU kernels, the pass is compared with the stock forward as well
     assert ("vs_stock_forward" in by) == (resolve("auto", "cpu") == "onednn")
     items = load_items(None).items[:3]  # the byte-level tokenizer locates subjects too
@@ -95,7 +98,11 @@ def test_scale_plan_covers_the_papers_models():
 
 def test_report_renders_saved_results(tmp_path):
     res = [Result("overhead", "Overhead", 1.1, 1.25, "lower", "×",
-                  {"tokens_per_s_bare": 10.0, "tokens_per_s_kisstore": 9.0, "ratio_of_totals": 1.1})]
+                  {"tokens_per_s_forward": 10.0, "tokens_per_s_kisstore": 9.0, "ratio_of_totals": 1.1,
+                   "lm_head_share": 0.25, "baseline": "the model's forward"}),
+           Result("overhead_accumulators", "Accumulators", 1.3, None, "lower", "×",
+                  {"tokens_per_s_bare": 12.0, "tokens_per_s_kisstore": 9.0, "ratio_of_totals": 1.3,
+                   "floor": 1.2, "floor_definition": "syrk at the GEMM rate"})]
     payload = {"command": "python -m benchmarks", "mode": "quick", "elapsed_s": 60.0, "model": "tiny",
                "machine": {"date": "today", "cpu": "cpu", "cores": 2, "torch_threads": 2, "torch": "x",
                            "python": "3", "load_average": [1.0, 1.0, 1.0]},
@@ -106,6 +113,11 @@ def test_report_renders_saved_results(tmp_path):
     doc = report.render({"cpu": path, "cuda": tmp_path / "missing.json"}, doc=tmp_path / "b.md")
     text = doc.read_text()
     assert "| Overhead | **1.1×** | ≤ 1.25× | PASS |" in text and "Llama-2 13B" in text
+    assert "| Accumulators | **1.3×** | — | info |" in text
+    assert "LM head takes 25 % of its time." in text and "Floor: 1.2× = syrk at the GEMM rate" in text
+    # the results files in the repository (earlier runs' formats included) render too
+    committed = report.render(report.RESULTS, doc=tmp_path / "committed.md").read_text()
+    assert "## CPU" in committed and "## CUDA" in committed
     assert "PASS" in report.table(payload["results"])
 
 
