@@ -209,6 +209,11 @@ TUNING = """## What was tuned, and what the hardware allows
   window's shortest documents beside much longer ones: at the default 4096-token budget it padded
   12 % of the positions on the embedded corpus, the new cut 6 %, and the corpus pass runs ~8 %
   faster. The benchmark uses `kisstore extract`'s default budget, 4096 tokens.
+- **Reading and tokenizing overlap the forward.** The corpus pass takes its batches from a
+  background thread that reads and tokenizes the next windows (2 batches ahead; the tokenizer
+  releases the GIL). Here it saves little (tokenizing runs at ~800k tokens/s against the CPU
+  forward's ~1k), but at the H100's ~75k tokens/s a synchronous tokenizer would take ~10 % of
+  the pass; untested on a GPU so far.
 - **Accumulation inside torch's thread pool.** Adding each batch with scipy's `ssyrk` (OpenBLAS,
   its own threads) from inside the forward hook made the pass 3× slower on 2 cores: OpenBLAS's
   threads and torch's spinning OpenMP threads fight for the cores (deferring all 30 `ssyrk`

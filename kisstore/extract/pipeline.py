@@ -23,6 +23,7 @@ from kisstore.extract.cpu_kernels import check_choice as check_cpu_kernels
 from kisstore.extract.cpu_kernels import resolve as resolve_kernels
 from kisstore.extract.keys import item_pass
 from kisstore.extract.positions import POSITIONS
+from kisstore.extract.prefetch import prefetch
 from kisstore.layers import parse_layers
 from kisstore.store import layout
 from kisstore.store.io import Store
@@ -234,9 +235,10 @@ class ModelRun:
                     f"{tokens} tokens")
             bar = tqdm(total=o.corpus_tokens, initial=tokens, unit="tok", unit_scale=True, disable=not o.progress,
                        desc=f"corpus {self.model_id} [{gi + 1}/{len(groups)}] layers {group[0]}-{group[-1]}")
-            batches = corpus_batches(self.lm.tokenizer, corpus, max_length=o.max_length,
-                                     batch_tokens=o.batch_tokens, token_cap=o.corpus_tokens,
-                                     skip_docs=docs, tokens_before=tokens)
+            # the next windows are read and tokenized in a background thread during the forward
+            batches = prefetch(corpus_batches(self.lm.tokenizer, corpus, max_length=o.max_length,
+                                              batch_tokens=o.batch_tokens, token_cap=o.corpus_tokens,
+                                              skip_docs=docs, tokens_before=tokens))
             progress = {"docs": docs, "tokens": tokens}
 
             def on_progress(batch, _p=progress, _bar=bar):

@@ -69,6 +69,7 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
     from kisstore.extract.accumulate import SecondMoment
     from kisstore.extract.covariance import accumulate, corpus_batches
     from kisstore.extract.pipeline import layer_groups
+    from kisstore.extract.prefetch import prefetch
     from kisstore.models.loading import load_model
     from kisstore.store.io import Store, default_compressors, storage_errors
 
@@ -88,8 +89,9 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
     budget = task.budget if task.budget is not None else default_memory(lm.device)
     for group in layer_groups(task.layers, d, budget):
         moments = {layer: SecondMoment(d, lm.device, task.cpu_kernels) for layer in group}
-        batches = corpus_batches(lm.tokenizer, corpus, max_length=task.max_length, batch_tokens=task.batch_tokens,
-                                 token_cap=None, skip_docs=start, max_docs=stop - start)
+        batches = prefetch(corpus_batches(lm.tokenizer, corpus, max_length=task.max_length,
+                                          batch_tokens=task.batch_tokens, token_cap=None, skip_docs=start,
+                                          max_docs=stop - start))
         accumulate(lm, group, batches, moments, cpu_kernels=task.cpu_kernels)
         for layer in group:
             uppers[layer] = moments[layer].sum_upper()
