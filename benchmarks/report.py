@@ -190,19 +190,19 @@ bracketed by `torch.cuda.synchronize()` and the accumulators live on the device.
 
 TUNING = """## What was tuned, and what the hardware allows
 
-- **oneDNN on CPU.** torch sends float32 products on CPU to MKL, which on AMD CPUs takes its AVX2
-  code path: ~215 GFLOP/s for a 2048³ product on this 2-core EPYC (Zen 5), where oneDNN's AVX-512
-  `brg_matmul`, which torch ships and reaches in strict float32 through
+- **oneDNN on CPU.** torch sends float32 products on CPU to MKL, which on AMD CPUs takes its
+  AVX2 code path: ~215 GFLOP/s for a 2048³ product on this 2-core EPYC (Zen 5), where oneDNN's
+  AVX-512 `brg_matmul`, which torch ships and reaches in strict float32 through
   `torch.ops.mkldnn._linear_pointwise`, gives ~450. `kisstore extract` (`--cpu-kernels auto`)
   now runs the model's linear layers on it (the forward alone 1.6–1.7× faster than the stock
-  one) and accumulates with it: 8 column panels of 192 (9/16 of a full GEMM's work), each
-  product added *inside* the GEMM (oneDNN's binary-add post-op) into a float32 panel; the
-  panels go into the float64 sum at each resumable point (64-document window) and at least
-  every 8,192 tokens. oneDNN repacks the GEMM's "weight" operand on every call, so the
-  192-column block is that operand and the long block the other (the other way round was ~7 %
-  slower). The accumulation runs at ~300–375 useful GFLOP/s, 2× the previous torch/MKL
-  blocks. A probe checks the op against float64 at first use; `--cpu-kernels torch` keeps
-  torch's kernels.
+  one; GPT-2's `Conv1D` layers too, through transposed weight copies: GPT-2 small's body 1.7×)
+  and accumulates with it: 8 column panels of 192 (9/16 of a full GEMM's work), each product
+  added *inside* the GEMM (oneDNN's binary-add post-op) into a float32 panel; the panels go into
+  the float64 sum at each resumable point (64-document window) and at least every 8,192 tokens.
+  oneDNN repacks the GEMM's "weight" operand on every call, so the 192-column block is that
+  operand and the long block the other (the other way round was ~7 % slower). The accumulation
+  runs at ~300–375 useful GFLOP/s, 2× the previous torch/MKL blocks. A probe checks the op
+  against float64 at first use; `--cpu-kernels torch` keeps torch's kernels.
 - **Batches cut to pad least.** Inside each 64-document window the documents are sorted by
   length and cut into batches by dynamic programming: the least `Σ count × longest` plus one
   eighth of the budget per batch (a forward call's fixed cost). The greedy cut it replaced put a

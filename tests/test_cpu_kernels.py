@@ -105,6 +105,33 @@ def test_onednn_linears_compute_the_same_layer_and_are_removed_after():
 
 
 @needs_onednn
+def test_gpt2_conv1d_layers_run_on_onednn_with_the_same_results():
+    """GPT-2's Conv1D (weight stored (in, out)) is switched too, through a transposed copy."""
+    from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    from tests.tiny import config_for
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config_for("gpt2")).eval()
+    ids = torch.randint(0, 300, (2, 17))
+    n_conv = sum(type(m) is Conv1D for m in model.modules())
+    n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.inference_mode():
+        ref = model.transformer(ids).last_hidden_state
+        with onednn_linears(model) as n:
+            got = model.transformer(ids).last_hidden_state
+    assert n_conv == 12 and n == n_conv + n_linear  # 4 per block × 3 blocks, and the LM head
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
+    assert all("forward" not in vars(m) for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights untouched
+    with onednn_linears(model):  # autograd on: Conv1D's own forward, gradients reach its weight
+        model.transformer(ids).last_hidden_state.sum().backward()
+    assert model.transformer.h[0].mlp.c_fc.weight.grad.abs().sum() > 0
+
+
+@needs_onednn
 def test_a_forward_someone_else_wrapped_is_left_alone():
     lin = torch.nn.Linear(8, 4)
 
@@ -137,11 +164,13 @@ def test_without_onednn_auto_falls_back_and_onednn_is_refused(monkeypatch):
 
 
 @needs_onednn
-def test_extraction_with_either_kernels_gives_the_same_store_contents(tiny_models, tiny_items, tiny_corpus, tmp_path):
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_extraction_with_either_kernels_gives_the_same_store_contents(arch, tiny_models, tiny_items, tiny_corpus,
+                                                                      tmp_path):
     out = {}
     for kernels in ("onednn", "torch"):
         store = tmp_path / f"{kernels}.zarr"
-        opts = ExtractOptions(models=[str(tiny_models["llama"])], store=str(store), items=str(tiny_items),
+        opts = ExtractOptions(models=[str(tiny_models[arch])], store=str(store), items=str(tiny_items),
                               corpus=str(tiny_corpus), progress=False, max_length=48, cpu_kernels=kernels)
         (mid,) = run_extract(opts)
         ds = xr.open_datatree(store, engine="zarr")[f"models/{mid}"].ds

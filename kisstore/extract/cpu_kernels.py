@@ -10,7 +10,8 @@ running sum inside the GEMM.
 
 Two uses during the corpus pass, both under ``torch.inference_mode``:
 
-- :func:`onednn_linears` runs the model's float32 ``nn.Linear`` layers through the op;
+- :func:`onednn_linears` runs the model's float32 ``nn.Linear`` (and GPT-2's ``Conv1D``) layers
+  through the op;
 - ``SecondMoment`` (``kisstore.extract.accumulate``) accumulates Σ k kᵀ panel by panel with it.
 
 Both are chosen by ``kisstore extract --cpu-kernels auto|onednn|torch``: ``auto`` uses oneDNN
@@ -79,31 +80,48 @@ def resolve(choice: str, device: str) -> str:
     return choice
 
 
+def _conv1d_type():
+    """transformers' ``Conv1D`` (GPT-2's linear layers, weight stored as (in, out)), if importable."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except Exception:  # noqa: BLE001 - no transformers, or it moved: plain nn.Linear layers only
+        return None
+    return Conv1D
+
+
 @contextlib.contextmanager
 def onednn_linears(model, enabled: bool = True) -> Iterator[int]:
-    """Run ``model``'s float32 CPU ``nn.Linear`` layers through oneDNN while the block runs.
+    """Run ``model``'s float32 CPU linear layers through oneDNN while the block runs.
 
-    Forward hooks still fire (only ``forward`` is replaced, per instance). Layers that are not
-    plain ``nn.Linear``, whose weight is not a contiguous float32 CPU tensor, or whose ``forward``
-    already belongs to someone else (accelerate's offloading wraps it) keep theirs; so do calls
-    with autograd on or a non-float32 input. Yields how many layers were switched.
+    ``nn.Linear`` layers use their weight as it is. transformers' ``Conv1D`` (GPT-2's layers,
+    ``y = x W + b`` with W stored as (in, out)) gets a transposed contiguous copy of its weight
+    for the duration of the block, since oneDNN takes a transposed view only through a slow
+    reference kernel: GPT-2's linear weights are held twice while the corpus pass runs.
+    Forward hooks still fire (only ``forward`` is replaced, per instance). Layers of other
+    types, whose weight is not a contiguous float32 CPU tensor, or whose ``forward`` already
+    belongs to someone else (accelerate's offloading wraps it) keep theirs; so do calls with
+    autograd on or a non-float32 input. Yields how many layers were switched.
     """
     import torch
 
     patched = []
     if enabled:
         op = torch.ops.mkldnn._linear_pointwise
-        linear = torch.nn.functional.linear
+        conv1d = _conv1d_type()
         for m in model.modules():
             w = getattr(m, "weight", None)
-            if (type(m) is not torch.nn.Linear or "forward" in vars(m) or w is None or w.dtype != torch.float32
+            kind = type(m) is torch.nn.Linear or (conv1d is not None and type(m) is conv1d)
+            if (not kind or "forward" in vars(m) or w is None or w.dtype != torch.float32
                     or w.device.type != "cpu" or not w.is_contiguous()):
                 continue
+            # (out, in) weight for oneDNN: the layer's own, or a transposed copy of Conv1D's
+            weight = w if type(m) is torch.nn.Linear else w.detach().T.contiguous()
+            own = type(m).forward
 
-            def forward(x, _m=m):
+            def forward(x, _m=m, _w=weight, _own=own):
                 if x.dtype != torch.float32 or torch.is_grad_enabled():
-                    return linear(x, _m.weight, _m.bias)
-                return op(x if x.is_contiguous() else x.contiguous(), _m.weight, _m.bias, "none", [], "")
+                    return _own(_m, x)
+                return op(x if x.is_contiguous() else x.contiguous(), _w, _m.bias, "none", [], "")
 
             m.forward = forward
             patched.append(m)
