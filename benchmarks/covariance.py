@@ -6,7 +6,7 @@ from round to round so that load from other processes falls on all of them alike
 - ``forward``: the model's own forward (``model(input_ids, attention_mask)``: body, final norm
   and the LM head's logits), no hooks, with the float32 kernels kisstore's pass uses (oneDNN
   linears on CPU where available): the baseline of benchmark 3, what running the model costs;
-- ``bare``: the body's forward alone (no final norm, no LM head), same kernels: what the
+- ``bare``: the body's forward alone (decoder layers and final norm, no LM head), same kernels: what the
   accumulators themselves add is measured against it (an info row, with its floor);
 - ``forward_stock`` (CPU with oneDNN only): the model's forward with torch's stock kernels,
   what a transformers user runs;
@@ -227,8 +227,8 @@ def run(lm, batches: Sequence, *, sample_layers: Sequence[int], device: str, war
                 "tokens_per_s_forward": n_tokens / tot["forward"], "tokens_per_s_kisstore": n_tokens / tot["kisstore"],
                 "lm_head_share": 1 - tot["bare"] / tot["forward"],  # the body alone vs the body and the head
                 "baseline": "the model's own forward, model(input_ids, attention_mask): the body, the final norm "
-                            "and the LM head's logits for every position, as running the model costs; kisstore's "
-                            "pass stops at the last layer's key instead"}),
+                            "and the LM head's logits for every position (padding included), as running the "
+                            "model costs; kisstore's pass stops at the last layer's key instead"}),
         Result("overhead_accumulators", f"Accumulators' own cost: corpus pass with {lm.n_layers} accumulators vs "
                "the body's forward alone (no LM head, same kernels)", median(overhead_body), None, "lower", "×",
                {"per_round": overhead_body, "ratio_of_totals": tot["kisstore"] / tot["bare"], "kernels": kernels,

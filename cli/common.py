@@ -73,12 +73,12 @@ def handle_errors(f: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         ctx = click.get_current_context()
         debug = bool(ctx.find_root().params.get("debug")) or os.environ.get("KISSTORE_DEBUG") == "1"
-        if not debug:
-            # fsspec's event loop runs aiohttp tasks in a thread; when a storage endpoint dies
-            # mid-write, tasks whose failure already reached us as an exception are collected
-            # later and asyncio logs each with a traceback ("Task exception was never
-            # retrieved"). The one-line error below says what happened; --debug keeps the logs.
-            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        # fsspec's event loop runs aiohttp tasks in a thread; when a storage endpoint dies
+        # mid-write, tasks whose failure already reached us as an exception are collected later
+        # (often at exit, after this wrapper) and asyncio logs each with a traceback ("Task
+        # exception was never retrieved"). The one-line error below says what happened, so the
+        # asyncio logger is quiet for the rest of the process unless --debug asks for everything.
+        logging.getLogger("asyncio").setLevel(logging.NOTSET if debug else logging.CRITICAL)
         try:
             return f(*args, **kwargs)
         except KisstoreError as e:

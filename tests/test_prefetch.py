@@ -63,3 +63,27 @@ def test_closing_early_stops_the_producer():
     it.close()
     assert done.wait(timeout=30)  # the thread left the source generator (its finally ran)
     assert len(produced) < 10  # it stopped at once, it did not drain the source
+
+
+def test_a_consumer_error_under_closing_stops_the_producer():
+    """The corpus pass holds the stream in contextlib.closing: an error while consuming (a
+    failed forward, a kill) stops the reader thread even while the traceback is still kept."""
+    import contextlib
+
+    done = threading.Event()
+
+    def gen():
+        try:
+            yield from range(10_000)
+        finally:
+            done.set()
+
+    kept = None
+    try:
+        with contextlib.closing(prefetch(gen(), depth=2)) as it:
+            for x in it:
+                if x == 3:
+                    raise RuntimeError("forward failed")
+    except RuntimeError as e:
+        kept = e  # the traceback (and the generator's frame) stay referenced
+    assert kept is not None and done.wait(timeout=30)

@@ -6,7 +6,7 @@ import numpy as np
 
 BLOCK = 384  # width of the column blocks of the torch path's upper-triangle products
 MAX_BLOCKS = 8
-PANEL = 192  # height of the row panels of the oneDNN path (at most MAX_PANELS of them)
+PANEL = 192  # target width of the oneDNN path's column blocks (d // PANEL of them, 1 to MAX_PANELS)
 MAX_PANELS = 8
 FLUSH_TOKENS = 8192  # the oneDNN path's float32 panels go into the float64 sum at least this often
 
@@ -55,7 +55,7 @@ class SecondMoment:
         else:
             self._edges = block_edges(d)
         if device == "cpu":
-            # column-major: a transposed (rows, 192) panel lands on whole columns, and the torch
+            # column-major: a transposed (rows, width) panel lands on whole columns, and the torch
             # path's column blocks too. Committed now (np.zeros maps pages lazily): the first
             # flush would otherwise pay d²·8 bytes of page faults in the middle of the pass
             self._sum = np.empty((d, d), dtype=np.float64, order="F")

@@ -13,13 +13,16 @@ _END = object()
 
 
 def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
-    """Yield ``items`` in order while a daemon thread computes up to ``depth`` of them ahead.
+    """Yield ``items`` in order while a daemon thread computes the next ones (``depth`` queued,
+    one more in hand).
 
     For the corpus pass: reading documents, tokenizing a window and padding its batches (the
     tokenizer's Rust code releases the GIL) overlap the forward pass instead of stalling it
     between windows. An exception raised while producing is raised here, at the item where it
-    happened. Closing the generator early (an error or kill in the consumer) tells the thread
-    to stop at its next item; items already made are dropped.
+    happened. Closing the generator tells the thread to stop at its next item (items already
+    made are dropped): a consumer that may stop early, by an error included, should hold it in
+    ``contextlib.closing``, since a generator abandoned by an exception is only closed when
+    the traceback that references it is gone.
     """
     if depth < 1:
         yield from items
