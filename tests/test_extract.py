@@ -143,3 +143,26 @@ def test_second_model_shares_items_and_complete_model_is_skipped(tiny_models, ti
     assert set(tree["models"].children) == {"gpt2", "llama"}
     assert tree["models/llama"].ds.sizes["item"] == 5
     np.testing.assert_array_equal(tree["models/llama"]["item"].values, tree["items"]["item"].values)
+
+
+@pytest.mark.parametrize("arch", tiny.ARCHS)
+def test_logits_at_chosen_positions_equal_the_full_logits_there(arch, tiny_models):
+    """The item pass runs the LM head on the target-predicting positions only."""
+    from kisstore.extract.keys import _logits_at
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[arch]).eval()
+    ids = torch.randint(0, 250, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[2, 9:] = 0
+    with torch.inference_mode():
+        full = model(input_ids=ids, attention_mask=mask).logits
+        got = _logits_at(model, ids, mask, [2, 5, 11])
+
+        class Ignores(torch.nn.Module):  # a forward that takes the keyword but returns every position
+            def forward(self, input_ids, attention_mask, **kwargs):
+                return model(input_ids=input_ids, attention_mask=attention_mask)
+
+        ignored = _logits_at(Ignores(), ids, mask, [2, 5, 11])
+    assert got.shape == (3, 3, full.shape[-1])
+    np.testing.assert_allclose(got.numpy(), full[:, [2, 5, 11]].numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(ignored.numpy(), full[:, [2, 5, 11]].numpy())

@@ -34,7 +34,10 @@ def item_pass(
 
     The causal mask keeps the key (a prompt position) independent of the appended target,
     so the same pass yields the keys, ``known`` (greedy argmax reproduces every target
-    token) and ``p_true`` (probability of the first target token).
+    token) and ``p_true`` (probability of the first target token). Items are batched in order
+    of length (less padding), and the LM head runs only on the positions that predict a target
+    token (``logits_to_keep``), not on every position: with a 49k-token vocabulary the full
+    logits of a 2048-token batch are 400 MB.
     """
     import torch
     from tqdm.auto import tqdm
@@ -46,28 +49,51 @@ def item_pass(
     p_true = np.full(n, np.nan, dtype=np.float32)
     row = {layer: r for r, layer in enumerate(layers)}
     pad = lm.tokenizer.pad_token_id
+    order = sorted(range(n), key=lambda i: len(enc[i].input_ids))  # stable: ties keep item order
     bar = tqdm(total=n, desc=f"items {lm.source.name}", unit="item", disable=not progress)
-    for group in token_budget_batches([len(e.input_ids) for e in enc], batch_tokens):
+    for chunk in token_budget_batches([len(enc[i].input_ids) for i in order], batch_tokens):
+        group = [order[j] for j in chunk]
         ids, mask = pad_right([enc[i].input_ids for i in group], pad)
         ids, mask = ids.to(lm.device), mask.to(lm.device)
         pos = torch.tensor([enc[i].key_pos for i in group], device=lm.device)
         batch_rows = torch.arange(len(group), device=lm.device)
+        need = sorted({t - 1 for i in group for t in enc[i].target_pos})  # positions predicting a target
+        col = {t: c for c, t in enumerate(need)}
 
         def on_key(layer, x, _g=group, _p=pos, _r=batch_rows, _shape=ids.shape):
             x = x.reshape(*_shape, -1)  # some models (OPT) flatten (batch, seq) before the MLP
             keys[row[layer], _g] = x[_r, _p].float().cpu().numpy()
 
         with torch.inference_mode(), key_hooks(lm.model, lm.module_template, layers, on_key):
-            logits = lm.model(input_ids=ids, attention_mask=mask).logits
+            logits = _logits_at(lm.model, ids, mask, need)
         for r, i in enumerate(group):
             tp = enc[i].target_pos
             if not tp:
                 continue
             tgt = ids[r, tp]
-            pred = logits[r, [t - 1 for t in tp]]
+            pred = logits[r, [col[t - 1] for t in tp]]
             known[i] = bool((pred.argmax(-1) == tgt).all())
             p_true[i] = float(torch.softmax(pred[0].float(), -1)[tgt[0]])
         bar.update(len(group))
         failpoints.hit("item_batch")
     bar.close()
     return ItemPass(keys, known, p_true)
+
+
+def _logits_at(model, ids, mask, positions: list[int]):
+    """Logits (batch, len(positions), vocab) at the given sequence positions.
+
+    transformers' causal LMs take ``logits_to_keep`` (a tensor of positions) and run the LM
+    head, with whatever the model applies after it (soft-capping, scaling), on those positions
+    only. A model whose forward does not take it gets the full logits, then indexed.
+    """
+    import torch
+
+    keep = torch.tensor(positions or [0], dtype=torch.long, device=ids.device)
+    try:
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+    except TypeError:
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    if logits.shape[1] != len(keep):  # the keyword was accepted but ignored: full logits
+        logits = logits[:, keep]
+    return logits
