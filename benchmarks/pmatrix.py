@@ -201,8 +201,12 @@ def run(lm, items: Sequence, covs: dict[int, np.ndarray], *, sample_layers: Sequ
                 "extrapolation_paper": f"{lm.n_layers} layers × ({n_large}² pairs × {t_pair * 1e3:.1f} ms per pair "
                                        f"(median pair time, median over measured layers) + one C⁻¹ {t_inv:.2f} s)",
                 "kisstore": how_k}),
-        Result("p_max_rel_diff", "P matrices: max |P_paper − P_kisstore| / max |P|", max_diff, 1e-6, "lower", "",
+        # 1e-5: issue 6's "identical to 1e-5" for float32 results (its covariance target). The
+        # end-to-end difference is float32 rounding of the keys in two differently shaped
+        # forwards, amplified by whitening: 4e-7 to 1.0e-6 over runs, the algebra alone ~1e-14
+        Result("p_max_rel_diff", "P matrices: max |P_paper − P_kisstore| / max |P|", max_diff, 1e-5, "lower", "",
                {"note": "end to end: the paper's keys come from one-item forward passes, kisstore's from its batched, "
-                        "padded pass, so float32 rounding in the forward differs; float64 algebra on both sides",
+                        "padded pass, so float32 rounding in the forward differs; float64 algebra on both sides; "
+                        "target: the issue's 1e-5 for float32 results, as for the covariances",
                 "max_abs_diff": max_abs, "same_keys_diff": max_algebra, "ridge": ridge}),
     ]
