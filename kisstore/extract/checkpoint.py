@@ -12,7 +12,7 @@ moment leaves the previous committed state intact:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -92,7 +92,7 @@ class Checkpoint:
         return (g["items_keys"][...], g["items_known"][...], g["items_p_true"][...], g["items_case_id"][...])
 
     # -- sums ---------------------------------------------------------------------------
-    def save_partial(self, rows: Sequence[int], uppers: Sequence[np.ndarray], **state: Any) -> None:
+    def save_partial(self, rows: Sequence[int], uppers: Iterable[np.ndarray], **state: Any) -> None:
         """Write the running group's sums into the free slot, then commit the state."""
         slot = 1 - int(self.state.get("slot", 1))
         with storage_errors(self.store.url, self.store.storage_options):
@@ -106,7 +106,7 @@ class Checkpoint:
         arr = self.group[f"partial_{int(self.state['slot'])}"]
         return [arr[r] for r in rows]
 
-    def save_done(self, rows: Sequence[int], uppers: Sequence[np.ndarray], counts: Sequence[int], **state: Any) -> None:
+    def save_done(self, rows: Sequence[int], uppers: Iterable[np.ndarray], counts: Sequence[int], **state: Any) -> None:
         with storage_errors(self.store.url, self.store.storage_options):
             arr = self.group["done"]
             for r, u in zip(rows, uppers, strict=True):

@@ -249,7 +249,7 @@ class ModelRun:
                 _bar.update(batch.tokens)
 
             def checkpoint(batch, _g=group, _rows=rows, _gi=gi, _p=progress, _m=moments):
-                self.ckpt.save_partial(_rows, [_m[x].sum_upper() for x in _g], group=_gi,
+                self.ckpt.save_partial(_rows, (_m[x].sum_upper() for x in _g), group=_gi,
                                        docs=_p["docs"], tokens=_p["tokens"])
 
             with contextlib.closing(batches):  # on any error too: the reader thread stops
@@ -258,7 +258,7 @@ class ModelRun:
             bar.close()
             count = moments[group[0]].count
             check_count(count, d, o.corpus)
-            self.ckpt.save_done(rows, [moments[x].sum_upper() for x in group], [count] * len(group),
+            self.ckpt.save_done(rows, (moments[x].sum_upper() for x in group), [count] * len(group),
                                 group=gi + 1, docs=0, tokens=0, corpus_documents=progress["docs"])
             state = self.ckpt.state
             done_counts = {int(k): v for k, v in state["done_counts"].items()}
