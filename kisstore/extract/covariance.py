@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -108,7 +109,8 @@ def accumulate(
     The forward stops inside the deepest hooked layer's MLP; the LM head never runs. On CPU,
     ``cpu_kernels`` (``kisstore.extract.cpu_kernels``) picks the float32 kernels of the model's
     linear layers. The accumulators are flushed into their float64 sums at every resumable
-    point (the last batch of a document window), before any checkpoint.
+    point (the last batch of a document window), before any checkpoint. ``batches`` is closed
+    when the pass ends, by an error too (a prefetching reader thread stops with it).
     """
     import torch
 
@@ -124,7 +126,8 @@ def accumulate(
         moments[layer].add(flat if rows is None else flat.index_select(0, rows))  # (tokens, d_ff), padding dropped
 
     fast = resolve(cpu_kernels, lm.device) == "onednn"
-    with (torch.inference_mode(), onednn_linears(lm.model, enabled=fast),
+    with (contextlib.closing(batches) if hasattr(batches, "close") else contextlib.nullcontext(),
+          torch.inference_mode(), onednn_linears(lm.model, enabled=fast),
           key_hooks(lm.model, lm.module_template, layers, on_key, stop_after_last=True)):
         for batch in batches:
             ids = batch.input_ids.to(lm.device)

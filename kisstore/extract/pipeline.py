@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -252,9 +251,8 @@ class ModelRun:
                 self.ckpt.save_partial(_rows, (_m[x].sum_upper() for x in _g), group=_gi,
                                        docs=_p["docs"], tokens=_p["tokens"])
 
-            with contextlib.closing(batches):  # on any error too: the reader thread stops
-                accumulate(self.lm, group, batches, moments, on_progress=on_progress,
-                           checkpoint=checkpoint, checkpoint_every=o.checkpoint_every, cpu_kernels=o.cpu_kernels)
+            accumulate(self.lm, group, batches, moments, on_progress=on_progress,
+                       checkpoint=checkpoint, checkpoint_every=o.checkpoint_every, cpu_kernels=o.cpu_kernels)
             bar.close()
             count = moments[group[0]].count
             check_count(count, d, o.corpus)

@@ -8,7 +8,6 @@ merge differs. Each shard commits its partial sums and token count into the stor
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -93,8 +92,7 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
         batches = prefetch(corpus_batches(lm.tokenizer, corpus, max_length=task.max_length,
                                           batch_tokens=task.batch_tokens, token_cap=None, skip_docs=start,
                                           max_docs=stop - start))
-        with contextlib.closing(batches):  # on any error too: the reader thread stops
-            accumulate(lm, group, batches, moments, cpu_kernels=task.cpu_kernels)
+        accumulate(lm, group, batches, moments, cpu_kernels=task.cpu_kernels)
         for layer in group:
             uppers[layer] = moments[layer].sum_upper()
         count = moments[group[0]].count
