@@ -15,7 +15,8 @@ from kisstore_cli.common import handle_errors, parse_size, storage_option, stora
 @click.option("--n-items", type=int, default=None, metavar="N", help="Keep the first N (known) items.")
 @click.option("--known-only", is_flag=True, help="Keep only items every model knows (the paper's choice).")
 @click.option("--corpus", default="wikipedia", show_default=True, metavar="SPEC",
-              help="embedded | python-docs | wordnet | wikipedia | hf:NAME[:CONFIG] | file/glob (.txt .jsonl .parquet).")
+              help="embedded | python-docs | wordnet | wikipedia | hf:NAME[:CONFIG] | hf:LOCAL_DATASET_DIR | "
+                   "file/glob (.txt .jsonl .parquet).")
 @click.option("--corpus-tokens", type=int, default=None, metavar="T", help="Stop after T tokens (whole documents).")
 @click.option("--max-length", type=int, default=1024, show_default=True, help="Tokens per document (truncation).")
 @click.option("--batch-tokens", type=int, default=4096, show_default=True, help="Padded tokens per forward batch.")

@@ -7,7 +7,9 @@ Spec strings (``--corpus``):
 - ``wordnet``: WordNet glosses from Debian's ``wordnet-base`` (``/usr/share/wordnet``).
 - ``wikipedia``: the Hub's ``wikimedia/wikipedia`` ``20231101.en``, streamed (the paper used
   ``20220301.en``); needs network.
-- ``hf:NAME[:CONFIG]``: any Hub dataset with a ``text`` column, streamed.
+- ``hf:NAME[:CONFIG]``: any Hub dataset with a ``text`` column, streamed (``train`` split).
+- ``hf:DIR``: a local dataset folder: data files ``datasets.load_dataset`` reads (parquet, jsonl,
+  ...), or a folder written by ``Dataset.save_to_disk``. Works offline.
 - local ``.txt`` (blank-line separated documents), ``.jsonl`` (``text`` field) or ``.parquet``
   (``text`` column) files, or a glob of them.
 """
@@ -31,6 +33,14 @@ WIKIPEDIA = ("wikimedia/wikipedia", "20231101.en")
 class Corpus:
     spec: str
     kind: str
+
+    def probe(self) -> None:
+        """Read the first document, so a corpus that cannot be read fails before hours of other work.
+
+        Local files are checked by :func:`resolve_corpus` already; a Hub dataset is opened here
+        (one request), and an unreachable Hub or an unknown name raises :class:`InputError`."""
+        if self.kind == "hf":
+            next(iter(self.documents()), None)
 
     def documents(self) -> Iterator[str]:
         """Yield documents in a fixed order (resuming relies on it)."""
@@ -59,6 +69,7 @@ def resolve_corpus(spec: str) -> Corpus:
             )
         return Corpus(spec, "wordnet")
     if spec == "wikipedia" or spec.startswith("hf:"):
+        _hub_source(spec)
         return Corpus(spec, "hf")
     paths = _expand(spec)
     if not paths:
@@ -133,32 +144,66 @@ def _wordnet(per_document: int = 20) -> Iterator[str]:
             yield " ".join(batch)
 
 
-def _hub(spec: str) -> Iterator[str]:
+def _hub_source(spec: str) -> tuple[str, str | None, Path | None]:
+    """(name, config, local directory or None) of a ``wikipedia`` / ``hf:`` spec."""
     if spec == "wikipedia":
-        name, config = WIKIPEDIA
-    else:
-        rest = spec[3:]
-        name, _, config = rest.partition(":")
-        config = config or None
-    try:
-        from datasets import load_dataset
+        return WIKIPEDIA[0], WIKIPEDIA[1], None
+    rest = spec[3:]
+    if rest and Path(rest).expanduser().is_dir():  # a local dataset folder (its path may hold ':')
+        return rest, None, Path(rest).expanduser()
+    name, _, config = rest.partition(":")
+    if not name:
+        raise InputError(f"corpus {spec!r}: no dataset name after 'hf:' (hf:NAME[:CONFIG] or hf:LOCAL_DIR)")
+    return name, config or None, None
 
-        ds = load_dataset(name, config, split="train", streaming=True)
+
+def _saved_dataset(path: Path, spec: str):
+    """A dataset written by ``Dataset.save_to_disk``: its rows (the ``train`` split of a DatasetDict)."""
+    from datasets import DatasetDict, load_from_disk
+
+    ds = load_from_disk(str(path))
+    if isinstance(ds, DatasetDict):
+        if "train" not in ds:
+            raise InputError(f"corpus {spec!r}: the saved DatasetDict has no 'train' split "
+                             f"(it has {', '.join(ds)}); point hf: at one split's folder")
+        ds = ds["train"]
+    return ds
+
+
+def _hub(spec: str) -> Iterator[str]:
+    name, config, local = _hub_source(spec)
+    where = f"the local dataset {local}" if local else (
+        f"{name}{':' + config if config else ''} from the Hugging Face Hub")
+    try:
+        if local is not None and ((local / "state.json").is_file() or (local / "dataset_dict.json").is_file()):
+            ds = _saved_dataset(local, spec)
+        else:
+            from datasets import load_dataset
+
+            ds = load_dataset(name, config, split="train", streaming=True)
         it = iter(ds)
         first = next(it)
     except StopIteration:
         return
-    except Exception as e:  # offline, unknown dataset, gated, ...
-        raise InputError(
-            f"corpus {spec!r}: cannot stream {name}{':' + config if config else ''} from the Hugging Face Hub "
-            f"({type(e).__name__}). Offline? Use a local file or --corpus embedded."
-        ) from None
+    except InputError:
+        raise
+    except Exception as e:  # offline, unknown dataset, gated, no train split, ...
+        hint = "" if local else " Offline? Use a local file, a local dataset folder (hf:DIR) or --corpus embedded."
+        raise InputError(f"corpus {spec!r}: cannot read {where} ({type(e).__name__}: {_first_line(e)}).{hint}") \
+            from None
     column = "text" if "text" in first else next((k for k, v in first.items() if isinstance(v, str)), None)
     if column is None:
-        raise InputError(f"corpus {spec!r}: no text column in the dataset")
+        raise InputError(f"corpus {spec!r}: no text column in the dataset (columns: {', '.join(first)})")
     yield first[column]
     for row in it:
-        yield row[column]
+        text = row[column]
+        if text:
+            yield text
+
+
+def _first_line(e: Exception, limit: int = 200) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0][:limit] if text else "")
 
 
 def _files(spec: str) -> Iterator[str]:

@@ -409,7 +409,7 @@ def run_extract(opts: ExtractOptions) -> list[str]:
     if not runs:
         return []
     if opts.overwrite or any(run.imported is None for run in runs):
-        resolve_corpus(opts.corpus)  # not needed when every covariance was imported
+        resolve_corpus(opts.corpus).probe()  # not needed when every covariance was imported
     if opts.shards > 1 or opts.scheduler:
         from kisstore.extract.shards import connect
 
