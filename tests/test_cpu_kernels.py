@@ -11,7 +11,7 @@ from kisstore.errors import InputError
 from kisstore.extract import ExtractOptions, run_extract
 from kisstore.extract import accumulate as acc
 from kisstore.extract.accumulate import SecondMoment
-from kisstore.extract.cpu_kernels import onednn_available, onednn_linears, resolve
+from kisstore.extract.cpu_kernels import copied_weight_bytes, onednn_available, onednn_linears, resolve
 from tests.conftest import run_cli
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch build has no usable oneDNN linear op")
@@ -129,6 +129,20 @@ def test_gpt2_conv1d_layers_run_on_onednn_with_the_same_results():
     with onednn_linears(model):  # autograd on: Conv1D's own forward, gradients reach its weight
         model.transformer(ids).last_hidden_state.sum().backward()
     assert model.transformer.h[0].mlp.c_fc.weight.grad.abs().sum() > 0
+
+
+def test_copied_weight_bytes_counts_gpt2_conv1d_weights_only():
+    """What the default memory budget sets aside: GPT-2's four Conv1D weights per block, nothing for Llama."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny import config_for
+
+    gpt2 = AutoModelForCausalLM.from_config(config_for("gpt2"))
+    expect = 4 * sum(blk.attn.c_attn.weight.numel() + blk.attn.c_proj.weight.numel() + blk.mlp.c_fc.weight.numel()
+                     + blk.mlp.c_proj.weight.numel() for blk in gpt2.transformer.h)
+    assert expect > 0 and copied_weight_bytes(gpt2) == expect
+    assert copied_weight_bytes(AutoModelForCausalLM.from_config(config_for("llama"))) == 0
+    assert copied_weight_bytes(gpt2.to(torch.float64)) == 0  # only float32 layers are switched
 
 
 @needs_onednn

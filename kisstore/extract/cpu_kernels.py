@@ -89,6 +89,27 @@ def _conv1d_type():
     return Conv1D
 
 
+def _switchable(m, conv1d) -> bool:
+    """Whether :func:`onednn_linears` runs layer ``m`` through oneDNN."""
+    import torch
+
+    w = getattr(m, "weight", None)
+    kind = type(m) is torch.nn.Linear or (conv1d is not None and type(m) is conv1d)
+    return not (not kind or "forward" in vars(m) or w is None or w.dtype != torch.float32
+                or w.device.type != "cpu" or not w.is_contiguous())
+
+
+def copied_weight_bytes(model) -> int:
+    """Bytes of the transposed weight copies :func:`onednn_linears` makes (GPT-2's ``Conv1D`` layers).
+
+    The corpus pass subtracts them from its default memory budget: for GPT-2 XL they are 6 GB."""
+    import torch
+
+    conv1d = _conv1d_type()
+    return sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
+               if _switchable(m, conv1d) and type(m) is not torch.nn.Linear)
+
+
 @contextlib.contextmanager
 def onednn_linears(model, enabled: bool = True) -> Iterator[int]:
     """Run ``model``'s float32 CPU linear layers through oneDNN while the block runs.
@@ -109,12 +130,10 @@ def onednn_linears(model, enabled: bool = True) -> Iterator[int]:
         op = torch.ops.mkldnn._linear_pointwise
         conv1d = _conv1d_type()
         for m in model.modules():
-            w = getattr(m, "weight", None)
-            kind = type(m) is torch.nn.Linear or (conv1d is not None and type(m) is conv1d)
-            if (not kind or "forward" in vars(m) or w is None or w.dtype != torch.float32
-                    or w.device.type != "cpu" or not w.is_contiguous()):
+            if not _switchable(m, conv1d):
                 continue
             # (out, in) weight for oneDNN: the layer's own, or a transposed copy of Conv1D's
+            w = m.weight
             weight = w if type(m) is torch.nn.Linear else w.detach().T.contiguous()
             own = type(m).forward
 

@@ -213,7 +213,7 @@ class ModelRun:
             return self.run_corpus_sharded()
         state = self.ckpt.open(self.layers, self.lm.d_ff)
         d, o = self.lm.d_ff, self.opts
-        budget = o.max_memory if o.max_memory is not None else default_memory(self.lm.device)
+        budget = o.max_memory if o.max_memory is not None else self.default_budget()
         rows_of = {layer: r for r, layer in enumerate(self.layers)}
         groups = layer_groups(self.layers, d, budget)
         if len(groups) > 1:
@@ -261,6 +261,16 @@ class ModelRun:
             state = self.ckpt.state
             done_counts = {int(k): v for k, v in state["done_counts"].items()}
         return self.final_cov(done_counts)
+
+    def default_budget(self) -> int:
+        """The device's share for accumulators, less the weight copies the CPU kernels will make."""
+        budget = default_memory(self.lm.device)
+        if str(self.lm.device) == "cpu":
+            from kisstore.extract.cpu_kernels import copied_weight_bytes, resolve
+
+            if resolve(self.opts.cpu_kernels, "cpu") == "onednn":
+                budget -= copied_weight_bytes(self.lm.model)
+        return max(budget, 12 * self.lm.d_ff**2)  # too little memory: one layer per pass, not a refusal
 
     def final_cov(self, done_counts: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
         d = self.lm.d_ff
