@@ -116,6 +116,23 @@ def default_memory(device: str) -> int:
     return int(free * 0.7)
 
 
+def release_memory() -> None:
+    """Collect garbage and hand freed heap memory back to the OS.
+
+    glibc keeps freed memory of large temporaries in its heap (its mmap threshold grows as big
+    blocks are freed), so without ``malloc_trim`` the item pass's activations would stay in the
+    process's resident set for the rest of the run."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
+
+
 class ModelRun:
     """One model's extraction: load, item pass, corpus passes, each step checkpointed."""
 
@@ -171,9 +188,7 @@ class ModelRun:
 
     def unload(self) -> None:
         self.lm = None
-        import gc
-
-        gc.collect()
+        release_memory()
 
     def fingerprint(self) -> dict[str, Any]:
         o = self.opts
@@ -194,6 +209,8 @@ class ModelRun:
             r = item_pass(self.lm, self.items, self.layers, position=self.opts.token,
                           batch_tokens=min(self.opts.batch_tokens, 2048), progress=self.opts.progress)
             self.ckpt.save_items(r.keys, r.known, r.p_true, [it.case_id for it in self.items])
+            del r
+            release_memory()  # the item pass's logits and activations, before the corpus pass
         keys, known, p_true, _ = self.ckpt.load_items()
         log(f"[{self.model_id}] knows {int(known.sum())} of {len(self.items)} items")
         return keys, known, p_true
@@ -260,6 +277,8 @@ class ModelRun:
                                 group=gi + 1, docs=0, tokens=0, corpus_documents=progress["docs"])
             state = self.ckpt.state
             done_counts = {int(k): v for k, v in state["done_counts"].items()}
+            del moments, batches
+            release_memory()  # this group's accumulators, before the next group's or the final covariance
         return self.final_cov(done_counts)
 
     def default_budget(self) -> int:
