@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -132,7 +133,15 @@ def test_unlisted_architecture_works_with_module_override(opt_model, tiny_items,
     assert res.exit_code == 0, res.output
     import xarray as xr
 
-    assert xr.open_datatree(store, engine="zarr")[f"models/{opt_model.name}"]["keys"].shape == (2, 12, 40)
+    ds = xr.open_datatree(store, engine="zarr")[f"models/{opt_model.name}"].ds
+    assert ds["keys"].shape == (2, 12, 40)
+    # OPT derives its positions from the attention mask; the padded, maskless corpus batches must
+    # still give each document's own keys (reference: one unpadded forward per document)
+    from tests.test_extract import _numpy_cov
+
+    expect, n = _numpy_cov(opt_model, "opt", tiny_corpus, 1024)
+    assert (ds["n_tokens"].values == n).all()
+    np.testing.assert_allclose(ds["cov"].values, expect, rtol=2e-5, atol=1e-7)
 
 
 def test_debug_flag_shows_the_traceback(tiny_models, tiny_items, tmp_path):

@@ -18,6 +18,7 @@ KEY_MODULE = {
     "gptj": "transformer.h.{}.mlp.fc_out",
     "gpt_neox": "gpt_neox.layers.{}.mlp.dense_4h_to_h",
     "llama": "model.layers.{}.mlp.down_proj",
+    "opt": "model.decoder.layers.{}.fc2",  # not in the registry: extracted with --module
 }
 
 
@@ -40,7 +41,8 @@ def _capture_all(model, arch, ids):
     out = {}
     mods = dict(model.named_modules())
     handles = [mods[KEY_MODULE[arch].format(i)].register_forward_pre_hook(
-        lambda m, a, i=i: out.__setitem__(i, a[0][0].double().clone())) for i in range(n)]
+        lambda m, a, i=i: out.__setitem__(i, a[0].reshape(-1, a[0].shape[-1]).double().clone()))  # OPT: flat
+               for i in range(n)]
     with torch.no_grad():
         model(input_ids=torch.tensor([ids]))
     for h in handles:
@@ -78,7 +80,7 @@ def _numpy_cov(model_dir, arch, corpus, max_length, cap=None):
     return np.stack([k.T @ k / len(k) for k in ks]), len(ks[0])
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama"])
 def test_covariance_equals_numpy_over_the_same_tokens(arch, tiny_models, tiny_items, tiny_corpus, tmp_path):
     store = tmp_path / "s.zarr"
     (mid,) = _extract(tiny_models[arch], store, tiny_items, tiny_corpus, max_length=48)

@@ -131,13 +131,16 @@ def accumulate(
           key_hooks(lm.model, lm.module_template, layers, on_key, stop_after_last=True)):
         for batch in batches:
             ids = batch.input_ids.to(lm.device)
-            mask = batch.attention_mask.to(lm.device)
-            # the non-padding rows, found once per batch rather than once per layer (a boolean
-            # mask index costs a nonzero() per layer); no copy at all when nothing is padded
-            keep = mask.reshape(-1).bool()
-            state["rows"] = None if bool(keep.all()) else keep.nonzero().squeeze(1)
+            # the non-padding rows, found once per batch on the host (a boolean mask index on the
+            # device would cost a nonzero() and a device sync per layer); no copy when nothing is padded
+            keep = batch.attention_mask.reshape(-1).bool()
+            state["rows"] = None if bool(keep.all()) else keep.nonzero().squeeze(1).to(lm.device)
             try:
-                body(input_ids=ids, attention_mask=mask, use_cache=False)
+                # No attention mask: the batch is right-padded and attention is causal, so no real
+                # token attends to a padding position and the real tokens' keys are the same
+                # without it (tests/test_extract.py checks them against unpadded forwards); without
+                # a mask, attention takes its causal fast path (skips the upper triangle).
+                body(input_ids=ids, use_cache=False)
             except StopForward:
                 pass
             if batch.docs_end is not None:
