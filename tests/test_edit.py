@@ -67,6 +67,11 @@ def test_predicted_equals_measured_interference_over_20_edits(cli_run):
     assert ds.attrs["max_relative_error"] < 1e-8 and ds.attrs["complete"] is True
     np.testing.assert_allclose(ds["predicted_norm"], ds["measured_norm"], rtol=1e-8, atol=1e-12)
     assert np.abs(ds["interference_measured"].values[1:, 20:]).max() > 0  # the tracked keys did move
+    # the same identity in the live float32 model: its own forward's W_n k − W_0 k at every fact's key
+    # position (keys of a differently shaped forward, float32 weights) agrees to float32 rounding
+    live = ds["step_live_relative_error"].values[1:]
+    assert 0 < live.max() == ds.attrs["max_live_relative_error"] < 1e-4
+    np.testing.assert_allclose(ds["live_norm"], ds["measured_norm"], rtol=1e-4, atol=1e-6)
 
 
 def test_every_edit_sets_its_value_and_only_later_edits_disturb_it(cli_run):
@@ -81,7 +86,8 @@ def test_every_edit_sets_its_value_and_only_later_edits_disturb_it(cli_run):
 def test_run_records_settings_roles_and_figures(cli_run):
     ds, report, output = cli_run
     assert ds.attrs["method"] == "direct" and ds.attrs["layer"] == 1 and ds.attrs["edits"] == 20
-    assert ds.attrs["seed"] == 0 and ds.attrs["nullspace_threshold"] == 0.01
+    assert ds.attrs["seed"] == 0 and ds.attrs["nullspace_threshold"] == 0.02
+    assert ds.attrs["nullspace_rule"] == "absolute"
     assert list(ds["role"].values).count("edited") == 20 and list(ds["edit_step"].values[:3]) == [1, 2, 3]
     assert ds["edited_item"].values[1:].tolist() == ds["item"].values[:20].tolist()
     assert set(ds["item"].values[20:]).isdisjoint(ds["item"].values[:20])
@@ -174,6 +180,11 @@ def test_nullspace_projection_protects_the_dominant_directions_of_c():
     cov = (q * evals) @ q.T
     proj, rank = cf.nullspace_projector(cov, 1e-2)
     assert rank == 10
+    # AlphaEdit's rule is absolute (eigenvalues of C below T); the relative rule scales with C
+    big = cov * 1e3  # eigenvalues 1e4 and 1
+    assert cf.nullspace_projector(big, 2e-2)[1] == int((np.linalg.eigvalsh(big) < 2e-2).sum()) == 0
+    assert cf.nullspace_projector(big, 2.0)[1] == 10
+    assert cf.nullspace_projector(big, 1e-2, relative=True)[1] == 10
     np.testing.assert_allclose(proj @ proj, proj, atol=1e-12)
     np.testing.assert_allclose(proj @ q[:, :6], 0, atol=1e-12)
     lower = scipy.linalg.cholesky(cov, lower=True)
@@ -198,7 +209,9 @@ BAD = {
     "no covariance for the layer": (["--layer", "2", "--edits", "2"], "no covariance for layer 2"),
     "tracked more than known": (["--layer", "0", "--edits", "2", "--tracked", "5"], "known facts"),
     "zero edits": (["--layer", "0", "--edits", "0"], "at least 1"),
-    "bad threshold": (["--layer", "0", "--edits", "2", "--nullspace-threshold", "2"], "nullspace-threshold"),
+    "bad threshold": (["--layer", "0", "--edits", "2", "--nullspace-threshold", "-1"], "nullspace-threshold"),
+    "bad relative threshold": (["--layer", "0", "--edits", "2", "--nullspace-threshold", "2", "--nullspace-relative"],
+                               "nullspace-threshold"),
     "bad run name": (["--layer", "0", "--edits", "2", "--run", "../x"], "invalid --run"),
 }
 

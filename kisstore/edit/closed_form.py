@@ -93,14 +93,17 @@ def predicted_changes(residuals: np.ndarray, coeff: np.ndarray) -> np.ndarray:
     return np.cumsum(per_step, axis=0)
 
 
-def nullspace_projector(cov: np.ndarray, threshold: float = 1e-2) -> tuple[np.ndarray, int]:
+def nullspace_projector(cov: np.ndarray, threshold: float = 2e-2, *, relative: bool = False) -> tuple[np.ndarray, int]:
     """AlphaEdit's projector onto the null space of C's dominant directions.
 
-    The dominant directions are C's eigenvectors with eigenvalue above ``threshold`` times
-    the largest; ``P = U₀ U₀ᵀ`` over the remaining eigenvectors U₀. Returns (P, rank of P).
+    AlphaEdit keeps the eigenvectors U₀ of the second moment C = E[kkᵀ] whose eigenvalue is
+    below ``threshold`` (an absolute value; AlphaEdit's default 2e-2) and projects with
+    ``P = U₀ U₀ᵀ``. With ``relative`` the cut is ``threshold · λ_max`` instead, which reads
+    the same at every layer (C's scale grows with depth). Returns (P, rank of P).
     """
     evals, evecs = np.linalg.eigh(np.asarray(cov, dtype=np.float64))
-    null = evecs[:, evals <= threshold * evals[-1]]
+    cut = threshold * evals[-1] if relative else threshold
+    null = evecs[:, evals < cut]
     return null @ null.T, int(null.shape[1])
 
 

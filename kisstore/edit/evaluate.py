@@ -55,6 +55,45 @@ class FactProbe:
         self.new = [encode_with_target(lm.tokenizer, it, it.target_new) for it in items]
         self.n = len(items)
 
+    def outputs(self, module) -> np.ndarray:
+        """``module``'s output at every fact's key position, from real forwards of the live model.
+
+        (item, d_out) float64. The forward stops after ``module``. For the edited down
+        projection this is ``W k`` as the model computes it, in its own precision, with the keys
+        of this forward: the edit run's independent measurement of each fact's value.
+        """
+        import torch
+
+        from kisstore.extract.hooks import StopForward
+
+        out = np.full((self.n, 0), np.nan)
+        pad = self.lm.tokenizer.pad_token_id
+        seqs = [e.input_ids[: e.key_pos + 1] for e in self.true]  # causal: nothing later matters
+        state = {}
+
+        def grab(_module, _args, y):
+            y = y.reshape(*state["shape"], -1)  # some models (OPT) flatten (batch, seq)
+            state["rows"] = y[state["batch"], state["pos"]].double().cpu().numpy()
+            raise StopForward
+
+        handle = module.register_forward_hook(grab)
+        try:
+            for group in token_budget_batches([len(s) for s in seqs], self.batch_tokens):
+                ids, mask = pad_right([seqs[g] for g in group], pad)
+                state.update(shape=tuple(ids.shape), batch=torch.arange(len(group)),
+                             pos=torch.tensor([len(seqs[g]) - 1 for g in group]))
+                try:
+                    with torch.inference_mode():
+                        self.lm.model(input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device))
+                except StopForward:
+                    pass
+                if out.shape[1] == 0:
+                    out = np.full((self.n, state["rows"].shape[1]), np.nan)
+                out[group] = state["rows"]
+        finally:
+            handle.remove()
+        return out
+
     def score(self, indices: Sequence[int] | None = None, new_for: Sequence[int] | None = None) -> FactScores:
         """Score ``indices`` (default: all) on target_true, and ``new_for`` (default: the same) on target_new."""
         import torch

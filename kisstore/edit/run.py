@@ -51,7 +51,8 @@ class EditOptions:
     method: str = "rome"
     seed: int = 0
     run: str | None = None
-    nullspace_threshold: float = 1e-2
+    nullspace_threshold: float = 2e-2  # AlphaEdit's: eigenvalues of C below it span the null space
+    nullspace_relative: bool = False  # threshold relative to C's largest eigenvalue instead
     ridge: float = 0.0
     direct_scale: float = 1.0
     rome: RomeOptions = field(default_factory=RomeOptions)
@@ -96,8 +97,11 @@ def validate(opts: EditOptions) -> None:
         raise InputError(f"--tracked must not be negative, got {opts.tracked}")
     if opts.tracked_from not in ("known", "all"):
         raise InputError(f"unknown --tracked-from {opts.tracked_from!r}: use known or all")
-    if not 0.0 < opts.nullspace_threshold < 1.0:
-        raise InputError(f"--nullspace-threshold must lie in (0, 1), got {opts.nullspace_threshold}")
+    if not opts.nullspace_threshold > 0.0:
+        raise InputError(f"--nullspace-threshold must be positive, got {opts.nullspace_threshold}")
+    if opts.nullspace_relative and not opts.nullspace_threshold < 1.0:
+        raise InputError(f"--nullspace-threshold with --nullspace-relative must lie in (0, 1), "
+                         f"got {opts.nullspace_threshold}")
     if not opts.ridge >= 0.0:
         raise InputError(f"--ridge must be non-negative, got {opts.ridge}")
     if opts.run is not None and (not _RUN_NAME.match(opts.run) or ".." in opts.run):
@@ -240,7 +244,12 @@ def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str],
     module = dict(lm.model.named_modules())[lm.module_template.format(i=plan.layer)]
     keys, n_e, n = plan.keys, plan.n_edits, len(plan.items)
     lower = whitening_factor(plan.cov, opts.ridge, layer=plan.layer, n_tokens=plan.n_tokens)
-    projector, null_rank = cf.nullspace_projector(regularize(plan.cov, opts.ridge), opts.nullspace_threshold)
+    projector, null_rank = cf.nullspace_projector(regularize(plan.cov, opts.ridge), opts.nullspace_threshold,
+                                                  relative=opts.nullspace_relative)
+    if null_rank == 0:
+        say(f"warning: no eigenvalue of C at layer {plan.layer} is below the null-space threshold "
+            f"{opts.nullspace_threshold:g}{' × λ_max' if opts.nullspace_relative else ''}: the AlphaEdit variant "
+            "has nothing to project onto and its results are NaN (raise --nullspace-threshold)")
     coeff = cf.coefficients(keys[:n_e], keys, lower)  # theory side: whitened keys only
 
     w0 = down_proj_weight(module)
@@ -275,8 +284,10 @@ def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str],
         s = probe.score(tracked_rows + upto, new_for=upto)
         p_true[step], p_new[step], top1[step] = s.p_true, s.p_new, s.top1
 
+    live = np.zeros((steps, n, d_model))  # W_n k − W_0 k as the live model computes it
     try:
         score(0)
+        live_base = probe.outputs(module)
         for j in range(1, steps):
             t = time.perf_counter()
             item, k = plan.items[j - 1], keys[j - 1]
@@ -299,6 +310,7 @@ def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str],
                 coeff_alpha[j] = (keys @ alpha.direction) / float(alpha.direction @ k)
             measured[j] = keys @ w.T - base
             measured_alpha[j] = keys @ w_alpha.T - base
+            live[j] = probe.outputs(module) - live_base
             opt_steps[j], opt_nll[j], opt_nll_start[j] = target.steps, target.nll, target.nll_start
 
             score(j)
@@ -316,7 +328,7 @@ def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str],
     predicted_alpha = np.concatenate([np.zeros((1, n, d_model)), cf.predicted_changes(residual_alpha, coeff_a)])
     return build_dataset(
         plan=plan, predicted=predicted, measured=measured, coeff=coeff,
-        predicted_alpha=predicted_alpha, measured_alpha=measured_alpha,
+        predicted_alpha=predicted_alpha, measured_alpha=measured_alpha, live=live,
         coeff_alpha=coeff_alpha, lam_norm=lam_norm, lam_norm_alpha=lam_norm_alpha, residual=residual,
         key_gram=key_gram, opt_steps=opt_steps, opt_nll=opt_nll, opt_nll_start=opt_nll_start, seconds=seconds,
         p_true=p_true, p_new=p_new, top1=top1, null_rank=null_rank, vectors=opts.vectors,
@@ -339,7 +351,7 @@ def _norm(x: np.ndarray) -> np.ndarray:
     return np.sqrt(np.sum(x * x, axis=-1))
 
 
-def build_dataset(*, plan: EditPlan, predicted, measured, coeff, predicted_alpha, measured_alpha,
+def build_dataset(*, plan: EditPlan, predicted, measured, coeff, predicted_alpha, measured_alpha, live,
                   coeff_alpha, lam_norm, lam_norm_alpha, residual, key_gram, opt_steps, opt_nll, opt_nll_start, seconds,
                   p_true, p_new, top1, null_rank: int, vectors: bool) -> xr.Dataset:
     """Lay the run's arrays out on (step, item[, d_model]) with the facts' text as coordinates."""
@@ -361,6 +373,8 @@ def build_dataset(*, plan: EditPlan, predicted, measured, coeff, predicted_alpha
         "relative_error": (sv, cf.relative_error(predicted, measured, axis=-1)),
         "interference_predicted": (sv, _norm(_since_edit(predicted, n_e))),
         "interference_measured": (sv, _norm(_since_edit(measured, n_e))),
+        "live_norm": (sv, _norm(live)),
+        "live_relative_error": (sv, cf.relative_error(predicted, live, axis=-1)),
         "step_change_norm": (sv, np.concatenate([np.zeros((1, n)), _norm(np.diff(measured, axis=0))])),
         "residual_norm": ("step", np.concatenate([[np.nan], _norm(residual)])),
         "lambda_norm": ("step", lam_norm),
@@ -397,9 +411,12 @@ def build_dataset(*, plan: EditPlan, predicted, measured, coeff, predicted_alpha
     ds = xr.Dataset(data, coords=coords)
     per_step = cf.relative_error(predicted[1:], measured[1:], axis=(1, 2))
     per_step_alpha = cf.relative_error(predicted_alpha[1:], measured_alpha[1:], axis=(1, 2))
+    per_step_live = cf.relative_error(predicted[1:], live[1:], axis=(1, 2))
     ds["step_relative_error"] = ("step", np.concatenate([[0.0], per_step]))
+    ds["step_live_relative_error"] = ("step", np.concatenate([[0.0], per_step_live]))
     ds.attrs.update({
         "max_relative_error": float(np.max(per_step)),
+        "max_live_relative_error": float(np.max(per_step_live)),
         "alphaedit_max_relative_error": float(np.nanmax(per_step_alpha)) if np.isfinite(per_step_alpha).any()
         else float("nan"),
         "nullspace_rank": int(null_rank),
@@ -418,7 +435,9 @@ def run_attrs(opts: EditOptions, plan: EditPlan, lm, elapsed: float) -> dict[str
         "model_revision": lm.provenance.get("model_revision"), "hooked_module": lm.module_template,
         "layer": plan.layer, "n_layers": lm.n_layers, "d_ff": lm.d_ff, "edits": plan.n_edits,
         "tracked": len(plan.items) - plan.n_edits, "tracked_from": opts.tracked_from, "method": opts.method, "seed": opts.seed, "run": plan.run,
-        "nullspace_threshold": opts.nullspace_threshold, "ridge": opts.ridge, "direct_scale": opts.direct_scale,
+        "nullspace_threshold": opts.nullspace_threshold,
+        "nullspace_rule": "relative" if opts.nullspace_relative else "absolute", "ridge": opts.ridge,
+        "direct_scale": opts.direct_scale,
         "rome": {**asdict(opts.rome), "prefixes": list(opts.rome.prefixes)}, "vectors": opts.vectors,
         "token_position": plan.attrs.get("token_position"), "corpus": plan.attrs.get("corpus"),
         "n_tokens": plan.n_tokens, "device": lm.device, "dtype": lm.dtype, "threads": opts.threads,

@@ -5,7 +5,12 @@ the paper's description: a vector δ is added to the down-projection's output at
 subject's last token and optimised with Adam to make ``target_new`` likely after the
 prompt (also behind a few neutral prefixes), while a KL term keeps the model's prediction
 after "{subject} is a" close to the unedited one, a weight decay keeps δ small relative
-to the current value, and its norm is clamped.
+to the current value, and its norm is clamped. The loss, as in ROME:
+
+    L(δ) = NLL(target_new) + kl_factor · KL(p_δ ‖ p_0) + weight_decay · |δ| / |W k*|²
+
+with ``p_δ`` the edited and ``p_0`` the unedited next-token distribution after "{subject} is
+a"; the optimisation stops early once L < ``stop_loss``, and |δ| ≤ ``clamp_norm`` · |W k*|.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ class RomeOptions:
     kl_factor: float = 0.0625
     weight_decay: float = 0.5
     clamp_norm: float = 4.0
-    stop_nll: float = 0.05
+    stop_loss: float = 0.05  # on the whole loss, as ROME
     prefixes: tuple[str, ...] = PREFIXES
 
 
@@ -118,13 +123,13 @@ def rome_delta(lm, module, item: Item, current: np.ndarray, opts: RomeOptions | 
             optim.zero_grad()
             with torch.enable_grad():
                 nll, logp = forward()
-                kl_term = torch.sum(ref.exp() * (ref - logp))
-                decay = delta.pow(2).sum() / scale**2
+                kl_term = torch.sum(logp.exp() * (logp - ref))  # KL(edited ‖ unedited)
+                decay = delta.norm() / scale**2  # ROME's form: the norm (not squared) over |W k*|²
                 loss = nll + opts.kl_factor * kl_term + opts.weight_decay * decay
                 nll_value = float(nll.detach())
                 if steps == 1:
                     nll_start = nll_value
-                if nll_value < opts.stop_nll:
+                if float(loss.detach()) < opts.stop_loss:
                     break
                 loss.backward()
             optim.step()
