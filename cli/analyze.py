@@ -42,6 +42,7 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
     pairs for every model and layer of STORE, and write them to /analysis/<model>."""
     from kisstore.analysis import analyze, export_table, scaling_table
     from kisstore.analysis.cluster import dask_client
+    from kisstore.analysis.core import sample_size_warnings
     from kisstore.analysis.persist import read_scaling, write_analysis
     from kisstore.store import Store, open_store
     from kisstore.store.urls import split_url
@@ -54,6 +55,8 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
     start = time.perf_counter()
     with dask_client(scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"), echo=click.echo):
         tree = open_store(store, opts)
+        for line in sample_size_warnings(tree, list(models) or None):
+            click.echo(line, err=True)
         result = analyze(tree, models=list(models) or None, items=items, n_items=n_items, layers=layers,
                          ridge=ridge, top_k=top_k)
         stored = write_analysis(handle, result, progress=click.echo)

@@ -26,6 +26,7 @@ def test_analyze_writes_p_matrix_into_the_store_matching_numpy(store, tmp_path):
     r = CliRunner().invoke(cli, ["analyze", path, "--table-out", str(tmp_path / "tab")])
     assert r.exit_code == 0, r.output
     assert "a: 3 layers × 24 items" in r.output
+    assert "warning" not in r.output  # C from plenty of tokens
     tree = xr.open_datatree(path, engine="zarr")  # plain xarray, no kisstore
     for model in ("a", "b"):
         ds = tree[f"analysis/{model}"].to_dataset()
@@ -115,4 +116,5 @@ def test_singular_covariance_exits_3_with_remedy_and_ridge_recovers(tmp_path):
     assert "condition number" in r.output or "not positive definite" in r.output
     r = CliRunner().invoke(cli, ["analyze", path, "--ridge", "0.1"])
     assert r.exit_code == 0, r.output
+    assert "warning: m: C rests on 6 tokens, 0.5 per key dimension (d_ff 12)" in r.output
     assert xr.open_datatree(path, engine="zarr")["analysis/m"].attrs["ridge"] == 0.1

@@ -67,6 +67,27 @@ def analyze(
     return out
 
 
+MIN_TOKENS_PER_DIM = 10  # below n = 10·d_ff tokens, C's small eigenvalues (and P's spread) are biased
+
+
+def sample_size_warnings(tree: xr.DataTree, models: Sequence[str] | None = None) -> list[str]:
+    """One line per model whose covariance rests on fewer than ``MIN_TOKENS_PER_DIM``·d_ff tokens.
+
+    C is invertible from n > d_ff tokens on, but its smallest eigenvalues are then far too
+    small, and whitening amplifies them: with n just above d_ff the spread of P comes out ~25 %
+    too wide (a Gaussian check with SmolLM2's layer-29 spectrum); at n/d_ff ≈ 16 it is within ~2 %.
+    """
+    out = []
+    for m in subsets.select_models(tree, models):
+        ds = subsets.model_dataset(tree, m)
+        n, d = int(ds["n_tokens"].min()), int(ds.sizes["d_ff"])
+        if n < MIN_TOKENS_PER_DIM * d:
+            out.append(f"warning: {m}: C rests on {n} tokens, {n / d:.1f} per key dimension (d_ff {d}); "
+                       f"below {MIN_TOKENS_PER_DIM}·d_ff the whitened statistics are biased (P spreads too "
+                       "wide). Extract with more --corpus-tokens for results to compare.")
+    return out
+
+
 def analyze_model(
     tree: xr.DataTree,
     model: str,

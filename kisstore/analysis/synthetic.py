@@ -16,7 +16,7 @@ def synthetic_model(
 ) -> dict[str, np.ndarray]:
     """Keys (layer, item, d_ff) float32 sharing a low-rank component (so P has structure) and
     covariances (layer, d_ff, d_ff) from ``n_samples`` random vectors per layer (well conditioned)."""
-    n_samples = n_samples or 8 * d_ff
+    n_samples = n_samples or 16 * d_ff
     keys = np.empty((n_layers, n_items, d_ff), np.float32)
     cov = np.empty((n_layers, d_ff, d_ff), np.float64)
     for layer in range(n_layers):
