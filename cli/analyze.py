@@ -10,6 +10,8 @@ import click
 
 from kisstore_cli.common import (
     handle_errors,
+    output_dir,
+    output_prefix,
     scheduler_option,
     storage_option,
     storage_options_from,
@@ -52,6 +54,8 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
     opts = storage_options_from(storage_options)
     handle = Store(store, opts)
     handle.validate()
+    output_dir(report_dir, "--report")  # an unwritable destination fails before the work, not after
+    output_prefix(table_out, "--table-out")
     start = time.perf_counter()
     with dask_client(scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"), echo=click.echo):
         tree = open_store(store, opts)

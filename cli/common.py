@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -20,7 +21,7 @@ _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**
 
 
 def parse_size(text: str) -> int:
-    """'24GB', '512MiB', '1e9' → bytes."""
+    """'24GB', '512MiB', '1.5GB', '4096' → bytes."""
     m = SIZE_RE.match(text or "")
     if not m:
         raise InputError(f"bad size {text!r}: expected e.g. 16GB or 512MiB")
@@ -66,6 +67,27 @@ def _looks_corrupt(e: BaseException) -> bool:
     return "checksum" in text or "decompression" in text or "zstd" in text or "corrupt" in text
 
 
+def output_dir(path: str | None, flag: str) -> None:
+    """Create ``path`` (a --report folder) now, so an unwritable one fails before any work."""
+    if path is None:
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".kisstore-write-test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise InputError(f"{flag} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
+
+
+def output_prefix(prefix: str | None, flag: str) -> None:
+    """The folder of a --table-out PREFIX must exist and be writable."""
+    if prefix is None:
+        return
+    output_dir(os.path.dirname(os.path.abspath(prefix)), flag)
+
+
 def handle_errors(f: Callable) -> Callable:
     """Turn library errors into one-line messages and exit codes; tracebacks only with --debug."""
 
@@ -89,6 +111,10 @@ def handle_errors(f: Callable) -> Callable:
         except KeyboardInterrupt:
             click.echo("Interrupted; rerun the same command to resume.", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # `kisstore info STORE | head`: the reader left; not an error
+            with contextlib.suppress(OSError):
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - interpreter exit flushes into it
+            sys.exit(0)
         except click.exceptions.ClickException:
             raise
         except Exception as e:  # an unexpected failure: still one line unless --debug

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kisstore_cli.common import handle_errors, storage_option, storage_options_from
+from kisstore_cli.common import handle_errors, output_dir, storage_option, storage_options_from
 
 
 @click.command("edit")
@@ -59,6 +59,7 @@ def edit_command(store, model, layer, edits, tracked, tracked_from, method, seed
     Example:
       kisstore edit demo.zarr --model smollm2-135m --layer 4 --edits 50 --method rome --report edit-report
     """
+    output_dir(report_dir, "--report")  # an unwritable destination fails before the edits, not after
     from kisstore.edit import EditOptions, RomeOptions, run_edit
     from kisstore.edit.report import forgetting_table
 

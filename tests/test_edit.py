@@ -172,6 +172,14 @@ def test_overlapping_keys_move_by_p_times_the_intended_change():
     np.testing.assert_allclose(cf.coefficients(keys[:3], keys, lower), g[:3] / np.diag(g)[:3, None], rtol=1e-9)
 
 
+def test_relative_error_never_reports_nan_as_agreement():
+    a = np.ones((2, 3))
+    assert cf.relative_error(a, a) == 0.0 and cf.relative_error(np.zeros(3), np.zeros(3)) == 0.0
+    assert np.isnan(cf.relative_error(np.full(3, np.nan), a[0]))
+    assert np.isnan(cf.relative_error(a[0], np.full(3, np.nan)))
+    assert np.isinf(cf.relative_error(a[0], np.zeros(3)))
+
+
 def test_nullspace_projection_protects_the_dominant_directions_of_c():
     rng = np.random.default_rng(3)
     d = 16
@@ -210,6 +218,10 @@ BAD = {
     "tracked more than known": (["--layer", "0", "--edits", "2", "--tracked", "5"], "known facts"),
     "zero edits": (["--layer", "0", "--edits", "0"], "at least 1"),
     "bad threshold": (["--layer", "0", "--edits", "2", "--nullspace-threshold", "-1"], "nullspace-threshold"),
+    "nan direct scale": (["--layer", "0", "--edits", "2", "--method", "direct", "--direct-scale", "nan"],
+                         "--direct-scale must be a finite"),
+    "infinite kl factor": (["--layer", "0", "--edits", "2", "--kl-factor", "inf"], "--kl-factor must be a finite"),
+    "negative weight decay": (["--layer", "0", "--edits", "2", "--weight-decay", "-1"], "--weight-decay"),
     "bad relative threshold": (["--layer", "0", "--edits", "2", "--nullspace-threshold", "2", "--nullspace-relative"],
                                "nullspace-threshold"),
     "bad run name": (["--layer", "0", "--edits", "2", "--run", "../x"], "invalid --run"),

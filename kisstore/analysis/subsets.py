@@ -75,7 +75,9 @@ def select_layers(ds: xr.Dataset, model: str, layers: str | Sequence[int] | None
     """Layer indices from a spec ('all', '0-5', '0,3,7', '-1', '0-29:2') or a list of ints."""
     stored = [int(x) for x in ds["layer"].values]
     n_layers = int(ds.attrs.get("n_layers", max(stored) + 1 if stored else 0))
-    if layers is None or isinstance(layers, str):
+    if layers is None or (isinstance(layers, str) and layers.strip().lower() in ("", "all")):
+        wanted = sorted(stored)  # "all" means every layer the store holds (extract --layers may have picked some)
+    elif isinstance(layers, str):
         wanted = parse_layers(layers, n_layers)
     else:
         wanted = sorted({int(x) + n_layers if int(x) < 0 else int(x) for x in layers})

@@ -112,4 +112,5 @@ def relative_error(predicted: np.ndarray, measured: np.ndarray, axis=None) -> np
     num = np.sqrt(np.sum((np.asarray(predicted) - np.asarray(measured)) ** 2, axis=axis))
     den = np.sqrt(np.sum(np.asarray(measured) ** 2, axis=axis))
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(num > 0, np.inf, 0.0))
+        out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(num > 0, np.inf, 0.0))
+    return np.where(np.isnan(num) | np.isnan(den), np.nan, out)  # NaN stays NaN, never "agrees"

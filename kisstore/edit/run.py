@@ -108,8 +108,15 @@ def validate(opts: EditOptions) -> None:
         raise InputError(f"invalid --run name {opts.run!r} (letters, digits, '.', '_', '-')")
     if opts.threads is not None and opts.threads < 1:
         raise InputError(f"--threads must be positive, got {opts.threads}")
-    if opts.rome.steps < 1 or not opts.rome.lr > 0:
-        raise InputError("--rome-steps and --rome-lr must be positive")
+    if opts.rome.steps < 1 or not 0 < opts.rome.lr < float("inf"):
+        raise InputError("--rome-steps and --rome-lr must be positive (and finite)")
+    for flag, value, low in (("--direct-scale", opts.direct_scale, "positive"), ("--kl-factor", opts.rome.kl_factor,
+                             "non-negative"), ("--weight-decay", opts.rome.weight_decay, "non-negative"),
+                             ("--ridge", opts.ridge, "non-negative"),
+                             ("--nullspace-threshold", opts.nullspace_threshold, "positive")):
+        ok = value > 0 if low == "positive" else value >= 0
+        if not (ok and np.isfinite(value)):
+            raise InputError(f"{flag} must be a finite, {low} number, got {value}")
 
 
 def _load_model_dataset(store: Store, model_id: str) -> xr.Dataset:

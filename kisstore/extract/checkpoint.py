@@ -53,7 +53,8 @@ class Checkpoint:
             n = len(self.layers)
             for name in ("done", "partial_0", "partial_1"):
                 g.create_array(name, shape=(n, d, d), chunks=(1, min(d, 4096), min(d, 4096)),
-                               dtype="float64", compressors=default_compressors(), fill_value=0.0)
+                               dtype="float64", compressors=default_compressors(), fill_value=0.0,
+                               dimension_names=("layer_row", "d_ff", "d_ff_"))  # xarray can open the store
             g.attrs.update({"fingerprint": _plain(self.fingerprint), "state": {}})
             self.group = g
             self.state = {}
@@ -76,14 +77,15 @@ class Checkpoint:
     # -- item pass ----------------------------------------------------------------------
     def save_items(self, keys: np.ndarray, known: np.ndarray, p_true: np.ndarray, case_ids: Sequence[int]) -> None:
         with storage_errors(self.store.url, self.store.storage_options):
-            for name, arr, chunks in (
-                ("items_keys", keys, (1,) + keys.shape[1:]),
-                ("items_known", known, known.shape),
-                ("items_p_true", p_true, p_true.shape),
-                ("items_case_id", np.asarray(case_ids, dtype=np.int64), (len(case_ids),)),
+            for name, arr, chunks, dims in (
+                ("items_keys", keys, (1,) + keys.shape[1:], ("layer_row", "candidate", "d_ff")),
+                ("items_known", known, known.shape, ("candidate",)),
+                ("items_p_true", p_true, p_true.shape, ("candidate",)),
+                ("items_case_id", np.asarray(case_ids, dtype=np.int64), (len(case_ids),), ("candidate",)),
             ):
                 a = self.group.create_array(name, shape=arr.shape, chunks=chunks, dtype=arr.dtype,
-                                            compressors=default_compressors(), overwrite=True)
+                                            compressors=default_compressors(), overwrite=True,
+                                            dimension_names=dims)
                 a[...] = arr
         self.commit(items_done=True)
 

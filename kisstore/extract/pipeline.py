@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,9 @@ def validate(opts: ExtractOptions) -> None:
         raise InputError(f"--corpus-tokens {opts.corpus_tokens} is absurd (more than 10^13)")
     if not 1 <= opts.max_length <= 1_000_000:
         raise InputError(f"--max-length must be between 1 and 1000000, got {opts.max_length}")
+    if not 0 <= opts.checkpoint_every < float("inf"):
+        raise InputError(f"--checkpoint-every must be a number of seconds ≥ 0 (0: at every resumable point), "
+                         f"got {opts.checkpoint_every}")
     if opts.shards < 1:
         raise InputError(f"--shards must be at least 1, got {opts.shards}")
     if opts.batch_tokens < 1:
@@ -144,6 +148,7 @@ class ModelRun:
         self.lm = None
         self.imported = None
         self.client = None
+        self.cleared = False
 
     def prepare(self) -> None:
         """Cheap checks from the config alone (model reachable, architecture, layer spec)."""
@@ -152,9 +157,30 @@ class ModelRun:
 
         config = load_config(resolve_source(self.name), self.opts.trust_remote_code)
         module_template(config.model_type, self.opts.module)
-        parse_layers(self.opts.layers, n_layers_of(config))
+        self.requested_layers = parse_layers(self.opts.layers, n_layers_of(config))
         if self.store.exists():
             self.imported = self.imported_cov()
+
+    def differences(self, stored: dict[str, Any], source) -> list[str]:
+        """How a complete model's stored provenance differs from what this run would make."""
+        expect_id = Path(source.location).name if source.kind == "gguf" else source.location
+        out = []
+        if stored.get("model_id") not in (None, expect_id):
+            out.append(f"model {stored.get('model_id')} → {expect_id}")
+        o = self.opts
+        # "all" matches whatever layers the stored model has (all, or those imported)
+        layers = None if o.layers in (None, "", "all") else self.requested_layers
+        wanted = {"layers": layers, "token_position": o.token, "corpus": o.corpus,
+                  "corpus_tokens": o.corpus_tokens, "max_length": o.max_length}
+        for key, value in wanted.items():
+            if value is None and key == "layers":
+                continue
+            have = stored.get(key)
+            if key in ("corpus", "corpus_tokens", "max_length") and stored.get("cov_source") == "imported":
+                continue  # an imported covariance keeps its own corpus
+            if (list(have) if isinstance(have, (list, tuple)) else have) != value:
+                out.append(f"{key} {have} → {value}")
+        return out
 
     def load(self) -> None:
         if self.lm is not None:
@@ -167,6 +193,11 @@ class ModelRun:
         self.lm = load_model(self.name, device=self.opts.device, dtype=self.opts.dtype, module=self.opts.module,
                              trust_remote_code=self.opts.trust_remote_code, allow_pickle=self.opts.allow_pickle)
         self.layers = parse_layers(self.opts.layers, self.lm.n_layers)
+        if self.opts.max_memory is not None:
+            layer_groups(self.layers, self.lm.d_ff, self.opts.max_memory)  # a budget below one layer fails now
+        if self.opts.overwrite and not self.cleared:
+            # only now, with the model loaded and every option checked, is the old result removed
+            self.clear()
         self.imported = self.imported_cov()
         if self.imported is not None:
             have = [int(x) for x in self.imported["layer"].values]
@@ -178,6 +209,18 @@ class ModelRun:
             f"d_ff {self.lm.d_ff}, {self.lm.n_params / 1e6:.0f}M parameters on {self.lm.device} "
             f"({time.monotonic() - t:.1f} s)")
         self.ckpt = Checkpoint(self.store, self.model_id, self.fingerprint())
+
+    def clear(self) -> None:
+        """--overwrite: remove this model's group, checkpoint and analysis (once per run)."""
+        removed = False
+        for path in (layout.model_path(self.model_id), layout.checkpoint_path(self.model_id),
+                     layout.analysis_path(self.model_id)):
+            if self.store.has(path):
+                self.store.delete(path)
+                removed = True
+        if removed:
+            self.store.consolidate()  # readers must not see the removed groups
+        self.cleared = True
 
     def imported_cov(self) -> xr.Dataset | None:
         """The covariance `kisstore import-rome` put in this model's group, if any."""
@@ -232,24 +275,29 @@ class ModelRun:
         d, o = self.lm.d_ff, self.opts
         budget = o.max_memory if o.max_memory is not None else self.default_budget()
         rows_of = {layer: r for r, layer in enumerate(self.layers)}
-        groups = layer_groups(self.layers, d, budget)
-        if len(groups) > 1:
-            log(f"[{self.model_id}] accumulators for {len(self.layers)} layers exceed the memory budget: "
-                f"{len(groups)} corpus passes of ≤ {len(groups[0])} layers")
-        corpus = resolve_corpus(o.corpus)
         done_counts = {int(k): v for k, v in (state.get("done_counts") or {}).items()}
+        # finished layers keep their sums; the rest are grouped under today's budget, which may
+        # differ from the killed run's (a partial pass is resumed only for the very same layers)
+        pending = [layer for layer in self.layers if rows_of[layer] not in done_counts]
+        groups = layer_groups(pending, d, budget) if pending else []
+        if len(groups) > 1:
+            log(f"[{self.model_id}] accumulators for {len(pending)} layers exceed the memory budget: "
+                f"{len(groups)} corpus passes of ≤ {len(groups[0])} layers")
+        if state.get("group_rows") and all([rows_of[x] for x in g] != state["group_rows"] for g in groups):
+            log(f"[{self.model_id}] the layer grouping differs from the interrupted run's (memory budget): "
+                "its unfinished pass is redone from the start; finished layers are kept")
+        corpus = resolve_corpus(o.corpus)
         for gi, group in enumerate(groups):
             rows = [rows_of[layer] for layer in group]
-            if all(r in done_counts for r in rows):
-                continue
             moments = {layer: SecondMoment(d, self.lm.device, o.cpu_kernels) for layer in group}
             docs, tokens = 0, 0
-            if state.get("group") == gi and "slot" in state:
+            if "slot" in state and state.get("group_rows") == rows:
                 for layer, u in zip(group, self.ckpt.load_partial(rows), strict=True):
                     moments[layer].load(u, state["tokens"])
                 docs, tokens = int(state["docs"]), int(state["tokens"])
                 log(f"[{self.model_id}] resuming corpus pass {gi + 1}/{len(groups)} at document {docs}, "
                     f"{tokens} tokens")
+
             bar = tqdm(total=o.corpus_tokens, initial=tokens, unit="tok", unit_scale=True, disable=not o.progress,
                        desc=f"corpus {self.model_id} [{gi + 1}/{len(groups)}] layers {group[0]}-{group[-1]}")
             # the next windows are read and tokenized in a background thread during the forward
@@ -264,8 +312,8 @@ class ModelRun:
                 _p["tokens"] += batch.tokens
                 _bar.update(batch.tokens)
 
-            def checkpoint(batch, _g=group, _rows=rows, _gi=gi, _p=progress, _m=moments):
-                self.ckpt.save_partial(_rows, (_m[x].sum_upper() for x in _g), group=_gi,
+            def checkpoint(batch, _g=group, _rows=rows, _p=progress, _m=moments):
+                self.ckpt.save_partial(_rows, (_m[x].sum_upper() for x in _g), group_rows=_rows,
                                        docs=_p["docs"], tokens=_p["tokens"])
 
             accumulate(self.lm, group, batches, moments, on_progress=on_progress,
@@ -273,8 +321,9 @@ class ModelRun:
             bar.close()
             count = moments[group[0]].count
             check_count(count, d, o.corpus)
+            self.note_short_corpus(count)
             self.ckpt.save_done(rows, (moments[x].sum_upper() for x in group), [count] * len(group),
-                                group=gi + 1, docs=0, tokens=0, corpus_documents=progress["docs"])
+                                group_rows=None, docs=0, tokens=0, corpus_documents=progress["docs"])
             state = self.ckpt.state
             done_counts = {int(k): v for k, v in state["done_counts"].items()}
             del moments, batches
@@ -290,6 +339,12 @@ class ModelRun:
             if resolve(self.opts.cpu_kernels, "cpu") == "onednn":
                 budget -= copied_weight_bytes(self.lm.model)
         return max(budget, 12 * self.lm.d_ff**2)  # too little memory: one layer per pass, not a refusal
+
+    def note_short_corpus(self, count: int) -> None:
+        cap = self.opts.corpus_tokens
+        if cap is not None and count < cap:
+            log(f"[{self.model_id}] warning: corpus {self.opts.corpus!r} ran out after {count} tokens, fewer than "
+                f"--corpus-tokens {cap}; the covariance uses all {count} (n_tokens records it)")
 
     def final_cov(self, done_counts: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
         d = self.lm.d_ff
@@ -321,6 +376,7 @@ class ModelRun:
             shards.run_sharded(tasks, self.client, progress=o.progress)
             uppers, count = shards.merge(self.store, self.model_id, ranges, len(self.layers))
             check_count(count, self.lm.d_ff, o.corpus)
+            self.note_short_corpus(count)
             rows = list(range(len(self.layers)))
             self.ckpt.save_done(rows, uppers, [count] * len(rows), corpus_documents=n_docs)
             done = {r: count for r in rows}
@@ -420,20 +476,30 @@ def run_extract(opts: ExtractOptions) -> list[str]:
     candidates = existing_items if existing_items is not None else item_set.items
     if opts.n_items is not None and opts.n_items > len(candidates):
         raise InputError(f"--n-items {opts.n_items} is larger than the {len(candidates)} items available")
+    if existing_items is None and opts.n_items is not None and not opts.known_only:
+        candidates = candidates[: opts.n_items]  # the first N are the selection: no item pass over the rest
 
     # which models need work
     from kisstore.models.loading import resolve_source
 
+    from kisstore.models.loading import pick_device
+
+    pick_device(opts.device)  # a CUDA device that is not there fails now, not after other work
     runs: list[ModelRun] = []
     for name in opts.models:
-        resolve_source(name)  # unknown models fail before anything is written
+        source = resolve_source(name)  # unknown models fail before anything is written
         mid = layout.sanitize_model_id(name)
-        if store.exists() and mid in store.model_ids(complete_only=True) and not opts.overwrite:
-            log(f"[{mid}] already complete in {opts.store}; skipping (pass --overwrite to redo it)",
-                opts.storage_options)
-            continue
         run = ModelRun(opts, store, name, candidates, item_set.sha256)
-        run.prepare()
+        run.prepare()  # layer spec, architecture, module: checked even for a model that is done
+        if store.exists() and mid in store.model_ids(complete_only=True) and not opts.overwrite:
+            stored = store.group_attrs(layout.model_path(mid))
+            if differences := run.differences(stored, source):
+                raise InputError(
+                    f"{mid} is complete in {redact(opts.store, opts.storage_options)} with other settings "
+                    f"({'; '.join(differences)}); pass --overwrite to redo it, or use another store")
+            log(f"[{mid}] already complete in {opts.store} with these settings; skipping "
+                "(pass --overwrite to redo it)", opts.storage_options)
+            continue
         runs.append(run)
     if not runs:
         return []
@@ -449,25 +515,27 @@ def run_extract(opts: ExtractOptions) -> list[str]:
 
     locks = [ModelLock(store, run.model_id, break_lock=opts.break_lock) for run in runs]
     taken = []
+    created = not store.exists()
     try:
-        for lock in locks:
-            lock.acquire()
-            taken.append(lock)
-        return _extract_locked(opts, store, runs, candidates, existing_items, item_set)
-    finally:
-        for lock in taken:
-            lock.release()
+        try:
+            for lock in locks:
+                lock.acquire()
+                taken.append(lock)
+            return _extract_locked(opts, store, runs, candidates, existing_items, item_set)
+        finally:
+            for lock in taken:
+                lock.release()
+    except InputError:
+        # bad input found once the model was loaded (its module, device, memory budget): a store
+        # this run created and left without a model or checkpoint is removed, not left half-made
+        if created:
+            store.remove_if_unused()
+        raise
 
 
 def _extract_locked(opts: ExtractOptions, store: Store, runs: list[ModelRun], candidates: list[Item],
                     existing_items: list[Item] | None, item_set: ItemSet) -> list[str]:
     store.init()
-    if opts.overwrite:
-        for run in runs:
-            for path in (layout.model_path(run.model_id), layout.checkpoint_path(run.model_id),
-                         layout.analysis_path(run.model_id)):
-                if store.has(path):
-                    store.delete(path)
 
     # phase 1: item passes (cheap), then the selection every model shares
     results = {}
@@ -479,6 +547,7 @@ def _extract_locked(opts: ExtractOptions, store: Store, runs: list[ModelRun], ca
         selected = list(range(len(candidates)))
         if opts.known_only or opts.n_items:
             log("note: the store already has its items; --known-only/--n-items do not change them")
+        store.consolidate()  # the new checkpoints show in `kisstore info` while the corpus pass runs
     else:
         selected = select_items(candidates, {m: r[1] for m, r in results.items()}, opts.n_items, opts.known_only)
         chosen = [candidates[i] for i in selected]

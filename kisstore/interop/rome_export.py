@@ -109,6 +109,8 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] | None = None) -
         raise StoreError(f"model {model_id} records no hooked_module template; cannot name the files")
     model_name = opts.model_name or fmt.model_dir_name(str(attrs.get("name_or_path") or attrs.get("model_id") or ""))
     if not model_name or model_name in (".", "..") or "/" in model_name:
+        if opts.model_name:
+            raise InputError(f"--model-name {model_name!r} is not a folder name (no '/', not '.' or '..')")
         raise InputError(f"cannot name the model folder ({model_name!r}); pass --model-name")
     sample_size = _sample_size(opts, attrs)
 

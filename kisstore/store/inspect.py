@@ -69,9 +69,13 @@ def verify(store: Store, progress: bool = True) -> list[str]:
     root = store.root()
 
     def walk(group: zarr.Group, prefix: str):
+        complete = group.attrs.get(layout.EVERY_CHUNK_WRITTEN) is True
         for name, arr in group.arrays():
             path = f"{prefix}{name}"
             for sel in _chunk_slices(arr):
+                if complete and not _chunk_exists(store, arr, sel):  # zarr would read the fill value
+                    problems.append(f"{path} chunk {_chunk_index(arr, sel)}: missing (its file is gone)")
+                    continue
                 try:
                     arr[sel]
                 except Exception as e:  # checksum mismatch, truncated or missing chunk
@@ -94,6 +98,13 @@ def _chunk_slices(arr):
     ranges = [range(0, n, c) for n, c in zip(arr.shape, arr.chunks, strict=True)]
     for starts in itertools.product(*ranges):
         yield tuple(slice(s, s + c) for s, c in zip(starts, arr.chunks, strict=True))
+
+
+def _chunk_exists(store: Store, arr, sel) -> bool:
+    from kisstore.store.io import _sync
+
+    key = arr.metadata.encode_chunk_key(_chunk_index(arr, sel)) if arr.ndim else arr.metadata.encode_chunk_key(())
+    return bool(_sync(store.zstore.exists(f"{arr.path}/{key}")))
 
 
 def _chunk_index(arr, sel) -> tuple[int, ...]:

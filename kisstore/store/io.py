@@ -203,8 +203,12 @@ class Store:
         ds = ds.copy()
         for var in ds.variables.values():
             var.encoding = {}
+        # every chunk is written, even one equal to the fill value, so `info --verify` can call a
+        # missing chunk file damage (the attribute tells it this group was written that way)
+        ds.attrs[layout.EVERY_CHUNK_WRITTEN] = True
         with storage_errors(self.url, self.storage_options):
-            ds.to_zarr(self.zstore, group=path, mode="w", consolidated=False, zarr_format=3, encoding=encoding)
+            ds.to_zarr(self.zstore, group=path, mode="w", consolidated=False, zarr_format=3, encoding=encoding,
+                       write_empty_chunks=True)
 
     def set_attrs(self, path: str, attrs: Mapping[str, Any]) -> None:
         with storage_errors(self.url, self.storage_options):
@@ -215,6 +219,17 @@ class Store:
         with storage_errors(self.url, self.storage_options):
             if path:  # never the root
                 _sync(self.zstore.delete_dir(path))
+
+    def remove_if_unused(self) -> bool:
+        """Delete a store that holds no model and no checkpoint (one a failed first run created).
+
+        Returns whether it was removed. Items alone are not worth keeping: they would fix the
+        selection of a store that never got a model."""
+        if not self.exists() or self.has(layout.MODELS) or self.has(layout.CHECKPOINTS):
+            return False
+        with storage_errors(self.url, self.storage_options):
+            _sync(self.zstore.delete_dir(""))
+        return True
 
     def consolidate(self) -> None:
         """Rewrite the root's consolidated metadata so readers see every group."""
@@ -241,4 +256,16 @@ def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> xr
     store = Store(url, storage_options, read_only=True)
     store.validate()
     with storage_errors(url, storage_options):
-        return xr.open_datatree(store.zstore, engine="zarr", chunks={}, zarr_format=3)
+        try:
+            return xr.open_datatree(store.zstore, engine="zarr", chunks={}, zarr_format=3)
+        except KeyError as e:
+            if "dimension_names" not in str(e):
+                raise
+        # a checkpoint written by kisstore < 0.1.1 (arrays without dimension names): open every
+        # group except the private /_checkpoints, which no analysis reads
+        root = zarr.open_group(store.zstore, mode="r", zarr_format=3)
+        paths = [""] + sorted(path for path, node in root.members(max_depth=None)
+                              if isinstance(node, zarr.Group) and path.split("/")[0] != layout.CHECKPOINTS)
+        nodes = {"/" + path: xr.open_dataset(store.zstore, group=path or None, engine="zarr", chunks={},
+                                             zarr_format=3) for path in paths}
+        return xr.DataTree.from_dict(nodes)

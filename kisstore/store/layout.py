@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from kisstore.errors import InputError
 
@@ -12,6 +13,7 @@ ITEMS = "items"
 MODELS = "models"
 ANALYSIS = "analysis"
 CHECKPOINTS = "_checkpoints"
+EVERY_CHUNK_WRITTEN = "kisstore_every_chunk_written"  # group attribute: a missing chunk file is damage
 ITEM_FIELDS = ("subject", "prompt", "relation_id", "target_true", "target_new")
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -21,14 +23,15 @@ def sanitize_model_id(name: str) -> str:
     """Turn a model name (alias, Hub id, path) into a group name that cannot escape the store.
 
     ``meta-llama/Llama-2-7b-hf`` → ``meta-llama--Llama-2-7b-hf``; a path keeps its last
-    component (``/models/my-gpt2/`` → ``my-gpt2``, ``x/model.gguf`` → ``model``).
+    component (``/models/my-gpt2/`` → ``my-gpt2``, ``x/model.gguf`` → ``model``), and so does
+    a relative path to an existing directory (``models/gpt2`` → ``gpt2``, as ``./models/gpt2``).
     """
     if not isinstance(name, str) or not name.strip():
         raise InputError("model id is empty")
     raw = name.strip()
     if "://" in raw:
         raise InputError(f"model id {name!r} must not be a URL")
-    if raw.startswith(("/", ".", "~")) or raw.endswith((".gguf", "/")):
+    if raw.startswith(("/", ".", "~")) or raw.endswith((".gguf", "/")) or _local_dir(raw):
         raw = raw.rstrip("/").split("/")[-1]
         if raw.endswith(".gguf"):
             raw = raw[: -len(".gguf")]
@@ -39,6 +42,14 @@ def sanitize_model_id(name: str) -> str:
             "(letters, digits, '.', '_', '-' and one '/' between owner and name)"
         )
     return candidate
+
+
+def _local_dir(name: str) -> bool:
+    """A relative path to an existing directory (``models/gpt2``), named like ``./models/gpt2``."""
+    try:
+        return "/" in name and Path(name).expanduser().is_dir()
+    except OSError:
+        return False
 
 
 def check_group_name(name: str) -> str:
