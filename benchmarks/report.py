@@ -238,14 +238,22 @@ TUNING = """## What was tuned, and what the hardware allows
   whose pages fault on first touch, up to ~1 s of system time per 4096-token batch on this VM,
   in the bare forward as much as in kisstore's pass. glibc's `MALLOC_MMAP_THRESHOLD_=33554432
   MALLOC_TRIM_THRESHOLD_=17179869184` in the environment cut the README demo's corpus pass by
-  ~7 % here; kisstore does not change the process's allocator itself.
+  ~7 % here; kisstore does not change the process's allocator settings. It does call
+  `malloc_trim` between phases (after the item pass, after each layer group), which hands the
+  item pass's freed activations back to the OS: extraction's peak RSS fell from 2.78× to 2.56×
+  of its arrays.
 - **CUDA** (measured before the CPU changes, which do not touch the CUDA path, and before the
   overhead row's baseline became the model's own forward: its overhead row compares with the
   body's forward alone, today's info row, at 8192-token batches cut greedily): the accumulation
   runs as float32 products (TF32 off, for 1e-5 accuracy) beside a forward in the same float32;
   the small model's forward itself reaches only ~0.38 of the large GEMM's rate, which caps the
-  efficiency figure. Untested ideas for a GPU session: larger token batches, CUDA graphs or
-  `torch.compile` for the forward, the accumulation on a second stream.
+  efficiency figure. Since that run, two changes touch the CUDA path, both untested on a GPU:
+  the corpus pass runs without an attention mask (batches are right-padded and attention is
+  causal, so real tokens' keys are unchanged, tested on five architectures; SDPA then takes its
+  causal path, which skips the upper triangle instead of reading a mask), and the padding rows
+  are found on the host, so no batch waits on a device sync. Untested ideas for a GPU session:
+  larger token batches, CUDA graphs or `torch.compile` for the forward, the accumulation on a
+  second stream.
 - **Noise.** This machine is shared: timings of the same work varied by up to 10× within
   minutes. The interleaved, best-of-two, median-of-rounds design keeps the ratios stable;
   absolute speeds in the details are indicative only.
