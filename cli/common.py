@@ -111,10 +111,12 @@ def handle_errors(f: Callable) -> Callable:
         except KeyboardInterrupt:
             click.echo("Interrupted; rerun the same command to resume.", err=True)
             sys.exit(130)
-        except BrokenPipeError:  # `kisstore info STORE | head`: the reader left; not an error
+        except BrokenPipeError:  # `kisstore info STORE | head`: the reader left
+            # no traceback and no "Error:" line, but not success either: the command stopped where
+            # its output was cut (128 + SIGPIPE, what a shell reports for a killed writer)
             with contextlib.suppress(OSError):
                 sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - interpreter exit flushes into it
-            sys.exit(0)
+            sys.exit(141)
         except click.exceptions.ClickException:
             raise
         except Exception as e:  # an unexpected failure: still one line unless --debug

@@ -172,6 +172,17 @@ def test_overlapping_keys_move_by_p_times_the_intended_change():
     np.testing.assert_allclose(cf.coefficients(keys[:3], keys, lower), g[:3] / np.diag(g)[:3, None], rtol=1e-9)
 
 
+@pytest.mark.parametrize("token", ["last", "subject_first"])
+def test_live_measurement_reads_the_stores_own_key_position(token, tiny_models, tiny_corpus, tmp_path):
+    store = _store(tmp_path, tiny_models["llama"], tiny_corpus, token=token, layers="1")
+    res = CliRunner().invoke(cli, ["edit", str(store), "--model", str(tiny_models["llama"]), "--layer", "1",
+                                   "--edits", "3", "--tracked", "4", "--tracked-from", "all", "--method", "direct",
+                                   "--quiet"])
+    assert res.exit_code == 0, res.output
+    (run,) = xr.open_datatree(store, engine="zarr")["edits"].children
+    assert xr.open_datatree(store, engine="zarr")[f"edits/{run}"].attrs["max_live_relative_error"] < 1e-4
+
+
 def test_relative_error_never_reports_nan_as_agreement():
     a = np.ones((2, 3))
     assert cf.relative_error(a, a) == 0.0 and cf.relative_error(np.zeros(3), np.zeros(3)) == 0.0

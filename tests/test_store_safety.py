@@ -79,6 +79,38 @@ def test_a_first_run_failing_on_bad_input_leaves_no_store_behind(bad, needle, ti
     assert not store.exists()
 
 
+def test_a_folder_holding_other_files_is_not_made_a_store(tiny_models, tiny_items, long_corpus, tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    for extra in ([], ["--max-memory", "1KB"]):
+        res = run_cli(*_args(tiny_models["llama"], folder, tiny_items, long_corpus, *extra))
+        assert res.returncode == 2 and "holds other files" in res.stderr, res.stderr
+        assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_a_resumed_run_reads_the_selection_its_first_attempt_stored(reference, tiny_models, tiny_items,
+                                                                      long_corpus, tmp_path):
+    """--known-only/--n-items: the first attempt's item pass covered every candidate and then wrote
+    /items (a subset); the same command resumes, with the keys of the stored items."""
+    from kisstore.store import Store
+
+    store = tmp_path / "s.zarr"
+    args = _args(tiny_models["llama"], store, tiny_items, long_corpus)
+    assert run_cli(*args, env={"KISSTORE_FAILPOINT": "corpus_batch:15"}).returncode == -signal.SIGKILL
+    items = xr.open_dataset(store, group="items", engine="zarr").load()
+    s = Store(str(store))
+    s.write_dataset("items", items.isel(item=[1, 4, 7]))  # as a selection of known items would be
+    s.consolidate()
+    res = run_cli(*args, check=True)
+    assert "item pass: resumed from checkpoint" in res.stdout and "resuming corpus pass" in res.stdout
+    got = xr.open_datatree(store, engine="zarr")["models/llama"].ds
+    ref = xr.open_datatree(reference, engine="zarr")["models/llama"].ds
+    np.testing.assert_array_equal(got["item"].values, ref["item"].values[[1, 4, 7]])
+    np.testing.assert_array_equal(got["keys"].values, ref["keys"].values[:, [1, 4, 7]])
+    np.testing.assert_array_equal(got["cov"].values, ref["cov"].values)
+
+
 def test_a_complete_model_asked_for_with_other_settings_is_refused(reference, tiny_models, tiny_items, long_corpus,
                                                                    tmp_path):
     store = tmp_path / "copy.zarr"
@@ -94,7 +126,7 @@ def test_a_complete_model_asked_for_with_other_settings_is_refused(reference, ti
     assert tree_digest(store) == before
 
 
-def test_another_model_under_the_same_name_is_refused_and_relative_paths_name_one_group(
+def test_another_model_under_the_same_name_is_refused_and_a_moved_copy_is_not(
         reference, tiny_models, tiny_items, long_corpus, tmp_path, monkeypatch):
     store = tmp_path / "copy.zarr"
     shutil.copytree(reference, store)
@@ -102,11 +134,15 @@ def test_another_model_under_the_same_name_is_refused_and_relative_paths_name_on
     shutil.copytree(tiny_models["gpt2"], other)
     res = run_cli(*_args(other, store, tiny_items, long_corpus))
     assert res.returncode == 2 and "model " in res.stderr and "→" in res.stderr, res.stderr
-    # `models/llama` and `./models/llama` are one model, one group
-    monkeypatch.chdir(tiny_models["llama"].parent.parent)
-    rel = f"{tiny_models['llama'].parent.name}/llama"
-    res = run_cli(*_args(rel, store, tiny_items, long_corpus), check=True)
-    assert "[llama] already complete" in res.stdout
+    # the same model and corpus from another folder and working directory: still the same, skipped
+    moved = tmp_path / "moved" / "llama"
+    shutil.copytree(tiny_models["llama"], moved)
+    corpus = tmp_path / "data" / long_corpus.name
+    corpus.parent.mkdir()
+    shutil.copy(long_corpus, corpus)
+    monkeypatch.chdir(tmp_path)
+    res = run_cli(*_args("./moved/llama", store, tiny_items, f"data/{long_corpus.name}"))
+    assert res.returncode == 0 and "already complete" in res.stdout, res.stderr
 
 
 def test_checkpoints_beside_finished_models_do_not_stop_readers(reference, tiny_models, tiny_items, long_corpus,

@@ -150,7 +150,8 @@ def _hub_source(spec: str) -> tuple[str, str | None, Path | None]:
         return WIKIPEDIA[0], WIKIPEDIA[1], None
     rest = spec[3:]
     if rest and Path(rest).expanduser().is_dir():  # a local dataset folder (its path may hold ':')
-        return rest, None, Path(rest).expanduser()
+        local = Path(rest).expanduser()
+        return str(local), None, local
     name, _, config = rest.partition(":")
     if not name:
         raise InputError(f"corpus {spec!r}: no dataset name after 'hf:' (hf:NAME[:CONFIG] or hf:LOCAL_DIR)")
@@ -194,7 +195,8 @@ def _hub(spec: str) -> Iterator[str]:
     column = "text" if "text" in first else next((k for k, v in first.items() if isinstance(v, str)), None)
     if column is None:
         raise InputError(f"corpus {spec!r}: no text column in the dataset (columns: {', '.join(first)})")
-    yield first[column]
+    if first[column]:
+        yield first[column]
     for row in it:
         text = row[column]
         if text:

@@ -48,15 +48,17 @@ class FactScores:
 class FactProbe:
     """Encodes a fixed set of facts once; :meth:`score` runs (a subset of) them through the model."""
 
-    def __init__(self, lm, items: Sequence[Item], batch_tokens: int = 2048):
+    def __init__(self, lm, items: Sequence[Item], batch_tokens: int = 2048, position: str = "subject_last"):
         self.lm = lm
         self.batch_tokens = batch_tokens
+        self.items = list(items)
+        self.position = position  # where the store's keys were taken (its token_position)
         self.true = [encode_with_target(lm.tokenizer, it, it.target_true) for it in items]
         self.new = [encode_with_target(lm.tokenizer, it, it.target_new) for it in items]
         self.n = len(items)
 
     def outputs(self, module) -> np.ndarray:
-        """``module``'s output at every fact's key position, from real forwards of the live model.
+        """``module``'s output at each fact's key position (the store's token_position), live.
 
         (item, d_out) float64. The forward stops after ``module``. For the edited down
         projection this is ``W k`` as the model computes it, in its own precision, with the keys
@@ -68,7 +70,8 @@ class FactProbe:
 
         out = np.full((self.n, 0), np.nan)
         pad = self.lm.tokenizer.pad_token_id
-        seqs = [e.input_ids[: e.key_pos + 1] for e in self.true]  # causal: nothing later matters
+        keyed = [encode_item(self.lm.tokenizer, it, self.position) for it in self.items]
+        seqs = [e.input_ids[: e.key_pos + 1] for e in keyed]  # causal: nothing later matters
         state = {}
 
         def grab(_module, _args, y):

@@ -280,7 +280,8 @@ def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str],
     p_new = np.full((steps, n), np.nan)
     top1 = np.zeros((steps, n), dtype=bool)  # False where not scored; p_true is NaN there
 
-    probe = FactProbe(lm, plan.items, batch_tokens=opts.batch_tokens)
+    probe = FactProbe(lm, plan.items, batch_tokens=opts.batch_tokens,
+                      position=plan.attrs.get("token_position") or "subject_last")
     tracked = slice(n_e, n)
     original = module.weight.detach().clone()
     tracked_rows = list(range(n_e, n))

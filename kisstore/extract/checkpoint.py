@@ -40,8 +40,10 @@ class Checkpoint:
             if self.store.has(self.path):
                 g = zarr.open_group(self.store.zstore, path=self.path, mode="r+")
                 attrs = dict(g.attrs)
-                if attrs.get("fingerprint") != _plain(self.fingerprint):
-                    diff = _diff(attrs.get("fingerprint") or {}, _plain(self.fingerprint))
+                stored = {k: v for k, v in (attrs.get("fingerprint") or {}).items()
+                          if k != "n_candidates"}  # kept by kisstore 0.1.0; the items' case ids now align
+                if stored != _plain(self.fingerprint):
+                    diff = _diff(stored, _plain(self.fingerprint))
                     raise StoreError(
                         f"the store holds an unfinished extraction of this model with other settings "
                         f"({diff}); rerun with the same options to resume, or pass --overwrite to start over"

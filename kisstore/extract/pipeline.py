@@ -137,6 +137,30 @@ def release_memory() -> None:
         pass
 
 
+def _same_corpus(a: Any, b: Any) -> bool:
+    """Corpus specs naming the same corpus: equal, or file paths with the same file name (a relative
+    path read from another directory, a moved copy)."""
+    if a == b:
+        return True
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False
+    named = ("embedded", "python-docs", "wordnet", "wikipedia")
+    if a in named or b in named or a.startswith("hf:") or b.startswith("hf:"):
+        return False
+    return Path(a).name == Path(b).name
+
+
+def default_budget(lm, cpu_kernels: str) -> int:
+    """The device's share for accumulators, less the weight copies the CPU kernels will make."""
+    budget = default_memory(lm.device)
+    if str(lm.device) == "cpu":
+        from kisstore.extract.cpu_kernels import copied_weight_bytes, resolve
+
+        if resolve(cpu_kernels, "cpu") == "onednn":
+            budget -= copied_weight_bytes(lm.model)
+    return max(budget, 12 * lm.d_ff**2)  # too little memory: one layer per pass, not a refusal
+
+
 class ModelRun:
     """One model's extraction: load, item pass, corpus passes, each step checkpointed."""
 
@@ -158,6 +182,7 @@ class ModelRun:
         config = load_config(resolve_source(self.name), self.opts.trust_remote_code)
         module_template(config.model_type, self.opts.module)
         self.requested_layers = parse_layers(self.opts.layers, n_layers_of(config))
+        self.architecture, self.n_layers = config.model_type, n_layers_of(config)
         if self.store.exists():
             self.imported = self.imported_cov()
 
@@ -165,8 +190,12 @@ class ModelRun:
         """How a complete model's stored provenance differs from what this run would make."""
         expect_id = Path(source.location).name if source.kind == "gguf" else source.location
         out = []
-        if stored.get("model_id") not in (None, expect_id):
-            out.append(f"model {stored.get('model_id')} → {expect_id}")
+        # another path to a model of the same architecture and depth is taken for the same model
+        # (a moved or re-mounted folder); another architecture or depth is another model
+        if stored.get("model_id") not in (None, expect_id) and (
+                stored.get("architecture") != self.architecture or stored.get("n_layers") != self.n_layers):
+            out.append(f"model {stored.get('model_id')} ({stored.get('architecture')}, {stored.get('n_layers')} "
+                       f"layers) → {expect_id} ({self.architecture}, {self.n_layers} layers)")
         o = self.opts
         # "all" matches whatever layers the stored model has (all, or those imported)
         layers = None if o.layers in (None, "", "all") else self.requested_layers
@@ -178,6 +207,8 @@ class ModelRun:
             have = stored.get(key)
             if key in ("corpus", "corpus_tokens", "max_length") and stored.get("cov_source") == "imported":
                 continue  # an imported covariance keeps its own corpus
+            if key == "corpus" and _same_corpus(have, value):
+                continue
             if (list(have) if isinstance(have, (list, tuple)) else have) != value:
                 out.append(f"{key} {have} → {value}")
         return out
@@ -238,7 +269,7 @@ class ModelRun:
         return {
             "model_revision": self.lm.provenance["model_revision"], "hooked_module": self.lm.module_template,
             "layers": self.layers, "token_position": o.token, "corpus": o.corpus, "corpus_tokens": o.corpus_tokens,
-            "max_length": o.max_length, "items_sha256": self.items_sha, "n_candidates": len(self.items),
+            "max_length": o.max_length, "items_sha256": self.items_sha,
             "dtype": self.lm.dtype,
         }
 
@@ -246,15 +277,25 @@ class ModelRun:
     def run_items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         self.load()
         state = self.ckpt.open(self.layers, self.lm.d_ff)
+        want = [it.case_id for it in self.items]
+        found = None
         if state.get("items_done"):
-            log(f"[{self.model_id}] item pass: resumed from checkpoint")
-        else:
+            # the checkpoint's item pass may cover more items than today's candidates: a resumed
+            # run whose first attempt wrote /items (--known-only, --n-items) reads its selection
+            keys, known, p_true, case_ids = self.ckpt.load_items()
+            at = {int(c): i for i, c in enumerate(case_ids)}
+            if all(c in at for c in want):
+                found = [at[c] for c in want]
+                log(f"[{self.model_id}] item pass: resumed from checkpoint")
+        if found is None:
             r = item_pass(self.lm, self.items, self.layers, position=self.opts.token,
                           batch_tokens=min(self.opts.batch_tokens, 2048), progress=self.opts.progress)
-            self.ckpt.save_items(r.keys, r.known, r.p_true, [it.case_id for it in self.items])
+            self.ckpt.save_items(r.keys, r.known, r.p_true, want)
             del r
             release_memory()  # the item pass's logits and activations, before the corpus pass
-        keys, known, p_true, _ = self.ckpt.load_items()
+            keys, known, p_true, _ = self.ckpt.load_items()
+            found = list(range(len(want)))
+        keys, known, p_true = keys[:, found], known[found], p_true[found]
         log(f"[{self.model_id}] knows {int(known.sum())} of {len(self.items)} items")
         return keys, known, p_true
 
@@ -283,7 +324,10 @@ class ModelRun:
         if len(groups) > 1:
             log(f"[{self.model_id}] accumulators for {len(pending)} layers exceed the memory budget: "
                 f"{len(groups)} corpus passes of ≤ {len(groups[0])} layers")
-        if state.get("group_rows") and all([rows_of[x] for x in g] != state["group_rows"] for g in groups):
+        if "group_rows" not in state and "slot" in state and state.get("tokens"):
+            log(f"[{self.model_id}] the checkpoint's unfinished corpus pass was written by an earlier kisstore "
+                "and is redone from the start; finished layers are kept")
+        elif state.get("group_rows") and all([rows_of[x] for x in g] != state["group_rows"] for g in groups):
             log(f"[{self.model_id}] the layer grouping differs from the interrupted run's (memory budget): "
                 "its unfinished pass is redone from the start; finished layers are kept")
         corpus = resolve_corpus(o.corpus)
@@ -326,19 +370,12 @@ class ModelRun:
                                 group_rows=None, docs=0, tokens=0, corpus_documents=progress["docs"])
             state = self.ckpt.state
             done_counts = {int(k): v for k, v in state["done_counts"].items()}
-            del moments, batches
+            del moments, batches, checkpoint, on_progress  # the closures hold the accumulators too
             release_memory()  # this group's accumulators, before the next group's or the final covariance
         return self.final_cov(done_counts)
 
     def default_budget(self) -> int:
-        """The device's share for accumulators, less the weight copies the CPU kernels will make."""
-        budget = default_memory(self.lm.device)
-        if str(self.lm.device) == "cpu":
-            from kisstore.extract.cpu_kernels import copied_weight_bytes, resolve
-
-            if resolve(self.opts.cpu_kernels, "cpu") == "onednn":
-                budget -= copied_weight_bytes(self.lm.model)
-        return max(budget, 12 * self.lm.d_ff**2)  # too little memory: one layer per pass, not a refusal
+        return default_budget(self.lm, self.opts.cpu_kernels)
 
     def note_short_corpus(self, count: int) -> None:
         cap = self.opts.corpus_tokens
@@ -466,6 +503,9 @@ def run_extract(opts: ExtractOptions) -> list[str]:
     validate(opts)
     item_set: ItemSet = load_items(opts.items)
     store = Store(opts.store, opts.storage_options)
+    if store.foreign_files():
+        raise InputError(f"--store {opts.store}: this folder holds other files and no kisstore store; "
+                         "give a new or empty path (a store is a folder of its own)")
     existing_items = None
     if store.exists():
         store.validate()

@@ -84,9 +84,9 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
     start, stop = task.docs
     uppers: dict[int, np.ndarray] = {}
     count = 0
-    from kisstore.extract.pipeline import default_memory
+    from kisstore.extract.pipeline import default_budget
 
-    budget = task.budget if task.budget is not None else default_memory(lm.device)
+    budget = task.budget if task.budget is not None else default_budget(lm, task.cpu_kernels)
     for group in layer_groups(task.layers, d, budget):
         moments = {layer: SecondMoment(d, lm.device, task.cpu_kernels) for layer in group}
         batches = prefetch(corpus_batches(lm.tokenizer, corpus, max_length=task.max_length,
@@ -100,7 +100,8 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
     with storage_errors(store.url, store.storage_options):
         g = zarr.open_group(store.zstore, path=path, mode="w")
         arr = g.create_array("sum", shape=(len(task.layers), d, d), chunks=(1, min(d, 4096), min(d, 4096)),
-                             dtype="float64", compressors=default_compressors(), fill_value=0.0)
+                             dtype="float64", compressors=default_compressors(), fill_value=0.0,
+                             dimension_names=("layer_row", "d_ff", "d_ff_"))
         for r, layer in enumerate(task.layers):
             arr[r] = uppers[layer]
         g.attrs.update({"done": True, "count": int(count), "docs": [start, stop], "n_shards": task.n_shards})

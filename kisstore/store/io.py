@@ -220,15 +220,36 @@ class Store:
             if path:  # never the root
                 _sync(self.zstore.delete_dir(path))
 
-    def remove_if_unused(self) -> bool:
-        """Delete a store that holds no model and no checkpoint (one a failed first run created).
+    def foreign_files(self) -> bool:
+        """A local folder that is not a store but holds files: not a place to create one."""
+        if self.scheme != "file" or self.exists():
+            return False
+        import os
 
-        Returns whether it was removed. Items alone are not worth keeping: they would fix the
-        selection of a store that never got a model."""
+        root = str(self.zstore.root)
+        return os.path.isdir(root) and any(os.scandir(root))
+
+    def remove_if_unused(self) -> bool:
+        """Undo a failed first run's store: if it holds no model and no checkpoint, remove the keys
+        kisstore writes (``/items``, the locks, the root ``zarr.json``) and nothing else; a local
+        folder is removed too once it is empty. Returns whether the store was removed.
+
+        Items alone are not worth keeping: they would fix the selection of a store that never
+        got a model."""
         if not self.exists() or self.has(layout.MODELS) or self.has(layout.CHECKPOINTS):
             return False
         with storage_errors(self.url, self.storage_options):
-            _sync(self.zstore.delete_dir(""))
+            from kisstore.store.lock import LOCK_DIR
+
+            for prefix in (layout.ITEMS, LOCK_DIR):
+                _sync(self.zstore.delete_dir(prefix))
+            _sync(self.zstore.delete("zarr.json"))
+            if self.scheme == "file":
+                import contextlib
+                import os
+
+                with contextlib.suppress(OSError):  # not empty: someone else's files stay
+                    os.rmdir(self.zstore.root)
         return True
 
     def consolidate(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from kisstore.errors import InputError
 
@@ -23,15 +22,15 @@ def sanitize_model_id(name: str) -> str:
     """Turn a model name (alias, Hub id, path) into a group name that cannot escape the store.
 
     ``meta-llama/Llama-2-7b-hf`` → ``meta-llama--Llama-2-7b-hf``; a path keeps its last
-    component (``/models/my-gpt2/`` → ``my-gpt2``, ``x/model.gguf`` → ``model``), and so does
-    a relative path to an existing directory (``models/gpt2`` → ``gpt2``, as ``./models/gpt2``).
+    component (``/models/my-gpt2/`` → ``my-gpt2``, ``x/model.gguf`` → ``model``). The name is
+    decided from the string alone, so it is the same from any working directory.
     """
     if not isinstance(name, str) or not name.strip():
         raise InputError("model id is empty")
     raw = name.strip()
     if "://" in raw:
         raise InputError(f"model id {name!r} must not be a URL")
-    if raw.startswith(("/", ".", "~")) or raw.endswith((".gguf", "/")) or _local_dir(raw):
+    if raw.startswith(("/", ".", "~")) or raw.endswith((".gguf", "/")):
         raw = raw.rstrip("/").split("/")[-1]
         if raw.endswith(".gguf"):
             raw = raw[: -len(".gguf")]
@@ -42,14 +41,6 @@ def sanitize_model_id(name: str) -> str:
             "(letters, digits, '.', '_', '-' and one '/' between owner and name)"
         )
     return candidate
-
-
-def _local_dir(name: str) -> bool:
-    """A relative path to an existing directory (``models/gpt2``), named like ``./models/gpt2``."""
-    try:
-        return "/" in name and Path(name).expanduser().is_dir()
-    except OSError:
-        return False
 
 
 def check_group_name(name: str) -> str:
