@@ -221,13 +221,17 @@ class Store:
                 _sync(self.zstore.delete_dir(path))
 
     def foreign_files(self) -> bool:
-        """A local folder that is not a store but holds files: not a place to create one."""
+        """A local folder that is not a store but holds files: not a place to create one.
+
+        kisstore's own lease folder does not count (a writer may be creating the store now)."""
         if self.scheme != "file" or self.exists():
             return False
         import os
 
+        from kisstore.store.lock import LOCK_DIR
+
         root = str(self.zstore.root)
-        return os.path.isdir(root) and any(os.scandir(root))
+        return os.path.isdir(root) and any(e.name != LOCK_DIR for e in os.scandir(root))
 
     def remove_if_unused(self) -> bool:
         """Undo a failed first run's store: if it holds no model and no checkpoint, remove the keys
