@@ -51,8 +51,9 @@ class FactProbe:
     def __init__(self, lm, items: Sequence[Item], batch_tokens: int = 2048, position: str = "subject_last"):
         self.lm = lm
         self.batch_tokens = batch_tokens
-        self.items = list(items)
-        self.position = position  # where the store's keys were taken (its token_position)
+        # prompt prefixes up to the key, at the store's token_position (outputs() runs them every step)
+        keyed = (encode_item(lm.tokenizer, it, position) for it in items)
+        self.keyed = [e.input_ids[: e.key_pos + 1] for e in keyed]  # causal: nothing later matters
         self.true = [encode_with_target(lm.tokenizer, it, it.target_true) for it in items]
         self.new = [encode_with_target(lm.tokenizer, it, it.target_new) for it in items]
         self.n = len(items)
@@ -68,10 +69,9 @@ class FactProbe:
 
         from kisstore.extract.hooks import StopForward
 
-        out = np.full((self.n, 0), np.nan)
+        rows: dict[int, np.ndarray] = {}
         pad = self.lm.tokenizer.pad_token_id
-        keyed = [encode_item(self.lm.tokenizer, it, self.position) for it in self.items]
-        seqs = [e.input_ids[: e.key_pos + 1] for e in keyed]  # causal: nothing later matters
+        seqs = self.keyed
         state = {}
 
         def grab(_module, _args, y):
@@ -90,12 +90,10 @@ class FactProbe:
                         self.lm.model(input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device))
                 except StopForward:
                     pass
-                if out.shape[1] == 0:
-                    out = np.full((self.n, state["rows"].shape[1]), np.nan)
-                out[group] = state["rows"]
+                rows.update(zip(group, state["rows"], strict=True))
         finally:
             handle.remove()
-        return out
+        return np.stack([rows[i] for i in range(self.n)])
 
     def score(self, indices: Sequence[int] | None = None, new_for: Sequence[int] | None = None) -> FactScores:
         """Score ``indices`` (default: all) on target_true, and ``new_for`` (default: the same) on target_new."""

@@ -314,7 +314,7 @@ class ModelRun:
             return self.run_corpus_sharded()
         state = self.ckpt.open(self.layers, self.lm.d_ff)
         d, o = self.lm.d_ff, self.opts
-        budget = o.max_memory if o.max_memory is not None else self.default_budget()
+        budget = o.max_memory if o.max_memory is not None else default_budget(self.lm, o.cpu_kernels)
         rows_of = {layer: r for r, layer in enumerate(self.layers)}
         done_counts = {int(k): v for k, v in (state.get("done_counts") or {}).items()}
         # finished layers keep their sums; the rest are grouped under today's budget, which may
@@ -373,9 +373,6 @@ class ModelRun:
             del moments, batches, checkpoint, on_progress  # the closures hold the accumulators too
             release_memory()  # this group's accumulators, before the next group's or the final covariance
         return self.final_cov(done_counts)
-
-    def default_budget(self) -> int:
-        return default_budget(self.lm, self.opts.cpu_kernels)
 
     def note_short_corpus(self, count: int) -> None:
         cap = self.opts.corpus_tokens

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -226,12 +227,8 @@ class Store:
         kisstore's own lease folder does not count (a writer may be creating the store now)."""
         if self.scheme != "file" or self.exists():
             return False
-        import os
-
-        from kisstore.store.lock import LOCK_DIR
-
         root = str(self.zstore.root)
-        return os.path.isdir(root) and any(e.name != LOCK_DIR for e in os.scandir(root))
+        return os.path.isdir(root) and any(e.name != layout.LOCKS for e in os.scandir(root))
 
     def remove_if_unused(self) -> bool:
         """Undo a failed first run's store: if it holds no model and no checkpoint, remove the keys
@@ -243,15 +240,10 @@ class Store:
         if not self.exists() or self.has(layout.MODELS) or self.has(layout.CHECKPOINTS):
             return False
         with storage_errors(self.url, self.storage_options):
-            from kisstore.store.lock import LOCK_DIR
-
-            for prefix in (layout.ITEMS, LOCK_DIR):
+            for prefix in (layout.ITEMS, layout.LOCKS):
                 _sync(self.zstore.delete_dir(prefix))
             _sync(self.zstore.delete("zarr.json"))
             if self.scheme == "file":
-                import contextlib
-                import os
-
                 with contextlib.suppress(OSError):  # not empty: someone else's files stay
                     os.rmdir(self.zstore.root)
         return True

@@ -12,6 +12,7 @@ ITEMS = "items"
 MODELS = "models"
 ANALYSIS = "analysis"
 CHECKPOINTS = "_checkpoints"
+LOCKS = ".kisstore-locks"  # writer leases (kisstore.store.lock)
 EVERY_CHUNK_WRITTEN = "kisstore_every_chunk_written"  # group attribute: a missing chunk file is damage
 ITEM_FIELDS = ("subject", "prompt", "relation_id", "target_true", "target_new")
 

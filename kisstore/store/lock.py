@@ -18,9 +18,10 @@ import uuid
 from typing import Any
 
 from kisstore.errors import StoreError
+from kisstore.store import layout
 from kisstore.store.io import Store, _sync, storage_errors
 
-LOCK_DIR = ".kisstore-locks"
+LOCK_DIR = layout.LOCKS
 DEFAULT_TTL = 600.0
 
 
