@@ -173,6 +173,12 @@ class ModelRun:
         self.imported = None
         self.client = None
         self.cleared = False
+        self.lease = None  # the ModelLock held while this model is written
+
+    def check_lease(self) -> None:
+        """Before each write: stop if another writer has taken this model's lease."""
+        if self.lease is not None:
+            self.lease.check()
 
     def prepare(self) -> None:
         """Cheap checks from the config alone (model reachable, architecture, layer spec)."""
@@ -290,6 +296,7 @@ class ModelRun:
         if found is None:
             r = item_pass(self.lm, self.items, self.layers, position=self.opts.token,
                           batch_tokens=min(self.opts.batch_tokens, 2048), progress=self.opts.progress)
+            self.check_lease()
             self.ckpt.save_items(r.keys, r.known, r.p_true, want)
             del r
             release_memory()  # the item pass's logits and activations, before the corpus pass
@@ -357,6 +364,7 @@ class ModelRun:
                 _bar.update(batch.tokens)
 
             def checkpoint(batch, _g=group, _rows=rows, _p=progress, _m=moments):
+                self.check_lease()
                 self.ckpt.save_partial(_rows, (_m[x].sum_upper() for x in _g), group_rows=_rows,
                                        docs=_p["docs"], tokens=_p["tokens"])
 
@@ -366,6 +374,7 @@ class ModelRun:
             count = moments[group[0]].count
             check_count(count, d, o.corpus)
             self.note_short_corpus(count)
+            self.check_lease()
             self.ckpt.save_done(rows, (moments[x].sum_upper() for x in group), [count] * len(group),
                                 group_rows=None, docs=0, tokens=0, corpus_documents=progress["docs"])
             state = self.ckpt.state
@@ -411,6 +420,7 @@ class ModelRun:
             uppers, count = shards.merge(self.store, self.model_id, ranges, len(self.layers))
             check_count(count, self.lm.d_ff, o.corpus)
             self.note_short_corpus(count)
+            self.check_lease()
             rows = list(range(len(self.layers)))
             self.ckpt.save_done(rows, uppers, [count] * len(rows), corpus_documents=n_docs)
             done = {r: count for r in rows}
@@ -551,6 +561,8 @@ def run_extract(opts: ExtractOptions) -> list[str]:
     from kisstore.store.lock import ModelLock
 
     locks = [ModelLock(store, run.model_id, break_lock=opts.break_lock) for run in runs]
+    for run, lock in zip(runs, locks, strict=True):
+        run.lease = lock
     taken = []
     created = not store.exists()
     try:
@@ -607,6 +619,7 @@ def _extract_locked(opts: ExtractOptions, store: Store, runs: list[ModelRun], ca
                            [candidates[i].case_id for i in selected])
         ds.attrs = {**run.provenance(), "complete": False}
         path = layout.model_path(run.model_id)
+        run.check_lease()
         store.write_dataset(path, ds)
         failpoints.hit("final_write")
         store.set_attrs(path, {"complete": True})  # committed last
