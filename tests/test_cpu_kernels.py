@@ -11,7 +11,12 @@ from kisstore.errors import InputError
 from kisstore.extract import ExtractOptions, run_extract
 from kisstore.extract import accumulate as acc
 from kisstore.extract.accumulate import SecondMoment
-from kisstore.extract.cpu_kernels import copied_weight_bytes, onednn_available, onednn_linears, resolve
+from kisstore.extract.cpu_kernels import (
+    copied_weight_bytes,
+    onednn_available,
+    onednn_linears,
+    resolve,
+)
 from tests.conftest import run_cli
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch build has no usable oneDNN linear op")

@@ -40,7 +40,10 @@ ONE_LAYER = "16KB"  # tiny llama: d_ff 36, 12·36² = 15,552 bytes per layer's a
 def test_resuming_under_another_memory_budget_gives_the_uninterrupted_covariance(
         first, second, reference, tiny_models, tiny_items, long_corpus, tmp_path):
     store = tmp_path / "s.zarr"
-    budget = (lambda b: ["--max-memory", b] if b else [])
+
+    def budget(b):
+        return ["--max-memory", b] if b else []
+
     killed = run_cli(*_args(tiny_models["llama"], store, tiny_items, long_corpus, *budget(first)),
                      env={"KISSTORE_FAILPOINT": "checkpoint_write:7"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr

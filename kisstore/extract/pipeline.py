@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -527,9 +527,7 @@ def run_extract(opts: ExtractOptions) -> list[str]:
         candidates = candidates[: opts.n_items]  # the first N are the selection: no item pass over the rest
 
     # which models need work
-    from kisstore.models.loading import resolve_source
-
-    from kisstore.models.loading import pick_device
+    from kisstore.models.loading import pick_device, resolve_source
 
     pick_device(opts.device)  # a CUDA device that is not there fails now, not after other work
     runs: list[ModelRun] = []
