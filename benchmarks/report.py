@@ -251,9 +251,17 @@ TUNING = """## What was tuned, and what the hardware allows
   the corpus pass runs without an attention mask (batches are right-padded and attention is
   causal, so real tokens' keys are unchanged, tested on five architectures; SDPA then takes its
   causal path, which skips the upper triangle instead of reading a mask), and the padding rows
-  are found on the host, so no batch waits on a device sync. Untested ideas for a GPU session:
-  larger token batches, CUDA graphs or `torch.compile` for the forward, the accumulation on a
-  second stream.
+  are found on the host, so no batch waits on a device sync. Where the forward's time goes, by a
+  rough count at that run's 12.7 µs per token: its GEMMs ~6 µs at the float32 GEMM rate,
+  attention in float32 (no flash kernel exists for float32; SDPA's memory-efficient kernel, which
+  the old mask made compute the full square) ~2–3.5 µs, element-wise work (norms, rotary, SiLU,
+  residuals: ~150 kB of memory traffic per token and layer) ~1.5 µs. So fusing the element-wise
+  work cannot buy much, and `torch.compile` was tried on CPU only: 5 % faster than torch's eager
+  kernels, far slower than the oneDNN kernels (with which inductor cannot compile); the forward
+  hooks would need `torch.compiler.disable`. The causal path should save part of attention's
+  share. Untested ideas: larger token batches, CUDA graphs, the accumulation on a second
+  stream. `bash scripts/cuda_bench.sh OUT_DIR` runs this CUDA part and a 32768-token-batch
+  variant in one command on a GPU machine without network (packages from wheels in `.whl/`).
 - **Noise.** This machine is shared: timings of the same work varied by up to 10× within
   minutes. The interleaved, best-of-two, median-of-rounds design keeps the ratios stable;
   absolute speeds in the details are indicative only.
