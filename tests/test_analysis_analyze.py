@@ -50,6 +50,8 @@ def test_every_derived_array_matches_numpy_on_the_stored_arrays(store):
         ac = k @ k.T / np.outer(np.linalg.norm(k, axis=1), np.linalg.norm(k, axis=1))
         sel = ds.sel(layer=layer)
         np.testing.assert_allclose(sel["gram"].values, g, rtol=1e-8)
+        exact = np.linalg.cond(raw["cov"][layer], 1)  # pocon estimates this from below, within a small factor
+        assert exact / 3 <= float(sel["cond"]) <= exact * (1 + 1e-8)
         np.testing.assert_allclose(sel["p_matrix"].values, g / np.diag(g)[:, None], rtol=1e-8)
         np.testing.assert_allclose(sel["whitened_cos"].values, wc, rtol=1e-8, atol=1e-12)
         np.testing.assert_allclose(sel["whitened_angle"].values, np.degrees(np.arccos(np.clip(wc, -1, 1))), atol=1e-5)
@@ -113,8 +115,8 @@ def test_building_the_result_computes_nothing_and_one_layer_computes_only_that_l
     assert counter.count == 0
 
     seen = []
-    real = geometry.gram
-    monkeypatch.setattr(geometry, "gram", lambda *a, **k: seen.append(k["layer"]) or real(*a, **k))
+    real = geometry.gram_and_cond
+    monkeypatch.setattr(geometry, "gram_and_cond", lambda *a, **k: seen.append(k["layer"]) or real(*a, **k))
     with TaskCounter() as one:
         res["analysis/a"]["p_matrix"].sel(layer=2).compute()
     assert seen == [2]

@@ -81,6 +81,19 @@ def test_singular_cov_raises_numerical_error_naming_layer_condition_and_remedy()
     assert "layer 7" in msg and "condition number" in msg and "--ridge" in msg and "corpus tokens" in msg
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_condition_number_estimate_is_a_close_lower_bound_of_numpys(seed):
+    _, cov = _case(seed, d=40, samples=60)
+    keys = np.random.default_rng(seed).standard_normal((5, 40))
+    g, cond = geometry.gram_and_cond(keys, cov)
+    exact = np.linalg.cond(cov, 1)
+    assert exact / 3 <= cond <= exact * (1 + 1e-8)
+    np.testing.assert_allclose(g, geometry.gram(keys, cov), rtol=0, atol=0)
+    reg = cov + 0.1 * np.mean(np.diag(cov)) * np.eye(40)  # the ridge is in the number too
+    ridged, exact_ridged = geometry.gram_and_cond(keys, cov, 0.1)[1], np.linalg.cond(reg, 1)
+    assert exact_ridged / 3 <= ridged <= exact_ridged * (1 + 1e-8) and ridged < cond
+
+
 def test_ill_conditioned_cov_raises_and_ridge_fixes_it():
     keys, _ = _case(9)
     cov = np.diag(np.logspace(0, -14, 8))

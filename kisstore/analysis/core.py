@@ -112,7 +112,7 @@ def analyze_model(
         raise InputError(f"convergence sizes must lie in 2..{n}, got {sizes}")
     sub = ds[["keys", "cov", "n_tokens"]].sel(layer=lay, item=case_ids)
 
-    gram = lift.gram(sub["keys"], sub["cov"], sub["n_tokens"], ridge=ridge, max_cond=max_cond)
+    gram, cond = lift.gram(sub["keys"], sub["cov"], sub["n_tokens"], ridge=ridge, max_cond=max_cond)
     p = lift.pairwise(geometry.p_matrix, gram)
     wcos = lift.pairwise(geometry.whitened_cos, gram)
     q = lift.key_pairs(geometry.q_matrix, sub["keys"])
@@ -125,6 +125,7 @@ def analyze_model(
     out = xr.Dataset(
         {
             "gram": gram,
+            "cond": cond,
             "p_matrix": p,
             "whitened_cos": wcos,
             "whitened_angle": lift.pairwise(geometry.angle_deg, wcos),
@@ -194,6 +195,7 @@ def _attrs(src: dict, model: str, items: str, n: int, ridge: float, max_cond: fl
 
 _DESCRIPTIONS = (
     ("gram", "", "k_i^T C^-1 k_j (whitening-space gram)"),
+    ("cond", "", "1-norm condition number of C (+ ridge), LAPACK pocon estimate from the Cholesky factor"),
     ("p_matrix", "", "P_ij = G_ij / G_ii (interference coefficient, row-normalised)"),
     ("whitened_cos", "", "G_ij / sqrt(G_ii G_jj)"),
     ("whitened_angle", "degree", "arccos(whitened_cos)"),

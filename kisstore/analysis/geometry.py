@@ -39,10 +39,23 @@ def whitening_factor(
     layer: int | None = None,
     n_tokens: int | None = None,
 ) -> np.ndarray:
-    """Lower Cholesky factor ``L`` of ``C (+ ridge)``, or NumericalError with a remedy.
+    """Lower Cholesky factor ``L`` of ``C (+ ridge)``, or NumericalError with a remedy."""
+    return whitening(cov, ridge, max_cond=max_cond, layer=layer, n_tokens=n_tokens)[0]
 
-    The condition number is estimated from the factor with LAPACK ``pocon`` (O(d²));
-    above ``max_cond`` the whitened geometry would be dominated by rounding.
+
+def whitening(
+    cov: np.ndarray,
+    ridge: float = 0.0,
+    *,
+    max_cond: float = DEFAULT_MAX_COND,
+    layer: int | None = None,
+    n_tokens: int | None = None,
+) -> tuple[np.ndarray, float]:
+    """``(L, κ)``: the lower Cholesky factor of ``C (+ ridge)`` and its 1-norm condition number.
+
+    κ is estimated from the factor with LAPACK ``pocon`` (O(d²), a lower bound of the true
+    ``‖C‖₁‖C⁻¹‖₁``, usually within a small factor of it); above ``max_cond`` the whitened
+    geometry would be dominated by rounding, and NumericalError names a remedy.
     """
     c = regularize(cov, ridge)
     d = c.shape[0]
@@ -63,7 +76,7 @@ def whitening_factor(
             f"{where}: covariance C ({d}×{d}) is ill-conditioned (condition number ≈ {cond:.3g} "
             f"> {max_cond:.3g}); {_remedy(d, n_tokens, ridge)}"
         )
-    return lower
+    return lower, cond
 
 
 def _remedy(d: int, n_tokens: int | None, ridge: float) -> str:
@@ -88,10 +101,23 @@ def gram(
 
     ``keys`` is (N, d), ``cov`` (d, d). With ``C = L Lᵀ`` and ``z_i = L⁻¹ k_i``, ``G = Zᵀ Z``.
     """
-    lower = whitening_factor(cov, ridge, max_cond=max_cond, layer=layer, n_tokens=n_tokens)
+    return gram_and_cond(keys, cov, ridge, max_cond=max_cond, layer=layer, n_tokens=n_tokens)[0]
+
+
+def gram_and_cond(
+    keys: np.ndarray,
+    cov: np.ndarray,
+    ridge: float = 0.0,
+    *,
+    max_cond: float = DEFAULT_MAX_COND,
+    layer: int | None = None,
+    n_tokens: int | None = None,
+) -> tuple[np.ndarray, float]:
+    """:func:`gram` and the condition number of the covariance it whitened with (one factorisation)."""
+    lower, cond = whitening(cov, ridge, max_cond=max_cond, layer=layer, n_tokens=n_tokens)
     z = scipy.linalg.solve_triangular(lower, np.asarray(keys, dtype=np.float64).T, lower=True)
     g = z.T @ z
-    return (g + g.T) / 2  # exactly symmetric
+    return (g + g.T) / 2, cond  # exactly symmetric
 
 
 def p_matrix(gram: np.ndarray) -> np.ndarray:

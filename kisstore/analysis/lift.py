@@ -25,12 +25,6 @@ ITEM, ITEM_ = "item", "item_"
 PAIR = [ITEM, ITEM_]
 
 
-def _per_layer(func: Callable, *arrays: np.ndarray, **kwargs) -> np.ndarray:
-    """Apply ``func`` to each leading-axis slice of a block and stack the results."""
-    n = arrays[0].shape[0] if arrays[0].ndim else 1
-    return np.stack([func(*(a[i] if np.ndim(a) else a for a in arrays), **kwargs) for i in range(n)])
-
-
 def _each_matrix(func: Callable, m: np.ndarray) -> np.ndarray:
     """Apply ``func`` to every trailing (N, N) matrix of a block of any leading shape."""
     lead = m.shape[:-2]
@@ -39,29 +33,30 @@ def _each_matrix(func: Callable, m: np.ndarray) -> np.ndarray:
     return out.reshape(*lead, *out.shape[1:])
 
 
-def _gram_block(keys, cov, layer, n_tokens, *, ridge: float, max_cond: float) -> np.ndarray:
-    def one(k, c, lay, nt):
-        return geometry.gram(k, c, ridge, max_cond=max_cond, layer=int(lay), n_tokens=int(nt))
-
+def _gram_block(keys, cov, layer, n_tokens, *, ridge: float, max_cond: float) -> tuple[np.ndarray, np.ndarray]:
     with threadpool_limits(limits=1, user_api="blas"):
-        return _per_layer(one, keys, cov, layer, n_tokens)
+        pairs = [geometry.gram_and_cond(k, c, ridge, max_cond=max_cond, layer=int(lay), n_tokens=int(nt))
+                 for k, c, lay, nt in zip(keys, cov, np.atleast_1d(layer), np.atleast_1d(n_tokens), strict=True)]
+    return np.stack([g for g, _ in pairs]), np.array([c for _, c in pairs], dtype=np.float64)
 
 
 def gram(keys: xr.DataArray, cov: xr.DataArray, n_tokens: xr.DataArray, *,
-         ridge: float = 0.0, max_cond: float = geometry.DEFAULT_MAX_COND) -> xr.DataArray:
-    """Whitened gram ``G`` (layer, item, item_) from keys (layer, item, d_ff) and cov (layer, d_ff, d_ff_)."""
+         ridge: float = 0.0, max_cond: float = geometry.DEFAULT_MAX_COND) -> tuple[xr.DataArray, xr.DataArray]:
+    """Whitened gram ``G`` (layer, item, item_) from keys (layer, item, d_ff) and cov (layer, d_ff, d_ff_),
+    and the condition number (layer,) of the covariance it whitened with (one factorisation for both)."""
     keys = keys.chunk({"layer": 1, ITEM: -1, "d_ff": -1})
     cov = cov.chunk({"layer": 1, "d_ff": -1, "d_ff_": -1})
     n_tokens = n_tokens.chunk({"layer": 1})
     layer = keys["layer"].chunk({"layer": 1})
-    return xr.apply_ufunc(
+    g, cond = xr.apply_ufunc(
         _gram_block, keys, cov, layer, n_tokens,
         input_core_dims=[[ITEM, "d_ff"], ["d_ff", "d_ff_"], [], []],
-        output_core_dims=[[ITEM, ITEM_]],
-        dask="parallelized", output_dtypes=[np.float64],
+        output_core_dims=[[ITEM, ITEM_], []],
+        dask="parallelized", output_dtypes=[np.float64, np.float64],
         dask_gufunc_kwargs={"output_sizes": {ITEM: keys.sizes[ITEM], ITEM_: keys.sizes[ITEM]}},
         kwargs={"ridge": ridge, "max_cond": max_cond},
-    ).assign_coords({ITEM: keys[ITEM].values, ITEM_: keys[ITEM].values})
+    )
+    return g.assign_coords({ITEM: keys[ITEM].values, ITEM_: keys[ITEM].values}), cond
 
 
 def pairwise(func: Callable[[np.ndarray], np.ndarray], matrix: xr.DataArray) -> xr.DataArray:
