@@ -203,3 +203,16 @@ def test_an_unwritable_report_folder_fails_before_the_analysis(reference, tmp_pa
     res = run_cli("analyze", str(store), "--report", str(blocker / "report"))
     assert res.returncode == 2 and "--report" in res.stderr, res.stderr
     assert tree_digest(store) == before  # nothing analysed, nothing written
+
+
+def test_the_selection_note_appears_only_when_the_flags_differ_from_the_stored_selection(
+        tiny_models, tiny_items, tiny_corpus, tmp_path):
+    store = tmp_path / "s.zarr"
+    note = "the store already has its items"
+    first = run_cli(*_args(tiny_models["llama"], store, tiny_items, tiny_corpus, "--n-items", "5"), check=True)
+    same = run_cli(*_args(tiny_models["gpt2"], store, tiny_items, tiny_corpus, "--n-items", "5"), check=True)
+    other = run_cli(*_args(tiny_models["gptj"], store, tiny_items, tiny_corpus, "--n-items", "3"), check=True)
+    assert note not in first.stdout and note not in same.stdout
+    assert note in other.stdout and "--n-items 5" in other.stdout
+    tree = xr.open_datatree(store, engine="zarr")
+    assert all(tree[f"models/{m}"]["item"].size == 5 for m in ("llama", "gpt2", "gptj"))

@@ -592,8 +592,13 @@ def _extract_locked(opts: ExtractOptions, store: Store, runs: list[ModelRun], ca
             run.unload()
     if existing_items is not None:
         selected = list(range(len(candidates)))
-        if opts.known_only or opts.n_items:
-            log("note: the store already has its items; --known-only/--n-items do not change them")
+        stored = store.group_attrs(layout.ITEMS).get("selection") or {}
+        asked = {"n_items": opts.n_items, "known_only": opts.known_only}
+        if (opts.known_only or opts.n_items) and any(stored.get(k) != v for k, v in asked.items()):
+            # the same command again (a resumed run, another model) is no news; other flags are
+            log("note: the store already has its items (selected with "
+                f"--n-items {stored.get('n_items')}, known_only={stored.get('known_only')}); "
+                "--known-only/--n-items do not change them")
         store.consolidate()  # the new checkpoints show in `kisstore info` while the corpus pass runs
     else:
         selected = select_items(candidates, {m: r[1] for m, r in results.items()}, opts.n_items, opts.known_only)
