@@ -57,7 +57,18 @@ def test_sharded_covariance_equals_single_process(cluster, tiny_models, tiny_ite
     b = xr.open_datatree(sharded, engine="zarr")["models/gpt_neox"].ds
     np.testing.assert_array_equal(a["n_tokens"].values, b["n_tokens"].values)
     np.testing.assert_allclose(b["cov"].values, a["cov"].values, rtol=1e-10, atol=0)
-    assert b.attrs["shards"] == 3
+    assert b.attrs["shards"] == 3 and b.attrs["shards_requested"] == 3
+
+
+def test_provenance_records_the_shards_that_ran_not_the_upper_bound(cluster, tiny_models, tiny_items, corpus,
+                                                                    tmp_path):
+    store = tmp_path / "many.zarr"
+    run_extract(_opts(tiny_models["gpt_neox"], store, tiny_items, corpus, scheduler=cluster.scheduler_address,
+                      shards=50))
+    attrs = xr.open_datatree(store, engine="zarr")["models/gpt_neox"].ds.attrs
+    ran = len(plan(attrs["corpus_documents"], 50, 64))
+    assert 1 <= ran < 50
+    assert attrs["shards"] == ran and attrs["shards_requested"] == 50
 
 
 def test_killed_sharded_run_redoes_only_unfinished_shards(cluster, tiny_models, tiny_items, corpus, tmp_path):

@@ -422,7 +422,7 @@ class ModelRun:
             self.note_short_corpus(count)
             self.check_lease()
             rows = list(range(len(self.layers)))
-            self.ckpt.save_done(rows, uppers, [count] * len(rows), corpus_documents=n_docs)
+            self.ckpt.save_done(rows, uppers, [count] * len(rows), corpus_documents=n_docs, shards_run=len(ranges))
             done = {r: count for r in rows}
         return self.final_cov(done)
 
@@ -447,7 +447,9 @@ class ModelRun:
                                                   ("corpus", "corpus_documents", "corpus_tokens", "max_length")}),
             "batch_tokens": o.batch_tokens, "items_sha256": self.items_sha,
             "layers": self.layers, "storage_options": public_options(o.storage_options),
-            "shards": o.shards if self.client is not None else None,
+            # the shards that ran: --shards is an upper bound (whole 64-document windows)
+            "shards": self.ckpt.state.get("shards_run", o.shards) if self.client is not None else None,
+            "shards_requested": o.shards if self.client is not None else None,
             # float32 kernels of the corpus pass (sharded: as this process resolves them)
             "cpu_kernels": resolve_kernels(o.cpu_kernels, self.lm.device),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

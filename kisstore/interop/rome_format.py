@@ -68,6 +68,7 @@ class LayerStats:
     count: int
     dtype: str
     sample_size: int | None
+    provenance: dict[str, Any] | None = None  # what kisstore's export wrote beside the arrays
 
 
 def model_dir_name(name_or_path: str) -> str:
@@ -183,6 +184,7 @@ def read_stats_file(path: Path, d_ff: int | None = None) -> LayerStats:
             raw = npz[SUM_KEY]
             count_arr = npz[COUNT_KEY]
             sample_arr = npz[SAMPLE_KEY] if SAMPLE_KEY in npz.files else None
+            prov_arr = npz[PROVENANCE_KEY] if PROVENANCE_KEY in npz.files else None
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise InputError(f"{name}: unreadable array ({_first_line(e)}); pickled objects are refused") from e
     if raw.ndim != 2 or raw.shape[0] != raw.shape[1]:
@@ -208,7 +210,18 @@ def read_stats_file(path: Path, d_ff: int | None = None) -> LayerStats:
                          f"{asym / max(scale, 1e-300):.2g} of the largest diagonal entry)")
     total += total.T
     total *= 0.5
-    return LayerStats(total, count, str(raw.dtype), _sample_size(sample_arr))
+    return LayerStats(total, count, str(raw.dtype), _sample_size(sample_arr), _provenance(prov_arr))
+
+
+def _provenance(arr: np.ndarray | None) -> dict[str, Any] | None:
+    """kisstore's provenance record of an exported file; None when absent or not ours."""
+    if arr is None or arr.ndim != 0 or arr.dtype.kind != "U":
+        return None
+    try:
+        prov = json.loads(str(arr))
+    except ValueError:
+        return None
+    return prov if isinstance(prov, dict) and str(prov.get("written_by", "")).startswith("kisstore") else None
 
 
 def _count(name: str, arr: np.ndarray) -> int:

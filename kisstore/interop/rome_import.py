@@ -8,6 +8,7 @@ only the keys.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -230,8 +231,10 @@ def run_import(opts: ImportOptions, echo: Callable[[str], None] | None = None) -
         f"{len(files)} file(s) in {folder}")
 
     records = []
+    origins = []  # kisstore's provenance of files it exported (None for the tools' own files)
     for layer, f in files.items():  # pass 1: check everything, hold nothing
         stats = fmt.read_stats_file(f.path, shape.d_ff)
+        origins.append(stats.provenance)
         records.append({"layer": layer, "file": f.path.name, "count": stats.count, "precision": f.precision,
                         "dtype": stats.dtype, "sample_size": f.sample_size if f.sample_size is not None
                         else stats.sample_size, "sha256": file_sha256(f.path)})
@@ -256,10 +259,16 @@ def run_import(opts: ImportOptions, echo: Callable[[str], None] | None = None) -
                      "n_tokens": ("layer", counts)},
                     coords={"layer": np.asarray(layers, dtype=np.int64)})
     samples = {r["sample_size"] for r in records}
+    corpus = folder.name.removesuffix("_stats")  # what the tools name the folder after
+    documents = next(iter(samples)) if len(samples) == 1 else None
+    exported = {json.dumps([o.get("corpus"), o.get("corpus_documents")]) if o else None for o in origins}
+    if len(exported) == 1 and None not in exported:
+        # every file was exported by kisstore from one corpus: its name, not the folder's --ds-name
+        corpus, documents = json.loads(next(iter(exported)))
     attrs = {
         **shape.provenance,
-        "corpus": folder.name.removesuffix("_stats"),
-        "corpus_documents": next(iter(samples)) if len(samples) == 1 else None,
+        "corpus": corpus,
+        "corpus_documents": documents,
         "corpus_tokens": None,
         "cov_source": "imported",
         "imported_from": str(folder.resolve()),
