@@ -135,7 +135,7 @@ def _md_run(title: str, payload: dict[str, Any]) -> list[str]:
 
 INTRO = """# Benchmarks
 
-`python -m benchmarks` (add `--quick` for a short run, `--device cuda` on a GPU,
+`python -m benchmarks`, run from the repository root (add `--quick` for a short run, `--device cuda` on a GPU,
 `--batch-tokens N` to try another batch size) measures
 kisstore against the methods the field's code uses, **side by side in one process** on the
 embedded SmolLM2-135M (30 layers, d_ff 1536): every figure is a ratio of two runs made on the
