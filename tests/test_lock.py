@@ -92,6 +92,21 @@ def test_a_writer_whose_lease_was_broken_notices_and_leaves_the_new_lease(store)
     assert _lease_of(store) is None
 
 
+def test_a_lease_deleted_under_its_writer_is_taken_again_at_renewal(store):
+    first = ModelLock(store, "m", ttl=60)
+    first.acquire()
+    data, version = first.backend.read()
+    first.backend.delete(version)  # e.g. someone removed the lease folder by hand
+    assert _lease_of(store) is None
+    first.renew()
+    first.check()
+    assert _lease_of(store)["token"] == first.owner["token"]
+    with pytest.raises(StoreError, match="being written by another process"):
+        ModelLock(store, "m", ttl=60).acquire()
+    first.release()
+    assert _lease_of(store) is None
+
+
 def test_an_extraction_that_loses_its_lease_stops_before_writing(tiny_models, tiny_items, tiny_corpus, tmp_path,
                                                                  monkeypatch):
     """Another writer breaks the lease right after this run took it: the run's first write is

@@ -251,6 +251,13 @@ class ModelLock:
         """Extend the lease, or note that another writer has taken it (see :meth:`check`)."""
         with self._io():
             version = self.backend.replace(self._body(), self._version)
+            if version is None:
+                data, current = self.backend.read()
+                lease = _decode(data)
+                if data is None:  # deleted under us (not taken): take it again, unless a rival just did
+                    version = self.backend.create(self._body())
+                elif lease.get("token") == self.owner["token"]:
+                    version = current  # still ours (a conflicting request, not a takeover): renewed next time
             if version is not None:
                 self._version = version
                 return
