@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
@@ -92,26 +95,103 @@ def test_a_writer_whose_lease_was_broken_notices_and_leaves_the_new_lease(store)
     assert _lease_of(store) is None
 
 
-def test_a_lease_deleted_under_its_writer_is_taken_again_at_renewal(store):
+def test_a_lease_deleted_under_its_writer_counts_as_lost(store):
+    """A writer that broke the lease may have released it since: a vanished lease is not re-taken."""
     first = ModelLock(store, "m", ttl=60)
     first.acquire()
-    data, version = first.backend.read()
-    first.backend.delete(version)  # e.g. someone removed the lease folder by hand
+    thief = ModelLock(store, "m", ttl=60, break_lock=True)
+    thief.acquire()
+    thief.release()  # broke it, wrote, and left
     assert _lease_of(store) is None
     first.renew()
-    first.check()
-    assert _lease_of(store)["token"] == first.owner["token"]
-    with pytest.raises(StoreError, match="being written by another process"):
-        ModelLock(store, "m", ttl=60).acquire()
+    with pytest.raises(StoreError, match="deleted from the store by another process"):
+        first.check()
+    assert _lease_of(store) is None  # not re-created
     first.release()
-    assert _lease_of(store) is None
 
 
-def test_an_extraction_that_loses_its_lease_stops_before_writing(tiny_models, tiny_items, tiny_corpus, tmp_path,
-                                                                 monkeypatch):
-    """Another writer breaks the lease right after this run took it: the run's first write is
-    refused, nothing of the model is written, and the other writer's lease stays."""
+def test_a_writer_that_cannot_renew_stops_before_its_lease_may_have_expired(store):
+    lk = ModelLock(store, "m", ttl=1.2)
+    lk.acquire()
+    lk.check()
+    lk._stop.set()  # renewals stop, as when the storage is unreachable
+    lk._thread.join()
+    time.sleep(1.1)  # past expiry − ttl/6
+    with pytest.raises(StoreError, match="could not renew its write lease"):
+        lk.check()
+    lk.release()
+
+
+@pytest.mark.parametrize("body", [
+    {"expires": None}, {"expires": "soon"}, {"expires": True}, {"pid": "x"}, {"since": "yesterday"},
+    {"host": 7}, {"token": ["t"]},
+])
+def test_a_lease_kisstore_could_not_have_written_counts_as_corrupt_and_free(store, body):
+    b = lockmod._backend(store, f"{lockmod.LOCK_DIR}/m.json")
+    lease = {"host": "elsewhere", "pid": 1, "token": "t", "expires": time.time() + 600, "since": 0, **body}
+    b.create(json.dumps(lease).encode())
+    lk = ModelLock(store, "m", ttl=60)
+    lk.acquire()
+    assert _lease_of(store)["token"] == lk.owner["token"]
+    lk.release()
+
+
+def test_s3_without_conditional_writes_keeps_the_compare_and_swap_semantics_sequentially(s3_server):  # noqa: F811
+    """A botocore too old for If-None-Match/If-Match: s3fs would drop them silently, so kisstore
+    checks first and relies on the read-back for simultaneous writers."""
+    store = Store(s3_server.url("s.zarr"), s3_server.options)
+    b = lockmod._backend(store, f"{lockmod.LOCK_DIR}/m.json")
+    assert b.conditional  # this environment's botocore knows them
+    b.conditional = False
+    v1 = b.create(b"first")
+    assert v1 is not None and b.create(b"second") is None and b.read()[0] == b"first"
+    v2 = b.replace(b"third", v1)
+    assert v2 is not None and b.replace(b"fourth", v1) is None and b.read()[0] == b"third"
+    b.delete(v1)
+    assert b.read()[0] == b"third"
+    b.delete(v2)
+    assert b.read() == (None, None)
+
+
+_RACER = """
+import sys, time
+from kisstore.errors import StoreError
+from kisstore.store.io import Store
+from kisstore.store.lock import ModelLock
+lk = ModelLock(Store(sys.argv[1]), "m", ttl=60)
+while time.time() < float(sys.argv[2]):
+    pass
+try:
+    lk.acquire()
+except StoreError:
+    print("refused")
+else:
+    print("won")
+    time.sleep(2)  # hold it while the others try
+    lk.release()
+"""
+
+
+def test_of_many_processes_starting_together_exactly_one_gets_the_lease(tmp_path):
     url = str(tmp_path / "s.zarr")
+    start = time.time() + 3
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, url, str(start)], stdout=subprocess.PIPE, text=True)
+             for _ in range(5)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert sorted(outs) == ["refused"] * 4 + ["won"], outs
+    assert _lease_of(Store(url)) is None
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_extraction_that_loses_its_lease_stops_before_writing(overwrite, tiny_models, tiny_items, tiny_corpus,
+                                                                 tmp_path, monkeypatch):
+    """Another writer breaks the lease right after this run took it: the run writes nothing (no
+    checkpoint; with --overwrite, the complete model is not removed), and the other's lease stays."""
+    url = str(tmp_path / "s.zarr")
+    opts = ExtractOptions(models=[str(tiny_models["llama"])], store=url, items=str(tiny_items),
+                          corpus=str(tiny_corpus), progress=False, overwrite=overwrite)
+    if overwrite:
+        run_extract(opts)  # a complete model that the losing run must not remove
     real_acquire = ModelLock.acquire
     thieves = []
 
@@ -123,14 +203,11 @@ def test_an_extraction_that_loses_its_lease_stops_before_writing(tiny_models, ti
         self.renew()  # the background renewal, run now instead of after ttl/3
 
     monkeypatch.setattr(ModelLock, "acquire", acquire_then_lose)
-    opts = ExtractOptions(models=[str(tiny_models["llama"])], store=url, items=str(tiny_items),
-                          corpus=str(tiny_corpus), progress=False)
+    store = Store(url)
+    before = store.has(layout.model_path("llama"))
     with pytest.raises(StoreError, match="took this run's write lease"):
         run_extract(opts)
-    store = Store(url)
-    assert not store.has(layout.MODELS)
-    ckpt = layout.checkpoint_path(thieves[0].model_id)
-    assert not store.group_attrs(ckpt).get("items_done")  # the item pass's keys were not written
-    assert not store.has(f"{ckpt}/items_keys")
-    assert _lease_of(store, thieves[0].model_id)["token"] == thieves[0].owner["token"]
+    assert store.has(layout.model_path("llama")) == before == overwrite
+    assert not store.has(layout.checkpoint_path("llama"))
+    assert _lease_of(store, "llama")["token"] == thieves[0].owner["token"]
     thieves[0].release()

@@ -173,6 +173,28 @@ def test_files_of_the_tools_themselves_name_the_corpus_after_their_folder(stats_
     assert _model(tmp_path / "s.zarr", r.model_id).attrs["corpus"] == "wikitext"
 
 
+@pytest.mark.parametrize("record", [
+    "[" * 100000 + "]" * 100000,  # nested past the recursion limit
+    "x" * 70000,  # over the size a provenance record can have
+    '{"written_by": "kisstore 0.1.0", "corpus": {"evil": [1, 2]}, "corpus_documents": 3}',
+    '{"written_by": "kisstore 0.1.0", "corpus": "c", "corpus_documents": "lots"}',
+    '{"written_by": "kisstore 0.1.0", "corpus": "c", "corpus_documents": -3}',
+    '{"written_by": "kisstore 0.1.0", "corpus": "c", "corpus_documents": true}',
+    '{"written_by": "someone else", "corpus": "c", "corpus_documents": 3}',
+])
+def test_a_malformed_provenance_record_is_ignored(record, stats_dir, tiny_models, tmp_path):
+    src = tmp_path / "wikitext_stats"
+    shutil.copytree(_stats_folder(stats_dir, tiny_models, "llama"), src)
+    for p in src.iterdir():
+        with np.load(p) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["kisstore.provenance"] = np.array(record)
+        np.savez(p, **arrays)
+    r = _import(src, tiny_models["llama"], tmp_path / "s.zarr")
+    attrs = _model(tmp_path / "s.zarr", r.model_id).attrs
+    assert attrs["corpus"] == "wikitext" and not isinstance(attrs["corpus_documents"], (str, bool))
+
+
 def test_an_imported_model_exports_to_the_same_files(stats_dir, tiny_models, tmp_path):
     src = _stats_folder(stats_dir, tiny_models, "gptj")
     _import(src, tiny_models["gptj"], tmp_path / "s.zarr")

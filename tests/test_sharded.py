@@ -58,6 +58,10 @@ def test_sharded_covariance_equals_single_process(cluster, tiny_models, tiny_ite
     np.testing.assert_array_equal(a["n_tokens"].values, b["n_tokens"].values)
     np.testing.assert_allclose(b["cov"].values, a["cov"].values, rtol=1e-10, atol=0)
     assert b.attrs["shards"] == 3 and b.attrs["shards_requested"] == 3
+    from distributed import default_client
+
+    with pytest.raises(ValueError):  # the run's client is closed, not left as the process's default
+        default_client()
 
 
 def test_provenance_records_the_shards_that_ran_not_the_upper_bound(cluster, tiny_models, tiny_items, corpus,

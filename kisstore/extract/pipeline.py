@@ -249,6 +249,7 @@ class ModelRun:
 
     def clear(self) -> None:
         """--overwrite: remove this model's group, checkpoint and analysis (once per run)."""
+        self.check_lease()
         removed = False
         for path in (layout.model_path(self.model_id), layout.checkpoint_path(self.model_id),
                      layout.analysis_path(self.model_id)):
@@ -282,6 +283,7 @@ class ModelRun:
     # -- item pass ----------------------------------------------------------------------
     def run_items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         self.load()
+        self.check_lease()
         state = self.ckpt.open(self.layers, self.lm.d_ff)
         want = [it.case_id for it in self.items]
         found = None
@@ -319,6 +321,7 @@ class ModelRun:
             return ds["cov"].values.astype(np.float64), ds["n_tokens"].values.astype(np.int64)
         if self.client is not None:
             return self.run_corpus_sharded()
+        self.check_lease()
         state = self.ckpt.open(self.layers, self.lm.d_ff)
         d, o = self.lm.d_ff, self.opts
         budget = o.max_memory if o.max_memory is not None else default_budget(self.lm, o.cpu_kernels)
@@ -403,6 +406,7 @@ class ModelRun:
         from kisstore.extract.covariance import WINDOW, count_documents
 
         o = self.opts
+        self.check_lease()
         state = self.ckpt.open(self.layers, self.lm.d_ff)
         done = {int(k): v for k, v in (state.get("done_counts") or {}).items()}
         if len(done) < len(self.layers):
@@ -416,6 +420,7 @@ class ModelRun:
                                       cpu_kernels=o.cpu_kernels)
                      for i, r in enumerate(ranges)]
             log(f"[{self.model_id}] corpus pass: {n_docs} documents in {len(tasks)} shards on the cluster")
+            self.check_lease()  # the workers write their shards under this run's lease
             shards.run_sharded(tasks, self.client, progress=o.progress)
             uppers, count = shards.merge(self.store, self.model_id, ranges, len(self.layers))
             check_count(count, self.lm.d_ff, o.corpus)
@@ -448,7 +453,7 @@ class ModelRun:
             "batch_tokens": o.batch_tokens, "items_sha256": self.items_sha,
             "layers": self.layers, "storage_options": public_options(o.storage_options),
             # the shards that ran: --shards is an upper bound (whole 64-document windows)
-            "shards": self.ckpt.state.get("shards_run", o.shards) if self.client is not None else None,
+            "shards": self.ckpt.state.get("shards_run") if self.client is not None else None,  # None: none ran
             "shards_requested": o.shards if self.client is not None else None,
             # float32 kernels of the corpus pass (sharded: as this process resolves them)
             "cpu_kernels": resolve_kernels(o.cpu_kernels, self.lm.device),
@@ -552,12 +557,23 @@ def run_extract(opts: ExtractOptions) -> list[str]:
         return []
     if opts.overwrite or any(run.imported is None for run in runs):
         resolve_corpus(opts.corpus).probe()  # not needed when every covariance was imported
+    client = None
     if opts.shards > 1 or opts.scheduler:
         from kisstore.extract.shards import connect
 
         client = connect(opts.scheduler)
         for run in runs:
             run.client = client
+    try:
+        return _extract_leased(opts, store, runs, candidates, existing_items, item_set)
+    finally:
+        if client is not None:
+            client.close()  # not left behind as the process's default scheduler
+
+
+def _extract_leased(opts: ExtractOptions, store: Store, runs: list[ModelRun], candidates: list[Item],
+                    existing_items: list[Item] | None, item_set: ItemSet) -> list[str]:
+    """Take every model's lease, extract, release; a first run failing on bad input leaves no store."""
     from kisstore.store.lock import ModelLock
 
     locks = [ModelLock(store, run.model_id, break_lock=opts.break_lock) for run in runs]
@@ -598,9 +614,9 @@ def _extract_locked(opts: ExtractOptions, store: Store, runs: list[ModelRun], ca
         asked = {"n_items": opts.n_items, "known_only": opts.known_only}
         if (opts.known_only or opts.n_items) and any(stored.get(k) != v for k, v in asked.items()):
             # the same command again (a resumed run, another model) is no news; other flags are
-            log("note: the store already has its items (selected with "
-                f"--n-items {stored.get('n_items')}, known_only={stored.get('known_only')}); "
-                "--known-only/--n-items do not change them")
+            how = (f" (selected with --n-items {stored.get('n_items') or 'all'}"
+                   f"{' --known-only' if stored.get('known_only') else ''})" if stored else "")
+            log(f"note: the store already has its items{how}; --known-only/--n-items do not change them")
         store.consolidate()  # the new checkpoints show in `kisstore info` while the corpus pass runs
     else:
         selected = select_items(candidates, {m: r[1] for m, r in results.items()}, opts.n_items, opts.known_only)

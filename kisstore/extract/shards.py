@@ -118,7 +118,9 @@ def connect(address: str | None):
     if not address:
         raise InputError("--shards needs a Dask cluster: pass --scheduler ADDR or set DASK_SCHEDULER_ADDRESS")
     try:
-        return Client(address, timeout="15s")
+        # not the process's default: the shards go to it explicitly, and everything else (the
+        # client's own store writes, a later analysis in the same process) stays local
+        return Client(address, timeout="15s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as e:
         raise InputError(f"cannot reach the Dask scheduler at {address!r} ({type(e).__name__})") from None
 
@@ -135,17 +137,18 @@ def run_sharded(tasks: list[ShardTask], client, progress: bool = True) -> list[d
         for t in tasks
     ]
     results = []
-    for fut in as_completed(futures):
-        try:
-            r = fut.result()
-        except Exception as e:
-            raise StoreError(f"a corpus shard failed after retries: {type(e).__name__}: {e}; rerun the same "
-                             "command to redo only the unfinished shards") from e
-        if progress or r["skipped"]:
-            print(f"  shard {r['index'] + 1}/{len(tasks)}: {r['count']} tokens"
-                  + (" (already committed)" if r["skipped"] else ""), flush=True)
-        results.append(r)
-        failpoints.hit("shard_done")
+    with client.as_current():  # as_completed asks for the current client; it is not the global default
+        for fut in as_completed(futures):
+            try:
+                r = fut.result()
+            except Exception as e:
+                raise StoreError(f"a corpus shard failed after retries: {type(e).__name__}: {e}; rerun the "
+                                 "same command to redo only the unfinished shards") from e
+            if progress or r["skipped"]:
+                print(f"  shard {r['index'] + 1}/{len(tasks)}: {r['count']} tokens"
+                      + (" (already committed)" if r["skipped"] else ""), flush=True)
+            results.append(r)
+            failpoints.hit("shard_done")
     return sorted(results, key=lambda r: r["index"])
 
 

@@ -214,14 +214,21 @@ def read_stats_file(path: Path, d_ff: int | None = None) -> LayerStats:
 
 
 def _provenance(arr: np.ndarray | None) -> dict[str, Any] | None:
-    """kisstore's provenance record of an exported file; None when absent or not ours."""
-    if arr is None or arr.ndim != 0 or arr.dtype.kind != "U":
+    """kisstore's provenance record of an exported file: None when absent, not ours, or not well
+    formed (a string corpus, a positive integer or null document count)."""
+    if arr is None or arr.ndim != 0 or arr.dtype.kind != "U" or arr.size * arr.itemsize > 65536:
         return None
     try:
         prov = json.loads(str(arr))
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    return prov if isinstance(prov, dict) and str(prov.get("written_by", "")).startswith("kisstore") else None
+    if not isinstance(prov, dict) or not str(prov.get("written_by", "")).startswith("kisstore"):
+        return None
+    docs = prov.get("corpus_documents")
+    if not isinstance(prov.get("corpus"), str) or not (
+            docs is None or (isinstance(docs, int) and not isinstance(docs, bool) and docs > 0)):
+        return None
+    return prov
 
 
 def _count(name: str, arr: np.ndarray) -> int:

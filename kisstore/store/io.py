@@ -232,18 +232,18 @@ class Store:
 
     def remove_if_unused(self) -> bool:
         """Undo a failed first run's store: if it holds no model and no checkpoint, remove the keys
-        kisstore writes (``/items``, the locks, the root ``zarr.json``) and nothing else; a local
-        folder is removed too once it is empty. Returns whether the store was removed.
+        kisstore writes (``/items``, the root ``zarr.json``) and nothing else; a local folder is
+        removed too once it is empty. Leases stay: this run released its own, and any other is
+        another writer's. Returns whether the store was removed.
 
         Items alone are not worth keeping: they would fix the selection of a store that never
         got a model."""
         if not self.exists() or self.has(layout.MODELS) or self.has(layout.CHECKPOINTS):
             return False
         with storage_errors(self.url, self.storage_options):
-            for prefix in (layout.ITEMS, layout.LOCKS):
-                _sync(self.zstore.delete_dir(prefix))
+            _sync(self.zstore.delete_dir(layout.ITEMS))
             _sync(self.zstore.delete("zarr.json"))
-            if self.scheme == "file":
+            if self.scheme == "file":  # (a released lease took its folder with it, under the lease's flock)
                 with contextlib.suppress(OSError):  # not empty: someone else's files stay
                     os.rmdir(self.zstore.root)
         return True

@@ -6,18 +6,23 @@ second writer is refused while the lease is live; a lease whose owner died is re
 on the same host a dead pid frees it at once, elsewhere it expires after ``ttl`` seconds
 (or ``--break-lock`` takes it).
 
-Every change of the lease object is a compare-and-swap, so two writers can never both hold
-it: on S3 a conditional PUT (``If-None-Match: *`` to create it, ``If-Match: <ETag>`` to
+Every change of the lease object is a compare-and-swap, so two writers never take it at the
+same time: on S3 a conditional PUT (``If-None-Match: *`` to create it, ``If-Match: <ETag>`` to
 replace the version that was read); on local disk the same two operations under an exclusive
-``flock`` of the store's folder. Other fsspec filesystems fall back to write, wait, read back.
-A writer whose lease was taken from it (``--break-lock`` elsewhere) finds out at its next
-renewal and stops before writing anything more (:meth:`ModelLock.check`).
+``flock`` of the store's folder. Where neither is available (a botocore without conditional
+writes, a file system without flock such as some NFS mounts, other fsspec filesystems) the
+lease falls back to write, wait, read back. A writer checks its lease before each write
+(:meth:`ModelLock.check`): it stops once the lease was taken from it (``--break-lock``
+elsewhere) or vanished, both seen at its next renewal, and once it could not renew for so long
+that the lease may have expired and been taken legitimately.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import numbers
 import os
 import socket
 import threading
@@ -40,14 +45,26 @@ def _buffer(data: bytes):
     return default_buffer_prototype().buffer.from_bytes(data)
 
 
+_CORRUPT = {"corrupt": True, "expires": 0}
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def _decode(data: bytes | None) -> dict[str, Any] | None:
+    """The lease as a dict; a lease that is not one kisstore could have written counts as corrupt (free)."""
     if data is None:
         return None
     try:
         lease = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        lease = None
-    return lease if isinstance(lease, dict) else {"corrupt": True, "expires": 0}
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return dict(_CORRUPT)
+    if not (isinstance(lease, dict) and _number(lease.get("expires")) and _number(lease.get("since", 0))
+            and isinstance(lease.get("pid", 0), int) and not isinstance(lease.get("pid", 0), bool)
+            and isinstance(lease.get("host", ""), str) and isinstance(lease.get("token", ""), str)):
+        return dict(_CORRUPT)
+    return lease
 
 
 class _ReadBack:
@@ -76,12 +93,18 @@ class _ReadBack:
         _sync(self.store.zstore.delete(self.key))
 
 
+# what flock raises where the file system cannot lock (NFS emulating it with byte-range locks on a
+# descriptor not open for writing, Lustre without -o flock, …): the lease then falls back to read-back
+_NO_FLOCK = {errno.EBADF, errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
+
+
 class _Local(_ReadBack):
     """Local disk: create and replace are checked and done under an exclusive ``flock`` of the
     store's folder (held for microseconds, never for the lease's lifetime); the file itself is
-    written to a temporary name and renamed, so a reader never sees half of it."""
+    written to a temporary name and renamed, so a reader never sees half of it. The lease folder
+    is created and removed only under the flock."""
 
-    read_back = False
+    read_back = False  # becomes True where the file system cannot flock
 
     def __init__(self, store: Store, key: str):
         super().__init__(store, key)
@@ -92,10 +115,16 @@ class _Local(_ReadBack):
     def _exclusive(self) -> Iterator[None]:
         import fcntl
 
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        os.makedirs(self.root, exist_ok=True)
         fd = os.open(self.root, os.O_RDONLY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as e:
+                if e.errno not in _NO_FLOCK:
+                    raise
+                self.read_back = True  # no mutual exclusion here: acquire reads its lease back
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the flock
@@ -110,9 +139,13 @@ class _Local(_ReadBack):
 
     def _put(self, data: bytes) -> bytes:
         tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self.path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)  # only left when the write failed (a full disk)
         return data
 
     def create(self, data: bytes) -> Any:
@@ -141,6 +174,9 @@ class _S3(_ReadBack):
         fs = store.zstore.fs
         self.fs = fs
         self.bucket, self.object_key, _ = fs.split_path(f"{store.zstore.path}/{key}")
+        # s3fs drops the parameters its botocore does not know: without these the PUTs would be
+        # unconditional, silently; then only the read-back guards the lease
+        self.conditional = _botocore_knows("PutObject", ("IfNoneMatch", "IfMatch"))
 
     def _call(self, method: str, **kw) -> dict | None:
         """The S3 call's response, or None when its condition failed (another writer won)."""
@@ -166,15 +202,30 @@ class _S3(_ReadBack):
         return _sync(body()), out["ETag"]
 
     def create(self, data: bytes) -> Any:
+        if not self.conditional:
+            return None if self.read()[0] is not None else self._call("put_object", Body=data)["ETag"]
         out = self._call("put_object", Body=data, IfNoneMatch="*")
         return None if out is None else out["ETag"]
 
     def replace(self, data: bytes, version: Any) -> Any:
+        if not self.conditional:
+            return None if self.read()[1] != version else self._call("put_object", Body=data)["ETag"]
         out = self._call("put_object", Body=data, IfMatch=version)
         return None if out is None else out["ETag"]
 
     def delete(self, version: Any) -> None:
-        self._call("delete_object", IfMatch=version)
+        if self.read()[1] == version:  # servers without conditional DELETE: checked first
+            self._call("delete_object", IfMatch=version)
+
+
+def _botocore_knows(operation: str, params: tuple[str, ...]) -> bool:
+    try:
+        import botocore.session
+
+        members = botocore.session.get_session().get_service_model("s3").operation_model(operation).input_shape.members
+    except Exception:  # no botocore model to ask: assume the worst
+        return False
+    return all(p in members for p in params)
 
 
 def _backend(store: Store, key: str) -> _ReadBack:
@@ -194,13 +245,15 @@ class ModelLock:
         self.break_lock = break_lock
         self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
         self.backend = _backend(store, self.key)
-        self.lost_to: dict[str, Any] | None = None  # the lease that replaced ours, once seen
+        self.lost_to: dict[str, Any] | None = None  # the lease that replaced ours ({}: none left), once seen
         self._version: Any = None  # what our last write left there (bytes or ETag)
+        self._expires = 0.0  # the expiry our last successful write of the lease recorded
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _body(self) -> bytes:
-        return json.dumps({**self.owner, "model": self.model_id, "expires": time.time() + self.ttl,
+        self._pending_expiry = time.time() + self.ttl
+        return json.dumps({**self.owner, "model": self.model_id, "expires": self._pending_expiry,
                            "since": getattr(self, "since", time.time())}).encode()
 
     def _io(self):
@@ -237,6 +290,7 @@ class ModelLock:
                 else:
                     self._version = self.backend.replace(self._body(), version)
                 if self._version is not None:
+                    self._expires = self._pending_expiry
                     break
             else:
                 raise StoreError(f"model {self.model_id!r} in {self.store.url}: another process took the write lock")
@@ -248,19 +302,20 @@ class ModelLock:
         self._thread.start()
 
     def renew(self) -> None:
-        """Extend the lease, or note that another writer has taken it (see :meth:`check`)."""
+        """Extend the lease, or note that another writer has taken it or it vanished (see :meth:`check`)."""
         with self._io():
-            version = self.backend.replace(self._body(), self._version)
+            body = self._body()
+            version = self.backend.replace(body, self._version)
             if version is None:
                 data, current = self.backend.read()
-                lease = _decode(data)
-                if data is None:  # deleted under us (not taken): take it again, unless a rival just did
-                    version = self.backend.create(self._body())
-                elif lease.get("token") == self.owner["token"]:
-                    version = current  # still ours (a conflicting request, not a takeover): renewed next time
+                if data is not None and (_decode(data) or {}).get("token") == self.owner["token"]:
+                    version = self.backend.replace(body, current)  # ours still: a conflicting request, retried once
             if version is not None:
                 self._version = version
+                self._expires = self._pending_expiry
                 return
+            # taken (--break-lock), or deleted: a writer that broke it may have released it since,
+            # so a vanished lease is not re-taken
             self.lost_to = _decode(self.backend.read()[0]) or {}
         self._stop.set()
 
@@ -272,13 +327,19 @@ class ModelLock:
                 pass
 
     def check(self) -> None:
-        """Raise if another writer took this lease (``--break-lock``): write nothing more."""
-        if self.lost_to is not None:
+        """Raise unless this lease is certainly still ours: write nothing more then."""
+        where = f"model {self.model_id!r} in {self.store.url}"
+        after = "stopped without writing more. What was checkpointed stays; rerun once that writer has finished"
+        if self.lost_to:
             who = self.lost_to
-            raise StoreError(
-                f"model {self.model_id!r} in {self.store.url}: another process took this run's write lease "
-                f"(host {who.get('host')}, pid {who.get('pid')}, e.g. with --break-lock); stopped without "
-                "writing more. What was checkpointed stays; rerun once that writer has finished")
+            raise StoreError(f"{where}: another process took this run's write lease (host {who.get('host')}, "
+                             f"pid {who.get('pid')}, e.g. with --break-lock); {after}")
+        if self.lost_to is not None:
+            raise StoreError(f"{where}: this run's write lease was deleted from the store by another process; {after}")
+        if time.time() > self._expires - self.ttl / 6:
+            raise StoreError(f"{where}: this run could not renew its write lease for "
+                             f"{time.time() - (self._expires - self.ttl):.0f} s (storage unreachable?), so it may "
+                             f"have expired and another writer may hold it; {after}")
 
     def release(self) -> None:
         self._stop.set()
