@@ -35,7 +35,7 @@ def pick_ridge(covs: dict[int, np.ndarray], layers: Sequence[int]) -> float:
     for ridge in (0.0, 1e-8, 1e-6, 1e-4, 1e-3, 1e-2):
         try:
             for layer in layers:
-                g.whitening_factor(covs[layer], ridge, layer=layer)
+                g.whitening(covs[layer], ridge, layer=layer)
             return ridge
         except NumericalError:
             continue

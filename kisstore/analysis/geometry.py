@@ -31,18 +31,6 @@ def _condition_number(c: np.ndarray) -> tuple[float, float]:
     return (hi / lo if lo > 0 else float("inf")), lo
 
 
-def whitening_factor(
-    cov: np.ndarray,
-    ridge: float = 0.0,
-    *,
-    max_cond: float = DEFAULT_MAX_COND,
-    layer: int | None = None,
-    n_tokens: int | None = None,
-) -> np.ndarray:
-    """Lower Cholesky factor ``L`` of ``C (+ ridge)``, or NumericalError with a remedy."""
-    return whitening(cov, ridge, max_cond=max_cond, layer=layer, n_tokens=n_tokens)[0]
-
-
 def whitening(
     cov: np.ndarray,
     ridge: float = 0.0,
@@ -88,20 +76,13 @@ def _remedy(d: int, n_tokens: int | None, ridge: float) -> str:
     )
 
 
-def gram(
-    keys: np.ndarray,
-    cov: np.ndarray,
-    ridge: float = 0.0,
-    *,
-    max_cond: float = DEFAULT_MAX_COND,
-    layer: int | None = None,
-    n_tokens: int | None = None,
-) -> np.ndarray:
+def gram(keys: np.ndarray, cov: np.ndarray, ridge: float = 0.0, **options) -> np.ndarray:
     """Gram matrix of the keys in whitening space: ``G_ij = k_iᵀ C⁻¹ k_j`` (N×N, float64).
 
     ``keys`` is (N, d), ``cov`` (d, d). With ``C = L Lᵀ`` and ``z_i = L⁻¹ k_i``, ``G = Zᵀ Z``.
+    ``options``: :func:`whitening`'s (``max_cond``, ``layer``, ``n_tokens``).
     """
-    return gram_and_cond(keys, cov, ridge, max_cond=max_cond, layer=layer, n_tokens=n_tokens)[0]
+    return gram_and_cond(keys, cov, ridge, **options)[0]
 
 
 def gram_and_cond(

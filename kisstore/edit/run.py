@@ -243,14 +243,14 @@ def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str],
     """Apply the plan's edits one after another to the live model; measure and predict each step."""
     import torch
 
-    from kisstore.analysis.geometry import regularize, whitening_factor
+    from kisstore.analysis.geometry import regularize, whitening
     from kisstore.edit.evaluate import FactProbe
     from kisstore.edit.targets import direct_delta, rome_delta
     from kisstore.edit.weights import down_proj_weight, set_down_proj_weight
 
     module = dict(lm.model.named_modules())[lm.module_template.format(i=plan.layer)]
     keys, n_e, n = plan.keys, plan.n_edits, len(plan.items)
-    lower = whitening_factor(plan.cov, opts.ridge, layer=plan.layer, n_tokens=plan.n_tokens)
+    lower, _ = whitening(plan.cov, opts.ridge, layer=plan.layer, n_tokens=plan.n_tokens)
     projector, null_rank = cf.nullspace_projector(regularize(plan.cov, opts.ridge), opts.nullspace_threshold,
                                                   relative=opts.nullspace_relative)
     if null_rank == 0:
