@@ -12,7 +12,7 @@ moment leaves the previous committed state intact:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,15 +25,18 @@ from kisstore.store.layout import checkpoint_path
 
 
 class Checkpoint:
-    def __init__(self, store: Store, model_id: str, fingerprint: dict[str, Any]):
+    def __init__(self, store: Store, model_id: str, fingerprint: dict[str, Any],
+                 guard: Callable[[], None] | None = None):
         self.store = store
         self.path = checkpoint_path(model_id)
         self.fingerprint = fingerprint
         self.state: dict[str, Any] = {}
+        self.guard = guard or (lambda: None)  # called before every write: raises to stop it (the writer's lease)
 
     # -- lifecycle --------------------------------------------------------------------
     def open(self, layers: Sequence[int], d: int) -> dict[str, Any]:
         """Open or create; returns the committed state ({} when starting fresh)."""
+        self.guard()
         self.layers = list(layers)
         self.d = d
         with storage_errors(self.store.url, self.store.storage_options):
@@ -78,6 +81,7 @@ class Checkpoint:
 
     # -- item pass ----------------------------------------------------------------------
     def save_items(self, keys: np.ndarray, known: np.ndarray, p_true: np.ndarray, case_ids: Sequence[int]) -> None:
+        self.guard()
         with storage_errors(self.store.url, self.store.storage_options):
             for name, arr, chunks, dims in (
                 ("items_keys", keys, (1,) + keys.shape[1:], ("layer_row", "candidate", "d_ff")),
@@ -98,6 +102,7 @@ class Checkpoint:
     # -- sums ---------------------------------------------------------------------------
     def save_partial(self, rows: Sequence[int], uppers: Iterable[np.ndarray], **state: Any) -> None:
         """Write the running group's sums into the free slot, then commit the state."""
+        self.guard()
         slot = 1 - int(self.state.get("slot", 1))
         with storage_errors(self.store.url, self.store.storage_options):
             arr = self.group[f"partial_{slot}"]
@@ -111,6 +116,7 @@ class Checkpoint:
         return [arr[r] for r in rows]
 
     def save_done(self, rows: Sequence[int], uppers: Iterable[np.ndarray], counts: Sequence[int], **state: Any) -> None:
+        self.guard()
         with storage_errors(self.store.url, self.store.storage_options):
             arr = self.group["done"]
             for r, u in zip(rows, uppers, strict=True):

@@ -245,7 +245,7 @@ class ModelRun:
         log(f"[{self.model_id}] {self.lm.provenance['architecture']}, {self.lm.n_layers} layers, "
             f"d_ff {self.lm.d_ff}, {self.lm.n_params / 1e6:.0f}M parameters on {self.lm.device} "
             f"({time.monotonic() - t:.1f} s)")
-        self.ckpt = Checkpoint(self.store, self.model_id, self.fingerprint())
+        self.ckpt = Checkpoint(self.store, self.model_id, self.fingerprint(), guard=self.check_lease)
 
     def clear(self) -> None:
         """--overwrite: remove this model's group, checkpoint and analysis (once per run)."""
@@ -283,7 +283,6 @@ class ModelRun:
     # -- item pass ----------------------------------------------------------------------
     def run_items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         self.load()
-        self.check_lease()
         state = self.ckpt.open(self.layers, self.lm.d_ff)
         want = [it.case_id for it in self.items]
         found = None
@@ -298,7 +297,6 @@ class ModelRun:
         if found is None:
             r = item_pass(self.lm, self.items, self.layers, position=self.opts.token,
                           batch_tokens=min(self.opts.batch_tokens, 2048), progress=self.opts.progress)
-            self.check_lease()
             self.ckpt.save_items(r.keys, r.known, r.p_true, want)
             del r
             release_memory()  # the item pass's logits and activations, before the corpus pass
@@ -321,7 +319,6 @@ class ModelRun:
             return ds["cov"].values.astype(np.float64), ds["n_tokens"].values.astype(np.int64)
         if self.client is not None:
             return self.run_corpus_sharded()
-        self.check_lease()
         state = self.ckpt.open(self.layers, self.lm.d_ff)
         d, o = self.lm.d_ff, self.opts
         budget = o.max_memory if o.max_memory is not None else default_budget(self.lm, o.cpu_kernels)
@@ -367,7 +364,6 @@ class ModelRun:
                 _bar.update(batch.tokens)
 
             def checkpoint(batch, _g=group, _rows=rows, _p=progress, _m=moments):
-                self.check_lease()
                 self.ckpt.save_partial(_rows, (_m[x].sum_upper() for x in _g), group_rows=_rows,
                                        docs=_p["docs"], tokens=_p["tokens"])
 
@@ -377,7 +373,6 @@ class ModelRun:
             count = moments[group[0]].count
             check_count(count, d, o.corpus)
             self.note_short_corpus(count)
-            self.check_lease()
             self.ckpt.save_done(rows, (moments[x].sum_upper() for x in group), [count] * len(group),
                                 group_rows=None, docs=0, tokens=0, corpus_documents=progress["docs"])
             state = self.ckpt.state
@@ -406,7 +401,6 @@ class ModelRun:
         from kisstore.extract.covariance import WINDOW, count_documents
 
         o = self.opts
-        self.check_lease()
         state = self.ckpt.open(self.layers, self.lm.d_ff)
         done = {int(k): v for k, v in (state.get("done_counts") or {}).items()}
         if len(done) < len(self.layers):
@@ -425,7 +419,6 @@ class ModelRun:
             uppers, count = shards.merge(self.store, self.model_id, ranges, len(self.layers))
             check_count(count, self.lm.d_ff, o.corpus)
             self.note_short_corpus(count)
-            self.check_lease()
             rows = list(range(len(self.layers)))
             self.ckpt.save_done(rows, uppers, [count] * len(rows), corpus_documents=n_docs, shards_run=len(ranges))
             done = {r: count for r in rows}

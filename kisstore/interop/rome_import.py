@@ -8,7 +8,6 @@ only the keys.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -261,10 +260,10 @@ def run_import(opts: ImportOptions, echo: Callable[[str], None] | None = None) -
     samples = {r["sample_size"] for r in records}
     corpus = folder.name.removesuffix("_stats")  # what the tools name the folder after
     documents = next(iter(samples)) if len(samples) == 1 else None
-    exported = {json.dumps([o.get("corpus"), o.get("corpus_documents")]) if o else None for o in origins}
+    exported = {(o["corpus"], o.get("corpus_documents")) if o else None for o in origins}
     if len(exported) == 1 and None not in exported:
         # every file was exported by kisstore from one corpus: its name, not the folder's --ds-name
-        corpus, documents = json.loads(next(iter(exported)))
+        corpus, documents = next(iter(exported))
     attrs = {
         **shape.provenance,
         "corpus": corpus,

@@ -251,9 +251,8 @@ class ModelLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _body(self) -> bytes:
-        self._pending_expiry = time.time() + self.ttl
-        return json.dumps({**self.owner, "model": self.model_id, "expires": self._pending_expiry,
+    def _body(self, expires: float) -> bytes:
+        return json.dumps({**self.owner, "model": self.model_id, "expires": expires,
                            "since": getattr(self, "since", time.time())}).encode()
 
     def _io(self):
@@ -279,32 +278,33 @@ class ModelLock:
 
     def acquire(self) -> None:
         self.since = time.time()
+        taken = StoreError(f"model {self.model_id!r} in {self.store.url}: another process took the write lock")
         with self._io():
             for _ in range(5):  # each retry follows another writer's change between our read and write
                 data, version = self.backend.read()
                 lease = _decode(data)
                 if not self._free(lease):
                     raise self._busy(lease)
-                if data is None:
-                    self._version = self.backend.create(self._body())
-                else:
-                    self._version = self.backend.replace(self._body(), version)
+                expires = time.time() + self.ttl
+                body = self._body(expires)
+                self._version = self.backend.create(body) if data is None else self.backend.replace(body, version)
                 if self._version is not None:
-                    self._expires = self._pending_expiry
+                    self._expires = expires
                     break
             else:
-                raise StoreError(f"model {self.model_id!r} in {self.store.url}: another process took the write lock")
+                raise taken
             if self.backend.read_back:
                 time.sleep(0.2)  # a rival that wrote at the same moment: the last writer wins, the other backs off
                 if (_decode(self.backend.read()[0]) or {}).get("token") != self.owner["token"]:
-                    raise StoreError(f"model {self.model_id!r} in {self.store.url}: another process took the write lock")
+                    raise taken
         self._thread = threading.Thread(target=self._renew, daemon=True, name="kisstore-lease")
         self._thread.start()
 
     def renew(self) -> None:
         """Extend the lease, or note that another writer has taken it or it vanished (see :meth:`check`)."""
         with self._io():
-            body = self._body()
+            expires = time.time() + self.ttl
+            body = self._body(expires)
             version = self.backend.replace(body, self._version)
             if version is None:
                 data, current = self.backend.read()
@@ -312,7 +312,7 @@ class ModelLock:
                     version = self.backend.replace(body, current)  # ours still: a conflicting request, retried once
             if version is not None:
                 self._version = version
-                self._expires = self._pending_expiry
+                self._expires = expires
                 return
             # taken (--break-lock), or deleted: a writer that broke it may have released it since,
             # so a vanished lease is not re-taken
