@@ -218,8 +218,9 @@ TUNING = """## What was tuned, and what the hardware allows
   its own threads) from inside the forward hook made the pass 3× slower on 2 cores: OpenBLAS's
   threads and torch's spinning OpenMP threads fight for the cores (deferring all 30 `ssyrk`
   calls to after the forward gave 1.2–1.4×, still behind oneDNN). oneDNN runs on torch's OpenMP
-  pool. CUDA keeps the torch path: b(b+1)/2 upper-triangle column blocks (4 of 384 for
-  d_ff 1536, 5/8 of a full GEMM), each batch's products added into a float64 sum on the device.
+  pool. CUDA keeps the torch path: b upper-triangle row panels (4 blocks of 384 for d_ff 1536,
+  5/8 of a full GEMM, one matmul per panel rather than one per square block), each batch's
+  products added into a float64 sum on the device.
 - **Padding dropped once per batch**, float64 sums committed at allocation (otherwise the first
   flush pays d_ff²·8 bytes of page faults per layer in the middle of the pass), and the float32
   panels overwritten rather than zeroed after each flush.

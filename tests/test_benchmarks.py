@@ -123,7 +123,7 @@ def test_report_renders_saved_results(tmp_path):
 
 def test_blocked_second_moment_matches_float64_numpy():
     """The torch path of the accumulator (CUDA's, and CPU's without oneDNN): upper-triangle
-    blocks (4 here) give Σkkᵀ to float32 rounding."""
+    row panels (4 blocks here) give Σkkᵀ to float32 rounding, below the diagonal blocks too once mirrored."""
     from kisstore.extract.accumulate import SecondMoment, block_edges
 
     rng = np.random.default_rng(0)
