@@ -52,7 +52,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     help="The embedded SmolLM2-135M, or its configuration with random weights "
                          "(used automatically when the embedded model is not installed).")
     ap.add_argument("--only", default="cov,p,memory,scale",
-                    help="Comma-separated subset of: cov (benchmarks 1, 3, 4), p (2), memory (5), scale (6).")
+                    help="Comma-separated subset of: cov (benchmarks 1, 3, 4), p (2), memory (5), scale (6); "
+                         "also profile (not in the default: where the corpus pass's time goes, by kind of "
+                         "kernel, written to --profile-out).")
+    ap.add_argument("--profile-out", type=Path, default=None, metavar="PATH",
+                    help="Where --only profile writes its table (default: benchmarks/profile-<cpu|cuda>.txt).")
     ap.add_argument("--batch-tokens", type=int, default=None, metavar="N",
                     help="Token budget of the corpus batches (default: 4096 on CPU, kisstore extract's "
                          "default, and 8192 on CUDA); for trying how batch size moves the overhead and efficiency figures.")
@@ -83,8 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     if kind == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device here", file=sys.stderr)
         return 2
-    start = time.perf_counter()
     only = set(args.only.split(","))
+    unknown = only - {"cov", "p", "memory", "scale", "profile"}
+    if unknown:
+        print(f"--only: unknown part(s) {', '.join(sorted(unknown))}; use cov, p, memory, scale, profile",
+              file=sys.stderr)
+        return 2
+    start = time.perf_counter()
     info = common.machine(args.device)
     print(f"kisstore benchmarks on {info['cpu']} ({info['cores']} cores), device {args.device}"
           + (f" ({info['gpu']})" if info.get("gpu") else "") + f", torch {info['torch']}", flush=True)
@@ -101,13 +110,28 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     covs = None
 
-    if "cov" in only or "p" in only:
-        from benchmarks import covariance
+    batches = []
+    if only & {"cov", "p", "profile"}:
         from kisstore.data.corpus import resolve_corpus
         from kisstore.extract.covariance import corpus_batches
 
         batches = list(corpus_batches(lm.tokenizer, resolve_corpus("embedded"), max_length=cfg.max_length,
                                       batch_tokens=cfg.batch_tokens, token_cap=cfg.corpus_tokens))
+
+    profile = None
+    if "profile" in only:
+        from benchmarks import profile as profile_mod
+
+        out = args.profile_out or Path(__file__).parent / f"profile-{kind}.txt"
+        progress(f"profile: kisstore's corpus pass over {min(len(batches), 3)} batches")
+        profile = profile_mod.run(lm, batches[:3], device=args.device, out=out, progress=progress)
+        if only == {"profile"}:
+            print(f"wrote {out}")
+            return 0
+
+    if "cov" in only or "p" in only:
+        from benchmarks import covariance
+
         warm = covariance_warmup(batches[0])
         progress(f"benchmarks 1, 3, 4: corpus pass over {sum(b.tokens for b in batches):,} tokens in "
                  f"{len(batches)} batches; layer_stats on layers {list(cfg.cov_layers)}")
@@ -162,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                    + (f" --batch-tokens {args.batch_tokens}" if args.batch_tokens is not None else ""),
         "mode": "quick" if args.quick else "full", "machine": info, "model": model_note,
         "settings": cfg.__dict__, "results": [r.as_dict() for r in results], "scale": scale,
-        "notes": notes, "elapsed_s": elapsed,
+        "notes": notes, "elapsed_s": elapsed, **({"profile": profile} if profile else {}),
     }
     path = args.json or report.RESULTS[kind]
     report.save(payload, path)

@@ -136,7 +136,8 @@ def _md_run(title: str, payload: dict[str, Any]) -> list[str]:
 INTRO = """# Benchmarks
 
 `python -m benchmarks`, run from the repository root (add `--quick` for a short run, `--device cuda` on a GPU,
-`--batch-tokens N` to try another batch size) measures
+`--batch-tokens N` to try another batch size; `--only profile` instead writes where the corpus
+pass's time goes, per kind of kernel, to `benchmarks/profile-<cpu|cuda>.txt`) measures
 kisstore against the methods the field's code uses, **side by side in one process** on the
 embedded SmolLM2-135M (30 layers, d_ff 1536): every figure is a ratio of two runs made on the
 same machine at the same time, so it holds on a shared, noisy machine where absolute speeds

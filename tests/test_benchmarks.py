@@ -141,3 +141,41 @@ def test_bad_batch_tokens_is_refused_before_any_work(capsys):
 
     assert main(["--batch-tokens", "0", "--json", "/nonexistent/never-written.json"]) == 2
     assert "--batch-tokens must be positive" in capsys.readouterr().err
+
+
+def test_profile_classes_kernel_names_and_writes_its_table(tmp_path):
+    """`--only profile`: kernels are put in classes by name (names as CUDA and CPU profiles show
+    them), and a profile of a tiny model's corpus pass adds up and is written out."""
+    from benchmarks import profile
+    from benchmarks.common import random_smollm2
+    from kisstore.data.corpus import resolve_corpus
+    from kisstore.extract.covariance import corpus_batches
+
+    assert profile.classify("ampere_sgemm_128x64_nn") == "matmul"
+    assert profile.classify("sm90_xmma_gemm_f32f32_f32f32_f32_tn_n_tilesize128x128x32") == "matmul"
+    assert profile.classify("mkldnn::_linear_pointwise") == "matmul"
+    assert profile.classify("fmha_cutlassF_f32_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel)") == "attention"
+    assert profile.classify("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert profile.classify("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctorOnSelf_add<double>>") == "float64 sums"
+    assert profile.classify("aten::cat") == "other" and profile.classify("aten::embedding") == "other"
+
+    cfg = {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+           "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "pad_token_id": 256}
+    lm = random_smollm2("cpu", cfg)
+    batches = list(corpus_batches(lm.tokenizer, resolve_corpus("embedded"), max_length=64, batch_tokens=256,
+                                  token_cap=600))
+    out = tmp_path / "profile.txt"
+    summary = profile.run(lm, batches[:2], device="cpu", out=out, progress=lambda _m: None)
+    assert summary["tokens"] == sum(b.tokens for b in batches[:2]) > 0
+    assert summary["per_class_s"]["matmul"] > 0
+    assert abs(sum(summary["per_class_share"].values()) - 1) < 1e-9
+    assert abs(sum(summary["per_class_s"].values()) - summary["device_time_s"]) < 1e-9
+    text = out.read_text()
+    assert "µs per token" in text and "Self CPU" in text
+
+
+def test_unknown_only_part_is_refused(capsys):
+    from benchmarks.__main__ import main
+
+    assert main(["--only", "cov,bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
