@@ -26,13 +26,14 @@ from kisstore_cli.common import handle_errors, output_dir, storage_option, stora
               help="Run name under /edits [default: <model>-<method>-layer<L>-e<E>-seed<S>].")
 @click.option("--nullspace-threshold", type=float, default=2e-2, show_default=True, metavar="T",
               help="AlphaEdit variant: C's eigenvectors with eigenvalue ≥ T are the protected directions "
-                   "(AlphaEdit's rule and default; with --nullspace-relative, eigenvalue > T·max).")
+                   "(AlphaEdit's rule and default; with --nullspace-relative, eigenvalue ≥ T·max).")
 @click.option("--nullspace-relative", is_flag=True,
               help="Read --nullspace-threshold relative to C's largest eigenvalue (comparable across layers).")
 @click.option("--ridge", type=float, default=0.0, show_default=True, metavar="λ",
               help="Use C + λ·mean(diag C)·I (for an ill-conditioned C).")
 @click.option("--direct-scale", type=float, default=1.0, show_default=True, help="direct: |δ| = scale·|W k*|.")
-@click.option("--rome-steps", type=int, default=20, show_default=True, help="rome: Adam steps on δ.")
+@click.option("--rome-steps", type=int, default=20, show_default=True,
+              help="rome: evaluations of the loss, at most N − 1 Adam updates on δ (ROME's v_num_grad_steps).")
 @click.option("--rome-lr", type=float, default=0.5, show_default=True, help="rome: Adam learning rate.")
 @click.option("--kl-factor", type=float, default=0.0625, show_default=True, help="rome: weight of the KL term.")
 @click.option("--weight-decay", type=float, default=0.5, show_default=True, help="rome: weight of ROME's decay term |δ|/|W k*|².")

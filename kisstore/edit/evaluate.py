@@ -18,10 +18,12 @@ from kisstore.extract.batching import pad_right, token_budget_batches
 from kisstore.extract.positions import EncodedItem, encode_item
 
 
-def encode_with_target(tokenizer, item: Item, target: str, prefix: str = "") -> EncodedItem:
-    """Tokenise ``prefix + prompt + " " + target``: key position (subject's last token) and target tokens."""
+def encode_with_target(tokenizer, item: Item, target: str, prefix: str = "",
+                       position: str = "subject_last") -> EncodedItem:
+    """Tokenise ``prefix + prompt + " " + target``: the key's token (``position``, as a store's
+    ``token_position``) and the target's tokens."""
     probe = replace(item, prompt=prefix + item.prompt, target_true=target)
-    return encode_item(tokenizer, probe, "subject_last")
+    return encode_item(tokenizer, probe, position)
 
 
 def logits_at(model, ids, mask, positions: Sequence[int]):

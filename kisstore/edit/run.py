@@ -108,8 +108,13 @@ def validate(opts: EditOptions) -> None:
         raise InputError(f"invalid --run name {opts.run!r} (letters, digits, '.', '_', '-')")
     if opts.threads is not None and opts.threads < 1:
         raise InputError(f"--threads must be positive, got {opts.threads}")
-    if opts.rome.steps < 1 or not 0 < opts.rome.lr < float("inf"):
-        raise InputError("--rome-steps and --rome-lr must be positive (and finite)")
+    if opts.rome.steps < 2:
+        raise InputError(f"--rome-steps must be at least 2 (N evaluations of the loss make at most N − 1 Adam "
+                         f"updates, as ROME's v_num_grad_steps), got {opts.rome.steps}")
+    if not 0 < opts.rome.lr < float("inf"):
+        raise InputError("--rome-lr must be positive (and finite)")
+    if opts.seed < 0:
+        raise InputError(f"--seed must not be negative, got {opts.seed}")
     for flag, value, low in (("--direct-scale", opts.direct_scale, "positive"), ("--kl-factor", opts.rome.kl_factor,
                              "non-negative"), ("--weight-decay", opts.rome.weight_decay, "non-negative"),
                              ("--ridge", opts.ridge, "non-negative"),
@@ -161,16 +166,32 @@ def plan_edit(opts: EditOptions) -> EditPlan:
     if opts.edits > n:
         raise InputError(f"--edits {opts.edits} is more than the {n} items in the store")
     rng = np.random.default_rng(opts.seed)
-    edited = rng.choice(n, size=opts.edits, replace=False)
+    # edited facts have distinct subjects, and no tracked fact shares a subject with an edited
+    # one: facts about one subject share their key (P = 1 when both prompts start with the
+    # subject), so they are not the "unrelated" facts the forgetting curve follows
+    subject = [_subject_key(it) for it in items]
+    edited_list: list[int] = []
+    seen: set[str] = set()
+    for i in rng.permutation(n):
+        if subject[i] not in seen:
+            seen.add(subject[i])
+            edited_list.append(int(i))
+            if len(edited_list) == opts.edits:
+                break
+    if len(edited_list) < opts.edits:
+        raise InputError(f"--edits {opts.edits}: the store's {n} items have only {len(seen)} distinct subjects "
+                         "(each edit takes a fact about a subject not edited before)")
+    edited = np.array(edited_list, dtype=int)
     known = np.asarray(ds["known"].values, dtype=bool) if "known" in ds else np.ones(n, dtype=bool)
     if opts.tracked_from == "all":
         known = np.ones(n, dtype=bool)
-    pool = np.setdiff1d(np.flatnonzero(known), edited)
+    unrelated = np.array([s not in seen for s in subject], dtype=bool)
+    pool = np.flatnonzero(known & unrelated)
     n_tracked = min(DEFAULT_TRACKED, len(pool)) if opts.tracked is None else opts.tracked
     if n_tracked > len(pool):
         what = "known facts" if opts.tracked_from == "known" else "facts"
         raise InputError(f"--tracked {n_tracked} is more than the {len(pool)} {what} left after "
-                         f"{opts.edits} edits")
+                         f"{opts.edits} edits (facts about an edited subject are not tracked)")
     tracked = np.sort(rng.choice(pool, size=n_tracked, replace=False))
     sel = np.concatenate([edited, tracked]).astype(int)
     run = opts.run or f"{model_id}-{opts.method}-layer{layer}-e{opts.edits}-seed{opts.seed}"
@@ -179,6 +200,10 @@ def plan_edit(opts: EditOptions) -> EditPlan:
     keys = np.asarray(ds["keys"].sel(layer=layer).values[sel], dtype=np.float64)
     cov = np.asarray(ds["cov"].sel(layer=layer).values, dtype=np.float64)
     return EditPlan(model_id, attrs, layer, run, [items[i] for i in sel], opts.edits, keys, cov, n_tokens)
+
+
+def _subject_key(item: Item) -> str:
+    return " ".join(item.subject.split()).casefold()
 
 
 def _ranges(values: list[int]) -> str:
@@ -213,7 +238,34 @@ def load_for_plan(opts: EditOptions, plan: EditPlan):
         raise InputError(f"model {opts.model!r} loads revision {got}, but the store's keys and C come from {want}")
     if int(plan.attrs.get("d_ff", lm.d_ff)) != lm.d_ff or plan.keys.shape[1] != lm.d_ff:
         raise InputError(f"model {opts.model!r} has d_ff {lm.d_ff}, the store's keys have {plan.keys.shape[1]}")
+    if int(plan.attrs.get("n_layers", lm.n_layers)) != lm.n_layers:
+        raise InputError(f"model {opts.model!r} has {lm.n_layers} layers, the store's {plan.model_id} has "
+                         f"{plan.attrs.get('n_layers')}: not the model its keys and C come from")
     return lm
+
+
+def same_model_tolerance(attrs: dict[str, Any]) -> float:
+    """How far the loaded float32 model's ``W k`` may be from ``W · (stored keys)`` for the same
+    model: float32 rounding for a float32 extraction; a bfloat16/float16 one differs by its
+    precision through every layer below."""
+    return 1e-3 if attrs.get("dtype") in (None, "float32") else 0.1
+
+
+def check_same_model(plan: EditPlan, stored_values: np.ndarray, live_values: np.ndarray) -> float:
+    """Refuse a model whose outputs at the facts' keys do not match the store's keys.
+
+    ``stored_values`` is ``W₀ · (stored keys)``, ``live_values`` the loaded model's own
+    down-projection outputs at the same facts: equal up to rounding when the model is the one
+    the store was extracted from, unrelated otherwise (a folder that only shares the name)."""
+    drift = float(cf.relative_error(stored_values, live_values))
+    tol = same_model_tolerance(plan.attrs)
+    if not drift <= tol:
+        raise InputError(
+            f"the loaded model is not the one {plan.model_id!r}'s keys and C come from: its layer-{plan.layer} "
+            f"outputs at the facts' keys differ from W·(stored keys) by {drift:.2g} (relative; the same model "
+            f"gives at most {tol:g}); pass the model the store was extracted from "
+            f"({plan.attrs.get('model_name') or plan.model_id})")
+    return drift
 
 
 def run_edit(opts: EditOptions, progress: Callable[[str], None] | None = None) -> tuple[str, xr.Dataset]:
@@ -280,8 +332,8 @@ def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str],
     p_new = np.full((steps, n), np.nan)
     top1 = np.zeros((steps, n), dtype=bool)  # False where not scored; p_true is NaN there
 
-    probe = FactProbe(lm, plan.items, batch_tokens=opts.batch_tokens,
-                      position=plan.attrs.get("token_position") or "subject_last")
+    position = plan.attrs.get("token_position") or "subject_last"
+    probe = FactProbe(lm, plan.items, batch_tokens=opts.batch_tokens, position=position)
     tracked = slice(n_e, n)
     original = module.weight.detach().clone()
     tracked_rows = list(range(n_e, n))
@@ -294,14 +346,15 @@ def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str],
 
     live = np.zeros((steps, n, d_model))  # W_n k − W_0 k as the live model computes it
     try:
-        score(0)
         live_base = probe.outputs(module)
+        check_same_model(plan, base, live_base)
+        score(0)
         for j in range(1, steps):
             t = time.perf_counter()
             item, k = plan.items[j - 1], keys[j - 1]
             current = w @ k
             if opts.method == "rome":
-                target = rome_delta(lm, module, item, current, opts.rome)
+                target = rome_delta(lm, module, item, current, opts.rome, position=position)
             else:
                 target = direct_delta(lm, item, current, opts.direct_scale)
             value = current + target.delta
@@ -442,7 +495,9 @@ def run_attrs(opts: EditOptions, plan: EditPlan, lm, elapsed: float) -> dict[str
         "model_id": plan.model_id, "model_name": lm.provenance.get("model_name"),
         "model_revision": lm.provenance.get("model_revision"), "hooked_module": lm.module_template,
         "layer": plan.layer, "n_layers": lm.n_layers, "d_ff": lm.d_ff, "edits": plan.n_edits,
-        "tracked": len(plan.items) - plan.n_edits, "tracked_from": opts.tracked_from, "method": opts.method, "seed": opts.seed, "run": plan.run,
+        "tracked": len(plan.items) - plan.n_edits, "tracked_from": opts.tracked_from,
+        "selection": "edited facts have distinct subjects; tracked facts share no subject with an edited one",
+        "method": opts.method, "seed": opts.seed, "run": plan.run,
         "nullspace_threshold": opts.nullspace_threshold,
         "nullspace_rule": "relative" if opts.nullspace_relative else "absolute", "ridge": opts.ridge,
         "direct_scale": opts.direct_scale,
