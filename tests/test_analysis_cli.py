@@ -118,3 +118,41 @@ def test_singular_covariance_exits_3_with_remedy_and_ridge_recovers(tmp_path):
     assert r.exit_code == 0, r.output
     assert "warning: m: C rests on 6 tokens, 0.5 per key dimension (d_ff 12)" in r.output
     assert xr.open_datatree(path, engine="zarr")["analysis/m"].attrs["ridge"] == 0.1
+
+
+def test_a_failing_rerun_leaves_the_previous_analysis_and_a_readable_store(tmp_path):
+    """The review's case: a first analysis of layers 0–1 on 5 items, then a rerun over every layer
+    that fails at layer 2 (singular C). The rerun is staged outside /analysis, so the store is
+    byte for byte what the first run left, and opens with plain xarray."""
+    from kisstore.analysis.synthetic import items_dataset, model_dataset, synthetic_model
+    from kisstore.store import Store
+    from tests.conftest import tree_digest
+
+    path = str(tmp_path / "s.zarr")
+    s = Store(path)
+    s.init()
+    ids = np.arange(20)
+    s.write_dataset("items", items_dataset(ids))
+    arrays = synthetic_model(np.random.default_rng(0), 20, 12, 3, n_samples=200)
+    basis = np.random.default_rng(1).standard_normal((12, 5))
+    arrays["cov"][2] = basis @ basis.T / 5  # rank 5 < d_ff 12: layer 2 cannot be whitened
+    s.write_dataset("models/m", model_dataset(arrays, ids))
+    s.set_attrs("models/m", {"complete": True, "n_layers": 3})
+    s.consolidate()
+    assert CliRunner().invoke(cli, ["analyze", path, "--layers", "0,1", "--n-items", "5"]).exit_code == 0
+    first = xr.open_datatree(path, engine="zarr")["analysis/m"].to_dataset().load()
+    before = tree_digest(path)
+
+    r = CliRunner().invoke(cli, ["analyze", path])
+    assert r.exit_code == 3 and "layer 2:" in r.output, r.output
+    assert tree_digest(path) == before and not os.path.exists(os.path.join(path, "_staging"))
+    again = xr.open_datatree(path, engine="zarr")["analysis/m"].to_dataset().load()
+    xr.testing.assert_identical(again, first)
+    assert dict(again.sizes)["item"] == 5 and np.isfinite(again["stats"].values).all()
+
+    # and a successful rerun replaces it, leaving no staging behind
+    r = CliRunner().invoke(cli, ["analyze", path, "--layers", "0,1"])
+    assert r.exit_code == 0, r.output
+    tree = xr.open_datatree(path, engine="zarr")
+    assert dict(tree["analysis/m"].sizes)["item"] == 20 and "_staging" not in tree.children
+    assert not os.path.exists(os.path.join(path, "_staging"))

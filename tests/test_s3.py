@@ -164,3 +164,28 @@ def test_info_and_extract_report_storage_faults_in_one_line(kind, s3_server, sto
         extract = run_cli(*_extract_args(tiny_models, tiny_items, tiny_corpus), "--store", target, *opts, env=env)
         assert_one_line_error(extract, expected, (CLI_KEY, CLI_SECRET))
     assert not any(k.startswith("new.zarr") for k in s3_server.objects()), "nothing written"
+
+
+def test_analyze_on_s3_replaces_a_previous_analysis_like_on_disk(stores, tmp_path):
+    """`kisstore analyze` on an S3 store: staged, then moved into /analysis by copying keys (the
+    S3 path of Store.replace_group); a second run replaces the first; nothing staged remains, and
+    the result equals the same analysis of the local store."""
+    import shutil
+
+    s3, url = stores.s3, stores.s3.url("team/analysed.zarr")
+    run_cli("copy", stores.url, url, "--quiet", *s3.cli, check=True)
+    run_cli("analyze", url, "--n-items", "5", *s3.cli, check=True)
+    run_cli("analyze", url, *s3.cli, check=True)
+    local = tmp_path / "local.zarr"
+    shutil.copytree(stores.local, local)
+    run_cli("analyze", str(local), check=True)
+
+    remote = xr.open_datatree(url, engine="zarr", storage_options=s3.options)
+    keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=s3.bucket, Prefix="team/analysed.zarr/")["Contents"]]
+    assert "_staging" not in remote.children and not [k for k in keys if "/_staging" in k]
+    assert any(k.startswith("team/analysed.zarr/analysis/gpt2/p_matrix/c/") for k in keys)
+    got = remote["analysis/gpt2"].to_dataset().load()
+    want = xr.open_datatree(local, engine="zarr")["analysis/gpt2"].to_dataset().load()
+    assert got.sizes == want.sizes
+    for name in ("p_matrix", "gram", "stats", "cond"):
+        xr.testing.assert_allclose(got[name], want[name], rtol=1e-12)

@@ -221,6 +221,31 @@ class Store:
             if path:  # never the root
                 _sync(self.zstore.delete_dir(path))
 
+    def replace_group(self, src: str, dst: str) -> None:
+        """Move the group ``src`` to ``dst``, replacing what was there (both paths below the root).
+
+        Local stores rename folders (the old group is renamed aside first, so ``dst`` is
+        missing only between two renames); other stores copy every key, then delete ``src``.
+        """
+        if not src or not dst or src == dst:
+            raise ValueError("replace_group needs two different group paths below the root")
+        with storage_errors(self.url, self.storage_options):
+            parent = dst.rsplit("/", 1)[0] if "/" in dst else ""
+            if parent:
+                zarr.open_group(self.zstore, path=parent, mode="a", zarr_format=3)  # dst's parent group
+            if self.scheme == "file":
+                import shutil
+
+                root = str(self.zstore.root)
+                old, new, aside = (os.path.join(root, dst), os.path.join(root, src),
+                                   os.path.join(root, src.rstrip("/") + ".replaced"))
+                if os.path.lexists(old):
+                    os.replace(old, aside)
+                os.replace(new, old)
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                _sync(_move_keys(self.zstore, src, dst))
+
     def foreign_files(self) -> bool:
         """A local folder that is not a store but holds files: not a place to create one.
 
@@ -254,6 +279,26 @@ class Store:
             zarr.consolidate_metadata(self.zstore)
 
 
+async def _move_keys(zstore, src: str, dst: str, parallel: int = 32) -> None:
+    """Copy every key below ``src`` to the same place below ``dst`` (emptied first), then delete ``src``."""
+    import asyncio
+
+    from zarr.core.buffer import default_buffer_prototype
+
+    proto = default_buffer_prototype()
+    await zstore.delete_dir(dst)
+    keys = [k async for k in zstore.list_prefix(src.rstrip("/") + "/")]
+
+    async def move(key: str) -> None:
+        buf = await zstore.get(key, prototype=proto)
+        if buf is not None:
+            await zstore.set(dst.rstrip("/") + key[len(src.rstrip("/")):], buf)
+
+    for i in range(0, len(keys), parallel):
+        await asyncio.gather(*(move(k) for k in keys[i : i + parallel]))
+    await zstore.delete_dir(src)
+
+
 def _jsonable(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()
@@ -282,7 +327,8 @@ def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> xr
         # group except the private /_checkpoints, which no analysis reads
         root = zarr.open_group(store.zstore, mode="r", zarr_format=3)
         paths = [""] + sorted(path for path, node in root.members(max_depth=None)
-                              if isinstance(node, zarr.Group) and path.split("/")[0] != layout.CHECKPOINTS)
+                              if isinstance(node, zarr.Group)
+                              and path.split("/")[0] not in (layout.CHECKPOINTS, layout.STAGING))
         nodes = {"/" + path: xr.open_dataset(store.zstore, group=path or None, engine="zarr", chunks={},
                                              zarr_format=3) for path in paths}
         return xr.DataTree.from_dict(nodes)

@@ -12,6 +12,7 @@ ITEMS = "items"
 MODELS = "models"
 ANALYSIS = "analysis"
 CHECKPOINTS = "_checkpoints"
+STAGING = "_staging"  # results written in full here first, then moved into place (never consolidated)
 LOCKS = ".kisstore-locks"  # writer leases (kisstore.store.lock)
 EVERY_CHUNK_WRITTEN = "kisstore_every_chunk_written"  # group attribute: a missing chunk file is damage
 ITEM_FIELDS = ("subject", "prompt", "relation_id", "target_true", "target_new")
