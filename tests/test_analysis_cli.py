@@ -156,3 +156,57 @@ def test_a_failing_rerun_leaves_the_previous_analysis_and_a_readable_store(tmp_p
     tree = xr.open_datatree(path, engine="zarr")
     assert dict(tree["analysis/m"].sizes)["item"] == 20 and "_staging" not in tree.children
     assert not os.path.exists(os.path.join(path, "_staging"))
+
+
+def _damaged_store(path: str, damage: str) -> None:
+    from kisstore.analysis.synthetic import items_dataset, model_dataset, synthetic_model
+    from kisstore.store import Store
+
+    s = Store(path)
+    s.init()
+    ids = np.arange(1000, 1020)
+    arrays = synthetic_model(np.random.default_rng(0), 20, 12, 3, n_samples=200)
+    if damage == "nan key":
+        arrays["keys"][1, 3, 5] = np.nan
+    elif damage == "inf key":
+        arrays["keys"][1, 7, 0] = np.inf
+    elif damage == "zero key":
+        arrays["keys"][2, 4] = 0.0
+    elif damage == "nan cov":
+        arrays["cov"][0, 2, 3] = arrays["cov"][0, 3, 2] = np.nan
+    elif damage == "one triangle":
+        arrays["cov"][0] = np.triu(arrays["cov"][0])
+    elif damage == "duplicate case ids":
+        ids[5] = ids[4]
+    s.write_dataset("items", items_dataset(ids))
+    s.write_dataset("models/m", model_dataset(arrays, ids))
+    s.set_attrs("models/m", {"complete": True, "n_layers": 3})
+    s.consolidate()
+
+
+DAMAGE = {
+    "nan key": (3, "layer 1: 1 key(s) hold NaN or infinite values: items at positions 3 of the 20"),
+    "inf key": (3, "layer 1: 1 key(s) hold NaN or infinite values: items at positions 7 of the 20"),
+    "zero key": (3, "layer 2: 1 key(s) are all zeros (their P rows are undefined): items at positions 4"),
+    "nan cov": (3, "layer 0: covariance C (12×12) holds 2 NaN or infinite entries"),
+    "one triangle": (3, "layer 0: covariance C (12×12) is not symmetric"),
+    "duplicate case ids": (2, "/items lists case ids more than once (1004)"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_keys_or_covariances_are_one_line_errors_naming_the_layer(damage, tmp_path):
+    """Found by review: NaN keys crashed with scipy's bare 'array must not contain infs or NaNs'
+    (exit 1), NaN in C was reported as positive definite, one stored triangle gave silently
+    wrong numbers, an all-zero key NaN statistics, duplicate case ids a pandas error."""
+    from tests.conftest import tree_digest
+
+    path = str(tmp_path / "s.zarr")
+    _damaged_store(path, damage)
+    before = tree_digest(path)
+    code, needle = DAMAGE[damage]
+    r = CliRunner().invoke(cli, ["analyze", path])
+    assert r.exit_code == code and needle in r.output, r.output
+    lines = r.output.splitlines()  # progress lines, then one line of error, no traceback
+    assert lines[-1].startswith("Error:") and needle in lines[-1] and "Traceback" not in r.output, r.output
+    assert tree_digest(path) == before

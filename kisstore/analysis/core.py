@@ -55,6 +55,9 @@ def analyze(
     if layout.ITEMS not in tree.children:
         raise StoreError("the store has no /items group (the facts' text): it was not written by extract")
     items_ds = tree[layout.ITEMS].to_dataset()
+    _check_unique(items_ds["item"].values, f"/{layout.ITEMS}")
+    for m in model_ids:
+        _check_unique(tree[f"{layout.MODELS}/{m}"]["item"].values, f"/{layout.MODELS}/{m}")
     per_model = {
         m: analyze_model(tree, m, items_ds, items=items, n_items=n_items, layers=layers, ridge=float(ridge),
                          top_k=int(top_k), grid=grid, sizes=convergence_sizes, max_cond=float(max_cond))
@@ -86,6 +89,14 @@ def sample_size_warnings(tree: xr.DataTree, models: Sequence[str] | None = None)
                        f"below {MIN_TOKENS_PER_DIM}·d_ff the whitened statistics are biased (P spreads too "
                        "wide). Extract with more --corpus-tokens for results to compare.")
     return out
+
+
+def _check_unique(case_ids: np.ndarray, where: str) -> None:
+    values, counts = np.unique(case_ids, return_counts=True)
+    if (counts > 1).any():
+        dup = ", ".join(map(str, values[counts > 1][:5]))
+        raise StoreError(f"{where} lists case ids more than once ({dup}): each item needs its own case id; "
+                         "the store was not written by kisstore extract, which refuses duplicates")
 
 
 def analyze_model(

@@ -48,10 +48,20 @@ def whitening(
     c = regularize(cov, ridge)
     d = c.shape[0]
     where = f"layer {layer}" if layer is not None else "covariance"
+    bad = int(np.count_nonzero(~np.isfinite(c)))
+    if bad:
+        raise NumericalError(f"{where}: covariance C ({d}×{d}) holds {bad} NaN or infinite entries: the stored C "
+                             "is damaged or was accumulated from overflowing activations; extract it again")
+    scale = float(np.abs(c).max())
+    asym = float(np.abs(c - c.T).max())
+    if asym > 1e-6 * scale:
+        raise NumericalError(f"{where}: covariance C ({d}×{d}) is not symmetric (max |C − Cᵀ| = {asym:.3g}, "
+                             f"{asym / scale:.2g} of max |C|); kisstore writes C symmetric: was it written by "
+                             "another tool (e.g. only one triangle)?")
     try:
         lower = scipy.linalg.cholesky(c, lower=True, check_finite=True)
     except (np.linalg.LinAlgError, ValueError):
-        cond, smallest = _condition_number(np.nan_to_num(c))
+        cond, smallest = _condition_number(c)
         raise NumericalError(
             f"{where}: covariance C ({d}×{d}) is not positive definite (smallest eigenvalue "
             f"{smallest:.3g}, condition number {cond:.3g}); {_remedy(d, n_tokens, ridge)}"
@@ -94,9 +104,20 @@ def gram_and_cond(
     layer: int | None = None,
     n_tokens: int | None = None,
 ) -> tuple[np.ndarray, float]:
-    """:func:`gram` and the condition number of the covariance it whitened with (one factorisation)."""
+    """:func:`gram` and the condition number of the covariance it whitened with (one factorisation).
+
+    Keys with NaN or infinite values, or all zeros (whose P row ``G_ij / G_ii`` is undefined),
+    are refused with the positions of the first few among the analysed items."""
+    k = np.asarray(keys, dtype=np.float64)
+    where = f"layer {layer}" if layer is not None else "keys"
+    for rows, what in ((np.flatnonzero(~np.isfinite(k).all(axis=-1)), "hold NaN or infinite values"),
+                       (np.flatnonzero(~(k != 0).any(axis=-1)), "are all zeros (their P rows are undefined)")):
+        if rows.size:
+            shown = ", ".join(map(str, rows[:5])) + (", …" if rows.size > 5 else "")
+            raise NumericalError(f"{where}: {rows.size} key(s) {what}: items at positions {shown} of the "
+                                 f"{k.shape[0]} analysed; extract them again, or leave them out (--n-items)")
     lower, cond = whitening(cov, ridge, max_cond=max_cond, layer=layer, n_tokens=n_tokens)
-    z = scipy.linalg.solve_triangular(lower, np.asarray(keys, dtype=np.float64).T, lower=True)
+    z = scipy.linalg.solve_triangular(lower, k.T, lower=True)
     g = z.T @ z
     return (g + g.T) / 2, cond  # exactly symmetric
 

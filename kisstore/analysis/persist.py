@@ -36,7 +36,7 @@ def write_analysis(store: Store, result: xr.DataTree, progress: Callable[[str], 
                      f"(d_ff {ds.attrs.get('d_ff', '?')}) → {layout.ANALYSIS}/{model}")
             start = time.perf_counter()
             path = f"{staging}/{layout.check_group_name(model)}"
-            store.write_dataset(path, ds)
+            _compute_to_the_end(store.write_dataset(path, ds, compute=False))
             staged[model] = _open(store, path)
             progress(f"      done in {time.perf_counter() - start:.1f} s")
         table = scaling.scaling_dataset(staged).compute()
@@ -49,6 +49,27 @@ def write_analysis(store: Store, result: xr.DataTree, progress: Callable[[str], 
     store.delete(layout.STAGING)
     store.consolidate()
     return {model: read_analysis(store, model) for model in models}
+
+
+def _compute_to_the_end(work) -> None:
+    """``dask.compute(work)``; when a task fails, return (raise) only once no task is still
+    running, so that deleting the staged group afterwards is final: dask's local scheduler
+    raises at the first failure while other layers' tasks go on writing chunks. Local work
+    runs on a thread pool of our own, shut down (waited for) before the error propagates; on a
+    distributed cluster tasks may still finish after the error, leaving staged chunks that the
+    next run removes (readers never see /_staging: it is never consolidated)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dask
+    import dask.threaded
+
+    scheduler = dask.base.get_scheduler()
+    if scheduler not in (None, dask.threaded.get):
+        dask.compute(work)
+        return
+    with ThreadPoolExecutor(max_workers=dask.config.get("num_workers", None) or os.cpu_count() or 1) as pool:
+        dask.compute(work, scheduler="threads", pool=pool)
 
 
 def _open(store: Store, path: str) -> xr.Dataset:

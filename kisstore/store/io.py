@@ -193,8 +193,12 @@ class Store:
                  "created_by": layout.CREATED_BY}
             )
 
-    def write_dataset(self, path: str, ds: xr.Dataset, *, chunks: Mapping[str, tuple[int, ...]] | None = None) -> None:
-        """Write ``ds`` as the group ``path`` (replacing it), checksummed and chunked per layer."""
+    def write_dataset(self, path: str, ds: xr.Dataset, *, chunks: Mapping[str, tuple[int, ...]] | None = None,
+                      compute: bool = True):
+        """Write ``ds`` as the group ``path`` (replacing it), checksummed and chunked per layer.
+
+        With ``compute=False`` only the metadata is written and the Dask work that writes the
+        chunks is returned (``dask.compute`` it)."""
         encoding = {}
         for name, var in ds.variables.items():
             enc = {"compressors": default_compressors()}
@@ -208,8 +212,8 @@ class Store:
         # missing chunk file damage (the attribute tells it this group was written that way)
         ds.attrs[layout.EVERY_CHUNK_WRITTEN] = True
         with storage_errors(self.url, self.storage_options):
-            ds.to_zarr(self.zstore, group=path, mode="w", consolidated=False, zarr_format=3, encoding=encoding,
-                       write_empty_chunks=True)
+            return ds.to_zarr(self.zstore, group=path, mode="w", consolidated=False, zarr_format=3,
+                              encoding=encoding, write_empty_chunks=True, compute=compute)
 
     def set_attrs(self, path: str, attrs: Mapping[str, Any]) -> None:
         with storage_errors(self.url, self.storage_options):
