@@ -29,6 +29,8 @@ from kisstore_cli.common import handle_errors, output_dir, storage_option, stora
                    "(AlphaEdit's rule and default; with --nullspace-relative, eigenvalue ≥ T·max).")
 @click.option("--nullspace-relative", is_flag=True,
               help="Read --nullspace-threshold relative to C's largest eigenvalue (comparable across layers).")
+@click.option("--alphaedit-l2", type=float, default=10.0, show_default=True, metavar="L2",
+              help="AlphaEdit variant: its regulariser (AlphaEdit's default).")
 @click.option("--ridge", type=float, default=0.0, show_default=True, metavar="λ",
               help="Use C + λ·mean(diag C)·I (for an ill-conditioned C).")
 @click.option("--direct-scale", type=float, default=1.0, show_default=True, help="direct: |δ| = scale·|W k*|.")
@@ -49,7 +51,7 @@ from kisstore_cli.common import handle_errors, output_dir, storage_option, stora
 @storage_option
 @handle_errors
 def edit_command(store, model, layer, edits, tracked, tracked_from, method, seed, run_name, nullspace_threshold,
-                 nullspace_relative, ridge,
+                 nullspace_relative, alphaedit_l2, ridge,
                  direct_scale, rome_steps, rome_lr, kl_factor, weight_decay, vectors, threads, device, report_dir,
                  overwrite, quiet, storage_options):
     """Apply E sequential rank-one edits W ← W + Λ(C⁻¹k*)ᵀ to one layer of a model whose keys and C
@@ -66,7 +68,8 @@ def edit_command(store, model, layer, edits, tracked, tracked_from, method, seed
 
     opts = EditOptions(
         store=store, model=model, layer=layer, edits=edits, tracked=tracked, tracked_from=tracked_from, method=method, seed=seed,
-        run=run_name, nullspace_threshold=nullspace_threshold, nullspace_relative=nullspace_relative, ridge=ridge, direct_scale=direct_scale,
+        run=run_name, nullspace_threshold=nullspace_threshold, nullspace_relative=nullspace_relative,
+        alphaedit_l2=alphaedit_l2, ridge=ridge, direct_scale=direct_scale,
         rome=RomeOptions(steps=rome_steps, lr=rome_lr, kl_factor=kl_factor, weight_decay=weight_decay),
         vectors=vectors, threads=threads, overwrite=overwrite, device=device, storage_options=storage_options_from(storage_options),
     )

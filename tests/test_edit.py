@@ -98,7 +98,10 @@ def test_run_records_settings_roles_and_figures(cli_run):
     assert list(ds["role"].values).count("edited") == 20 and list(ds["edit_step"].values[:3]) == [1, 2, 3]
     assert ds["edited_item"].values[1:].tolist() == ds["item"].values[:20].tolist()
     assert set(ds["item"].values[20:]).isdisjoint(ds["item"].values[:20])
-    assert ds.attrs["alphaedit_max_relative_error"] < 1e-8
+    assert ds.attrs["alphaedit_max_relative_error"] < 1e-8 and ds.attrs["alphaedit_l2"] == 10.0
+    hit = ds["alphaedit_hit"].values[1:]  # AlphaEdit's regularised update lands only partly on k*
+    assert np.isfinite(hit).all() and (hit > 0).all() and (hit < 1).all()
+    assert (ds["alphaedit_update_norm"].values[1:] > 0).all() and (ds["update_norm"].values[1:] > 0).all()
     for name in ("forgetting_curve.png", "predicted_vs_measured.png", "interference_vs_p.png"):
         assert (report / name).read_bytes()[:4] == b"\x89PNG"
     assert "agree to" in output
@@ -285,6 +288,7 @@ BAD = {
     "bad run name": (["--layer", "0", "--edits", "2", "--run", "../x"], "invalid --run"),
     "negative seed": (["--layer", "0", "--edits", "2", "--seed", "-1"], "--seed must not be negative"),
     "one rome step": (["--layer", "0", "--edits", "2", "--rome-steps", "1"], "--rome-steps must be at least 2"),
+    "zero alphaedit l2": (["--layer", "0", "--edits", "2", "--alphaedit-l2", "0"], "--alphaedit-l2 must be a finite"),
 }
 
 
@@ -334,3 +338,26 @@ def test_one_rome_edit_makes_smollm2_prefer_the_new_target(token, tmp_path):
     assert ds["p_new"].values[1, 0] > ds["p_true"].values[1, 0]  # after one edit: the new one
     assert ds["efficacy"].values[1] > 0.5  # and clearly (δ at the wrong token gave 6e-4 on a last-token store)
     assert ds.attrs["max_relative_error"] < 1e-8
+
+
+def test_alphaedit_sequence_equals_alphaedits_own_formula_with_its_key_cache():
+    """ΔW = (solve(P (k kᵀ + cache) + L2·I, P k rᵀ))ᵀ, the cache growing by k kᵀ after each edit (as
+    AlphaEdit's code writes it, a d × d solve), against the Woodbury rank-one form kisstore uses."""
+    rng = np.random.default_rng(0)
+    d, d_model, l2 = 20, 5, 3.0
+    q = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    cov = (q * np.concatenate([np.full(8, 5.0), np.full(12, 1e-3)])) @ q.T
+    proj, rank = cf.nullspace_projector(cov, 1e-2)
+    assert rank == 12
+    seq = cf.AlphaEditSequence(proj, l2=l2)
+    w, cache = rng.normal(size=(d_model, d)), np.zeros((d, d))
+    for _ in range(6):
+        k, v = 3 * rng.normal(size=d), rng.normal(size=d_model)
+        e = seq.edit(w, k, v)
+        r = v - w @ k
+        update = np.linalg.solve(proj @ (np.outer(k, k) + cache) + l2 * np.eye(d), proj @ np.outer(k, r)).T
+        np.testing.assert_allclose(e.apply(w), w + update, rtol=0, atol=1e-12 * np.abs(update).max() + 1e-13)
+        np.testing.assert_allclose(e.change(k[None])[0], float(e.direction @ k) * r, rtol=1e-12)
+        w, cache = w + update, cache + np.outer(k, k)
+    with pytest.raises(ValueError):
+        cf.AlphaEditSequence(proj, l2=0.0)

@@ -6,6 +6,7 @@ behaviour) in ``weights``, ``targets`` and ``evaluate``; ``run`` ties them to a 
 """
 
 from kisstore.edit.closed_form import (
+    AlphaEditSequence,
     RankOneEdit,
     coefficients,
     cov_solve,
@@ -19,6 +20,6 @@ from kisstore.edit.run import EditOptions, plan_edit, run_edit
 from kisstore.edit.targets import RomeOptions
 
 __all__ = [
-    "EditOptions", "RankOneEdit", "RomeOptions", "coefficients", "cov_solve", "nullspace_projector",
+    "AlphaEditSequence", "EditOptions", "RankOneEdit", "RomeOptions", "coefficients", "cov_solve", "nullspace_projector",
     "plan_edit", "predicted_changes", "rank_one_edit", "relative_error", "run_edit", "whitened_keys",
 ]

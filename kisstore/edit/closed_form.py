@@ -1,6 +1,6 @@
 """The closed-form rank-one edit and its predicted interference: pure numpy, float64.
 
-ROME/MEMIT/AlphaEdit change an MLP down-projection ``W`` (d_model × d_ff, "out × in") so that
+ROME/MEMIT change an MLP down-projection ``W`` (d_model × d_ff, "out × in") so that
 the edited fact's key ``k*`` maps to a new value ``v*``:
 
     Λ = (v* − W k*) / (k*ᵀ C⁻¹ k*),        W' = W + Λ (C⁻¹ k*)ᵀ.
@@ -23,8 +23,8 @@ import scipy.linalg
 class RankOneEdit:
     """One closed-form edit: ``W' = W + lam ⊗ direction`` (``direction = C⁻¹k*`` or its projection)."""
 
-    lam: np.ndarray  # (d_model,) Λ
-    direction: np.ndarray  # (d_ff,) C⁻¹k*, or P·C⁻¹k* under a null-space projection
+    lam: np.ndarray  # (d_model,) Λ (AlphaEdit: r itself)
+    direction: np.ndarray  # (d_ff,) C⁻¹k*, P·C⁻¹k* under a null-space projection, or AlphaEdit's u
     residual: np.ndarray  # (d_model,) r = v* − W k*, the change intended for k*
 
     def apply(self, weight: np.ndarray) -> np.ndarray:
@@ -63,6 +63,48 @@ def rank_one_edit(
     denom = float(direction @ k)
     lam = residual / denom if denom != 0.0 else np.full_like(residual, np.nan)
     return RankOneEdit(lam, direction, residual)
+
+
+class AlphaEditSequence:
+    """AlphaEdit's update (Fang et al., ICLR 2025) for a sequence of single edits at one layer.
+
+    AlphaEdit solves a regularised least-squares problem in the null space ``P`` of
+    ``C = E[kkᵀ]``'s dominant directions: for an edit with key k*, intended change
+    ``r = v* − W k*`` and the keys ``K_p`` edited before (its cache),
+
+        ΔW = r k*ᵀ P (A P + l2·I)⁻¹,    A = K_p K_pᵀ + k* k*ᵀ,
+
+    a rank-one ``ΔW = r uᵀ`` with ``u = (P A + l2·I)⁻¹ P k*``. ``u`` is computed in the span of
+    the edited keys (Woodbury: ``u = (P k* − P K (l2·I + Kᵀ P K)⁻¹ Kᵀ P k*) / l2`` with
+    ``K = [K_p, k*]``), never as a d × d system. Unlike ROME's update it does not land
+    exactly: ``ΔW k* = (uᵀk*) r`` with ``uᵀk* < 1`` (the l2 term). AlphaEdit's code spreads an
+    edit over several layers (MEMIT's residual split) and averages keys over prefixed prompts;
+    here it acts on one layer with the stored keys, like the rest of ``kisstore edit``.
+    """
+
+    def __init__(self, projector: np.ndarray, l2: float = 10.0):
+        if not l2 > 0:
+            raise ValueError(f"l2 must be positive, got {l2}")
+        self.projector = np.asarray(projector, dtype=np.float64)
+        self.l2 = float(l2)
+        self._keys: list[np.ndarray] = []
+        self._projected: list[np.ndarray] = []  # P k for every key edited so far
+
+    def edit(self, weight: np.ndarray, key: np.ndarray, value: np.ndarray) -> RankOneEdit:
+        """The update for the next edit; the key joins the cache (AlphaEdit adds K₁K₁ᵀ after each edit)."""
+        w = np.asarray(weight, dtype=np.float64)
+        k = np.asarray(key, dtype=np.float64)
+        residual = np.asarray(value, dtype=np.float64) - w @ k
+        pk = self.projector @ k
+        keys = np.stack([*self._keys, k], axis=1)  # (d, m)
+        projected = np.stack([*self._projected, pk], axis=1)
+        gram = keys.T @ projected  # Kᵀ P K (m, m); its last column is Kᵀ P k*
+        gram = (gram + gram.T) / 2
+        coef = np.linalg.solve(gram + self.l2 * np.eye(gram.shape[0]), gram[:, -1])
+        u = (pk - projected @ coef) / self.l2
+        self._keys.append(k)
+        self._projected.append(pk)
+        return RankOneEdit(residual.copy(), u, residual)
 
 
 def whitened_keys(keys: np.ndarray, lower: np.ndarray) -> np.ndarray:

@@ -93,7 +93,7 @@ def write_report(ds: xr.Dataset, folder: str | Path) -> list[Path]:
     mask = _not_self(ds)
     ax.plot(p[mask], rel[mask], ".", ms=3, alpha=0.5, label="closed-form edit (ROME)")
     pa = np.abs(ds["alphaedit_coefficient"].values[steps])
-    ax.plot(p[mask], pa[mask], "x", ms=3, alpha=0.4, label="same pair under AlphaEdit's null-space projection")
+    ax.plot(p[mask], pa[mask], "x", ms=3, alpha=0.4, label="same pair under AlphaEdit's update")
     x = np.linspace(np.nanmin(p[mask]) if mask.any() else -1, np.nanmax(p[mask]) if mask.any() else 1, 50)
     ax.plot(x, np.abs(x), "k-", lw=0.8, label="|P| (theory)")
     ax.set(xlabel="P value G(k*_j, k_i) / G(k*_j, k*_j)", ylabel="|change of k_i's value| / |intended change r_j|",

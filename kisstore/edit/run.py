@@ -53,6 +53,7 @@ class EditOptions:
     run: str | None = None
     nullspace_threshold: float = 2e-2  # AlphaEdit's: eigenvalues of C below it span the null space
     nullspace_relative: bool = False  # threshold relative to C's largest eigenvalue instead
+    alphaedit_l2: float = 10.0  # AlphaEdit's L2 (its GPT-2 XL, GPT-J and Llama-3 default)
     ridge: float = 0.0
     direct_scale: float = 1.0
     rome: RomeOptions = field(default_factory=RomeOptions)
@@ -118,7 +119,8 @@ def validate(opts: EditOptions) -> None:
     for flag, value, low in (("--direct-scale", opts.direct_scale, "positive"), ("--kl-factor", opts.rome.kl_factor,
                              "non-negative"), ("--weight-decay", opts.rome.weight_decay, "non-negative"),
                              ("--ridge", opts.ridge, "non-negative"),
-                             ("--nullspace-threshold", opts.nullspace_threshold, "positive")):
+                             ("--nullspace-threshold", opts.nullspace_threshold, "positive"),
+                             ("--alphaedit-l2", opts.alphaedit_l2, "positive")):
         ok = value > 0 if low == "positive" else value >= 0
         if not (ok and np.isfinite(value)):
             raise InputError(f"{flag} must be a finite, {low} number, got {value}")
@@ -322,7 +324,10 @@ def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str],
     residual_alpha = np.zeros((n_e, d_model))
     coeff_alpha = np.full((steps, n), np.nan)
     lam_norm = np.full(steps, np.nan)
-    lam_norm_alpha = np.full(steps, np.nan)
+    update_norm = np.full(steps, np.nan)
+    update_norm_alpha = np.full(steps, np.nan)
+    hit_alpha = np.full(steps, np.nan)
+    alpha_seq = cf.AlphaEditSequence(projector, opts.alphaedit_l2)
     key_gram = np.full(steps, np.nan)
     opt_steps = np.zeros(steps, dtype=np.int64)
     opt_nll = np.full(steps, np.nan)
@@ -361,14 +366,17 @@ def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str],
             edit = cf.rank_one_edit(w, k, value, lower)
             w = edit.apply(w)
             set_down_proj_weight(module, w)
-            alpha = cf.rank_one_edit(w_alpha, k, value, lower, projector)
+            alpha = alpha_seq.edit(w_alpha, k, value)  # the same v*, from its own weight trajectory
             w_alpha = alpha.apply(w_alpha)
+            hit_alpha[j] = float(alpha.direction @ k)  # AlphaEdit's ΔW k* = (uᵀk*) r: it lands only partly
 
-            residual[j - 1], residual_alpha[j - 1] = edit.residual, alpha.residual
-            lam_norm[j], lam_norm_alpha[j] = np.linalg.norm(edit.lam), np.linalg.norm(alpha.lam)
+            residual[j - 1], residual_alpha[j - 1] = edit.residual, alpha.lam * hit_alpha[j]
+            lam_norm[j] = np.linalg.norm(edit.lam)
+            update_norm[j] = np.linalg.norm(edit.lam) * np.linalg.norm(edit.direction)
+            update_norm_alpha[j] = np.linalg.norm(alpha.lam) * np.linalg.norm(alpha.direction)
             key_gram[j] = float(edit.direction @ k)
             with np.errstate(divide="ignore", invalid="ignore"):
-                coeff_alpha[j] = (keys @ alpha.direction) / float(alpha.direction @ k)
+                coeff_alpha[j] = (keys @ alpha.direction) / hit_alpha[j]
             measured[j] = keys @ w.T - base
             measured_alpha[j] = keys @ w_alpha.T - base
             live[j] = probe.outputs(module) - live_base
@@ -390,7 +398,8 @@ def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str],
     return build_dataset(
         plan=plan, predicted=predicted, measured=measured, coeff=coeff,
         predicted_alpha=predicted_alpha, measured_alpha=measured_alpha, live=live,
-        coeff_alpha=coeff_alpha, lam_norm=lam_norm, lam_norm_alpha=lam_norm_alpha, residual=residual,
+        coeff_alpha=coeff_alpha, lam_norm=lam_norm, update_norm=update_norm, update_norm_alpha=update_norm_alpha,
+        hit_alpha=hit_alpha, residual=residual,
         key_gram=key_gram, opt_steps=opt_steps, opt_nll=opt_nll, opt_nll_start=opt_nll_start, seconds=seconds,
         p_true=p_true, p_new=p_new, top1=top1, null_rank=null_rank, vectors=opts.vectors,
     )
@@ -413,7 +422,8 @@ def _norm(x: np.ndarray) -> np.ndarray:
 
 
 def build_dataset(*, plan: EditPlan, predicted, measured, coeff, predicted_alpha, measured_alpha, live,
-                  coeff_alpha, lam_norm, lam_norm_alpha, residual, key_gram, opt_steps, opt_nll, opt_nll_start, seconds,
+                  coeff_alpha, lam_norm, update_norm, update_norm_alpha, hit_alpha, residual, key_gram, opt_steps,
+                  opt_nll, opt_nll_start, seconds,
                   p_true, p_new, top1, null_rank: int, vectors: bool) -> xr.Dataset:
     """Lay the run's arrays out on (step, item[, d_model]) with the facts' text as coordinates."""
     n_e, n = plan.n_edits, len(plan.items)
@@ -439,12 +449,14 @@ def build_dataset(*, plan: EditPlan, predicted, measured, coeff, predicted_alpha
         "step_change_norm": (sv, np.concatenate([np.zeros((1, n)), _norm(np.diff(measured, axis=0))])),
         "residual_norm": ("step", np.concatenate([[np.nan], _norm(residual)])),
         "lambda_norm": ("step", lam_norm),
+        "update_norm": ("step", update_norm),
         "key_gram": ("step", key_gram),
         "alphaedit_coefficient": (sv, coeff_alpha),
         "alphaedit_interference_predicted": (sv, _norm(_since_edit(predicted_alpha, n_e))),
         "alphaedit_interference_measured": (sv, _norm(_since_edit(measured_alpha, n_e))),
         "alphaedit_relative_error": (sv, cf.relative_error(predicted_alpha, measured_alpha, axis=-1)),
-        "alphaedit_lambda_norm": ("step", lam_norm_alpha),
+        "alphaedit_update_norm": ("step", update_norm_alpha),
+        "alphaedit_hit": ("step", hit_alpha),
         "p_true": (sv, p_true),
         "p_new": (sv, p_new),
         "top1": (sv, top1),
@@ -498,7 +510,7 @@ def run_attrs(opts: EditOptions, plan: EditPlan, lm, elapsed: float) -> dict[str
         "tracked": len(plan.items) - plan.n_edits, "tracked_from": opts.tracked_from,
         "selection": "edited facts have distinct subjects; tracked facts share no subject with an edited one",
         "method": opts.method, "seed": opts.seed, "run": plan.run,
-        "nullspace_threshold": opts.nullspace_threshold,
+        "nullspace_threshold": opts.nullspace_threshold, "alphaedit_l2": opts.alphaedit_l2,
         "nullspace_rule": "relative" if opts.nullspace_relative else "absolute", "ridge": opts.ridge,
         "direct_scale": opts.direct_scale,
         "rome": {**asdict(opts.rome), "prefixes": list(opts.rome.prefixes)}, "vectors": opts.vectors,
