@@ -18,7 +18,7 @@ from kisstore_cli.common import handle_errors, parse_size, storage_option, stora
               help="embedded | python-docs | wordnet | wikipedia | hf:NAME[:CONFIG] | hf:LOCAL_DATASET_DIR | "
                    "file/glob (.txt .jsonl .parquet).")
 @click.option("--corpus-tokens", type=int, default=None, metavar="T", help="Stop after T tokens (whole documents).")
-@click.option("--max-length", type=int, default=1024, show_default=True, help="Tokens per document (truncation).")
+@click.option("--max-length", type=int, default=1024, show_default=True, help="Tokens per document (truncation; capped at the model's context).")
 @click.option("--batch-tokens", type=int, default=4096, show_default=True, help="Padded tokens per forward batch.")
 @click.option("--layers", default="all", show_default=True, metavar="SPEC", help="all | 5 | -1 | 0-5 | 0,3,7 | 0-29:2")
 @click.option("--token", type=click.Choice(["subject_last", "subject_first", "last"]), default="subject_last",

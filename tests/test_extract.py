@@ -168,3 +168,48 @@ def test_logits_at_chosen_positions_equal_the_full_logits_there(arch, tiny_model
     assert got.shape == (3, 3, full.shape[-1])
     np.testing.assert_allclose(got.numpy(), full[:, [2, 5, 11]].numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(ignored.numpy(), full[:, [2, 5, 11]].numpy())
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_documents_longer_than_the_models_context_are_truncated_at_it(arch, tiny_models, tiny_items, tmp_path,
+                                                                      capsys):
+    """Found by review: the default --max-length 1024 on a model with 256 positions crashed GPT-2
+    (IndexError in its position table, after the item pass) and ran rotary models silently past
+    their context. Documents are now truncated at the context, as ROME's layer_stats does."""
+    corpus = tmp_path / "long.txt"
+    words = " ".join(f"word{i % 97} and more text" for i in range(400))  # far more than 256 tokens
+    corpus.write_text(f"{words}\n\nA short second document about Paris and France.\n")
+    store = tmp_path / "s.zarr"
+    (mid,) = _extract(tiny_models[arch], store, tiny_items, corpus)
+    assert "longer than the model's context (256 positions)" in capsys.readouterr().out
+    ds = xr.open_datatree(store, engine="zarr")[f"models/{mid}"].ds
+    assert ds.attrs["max_length"] == 256
+    expect, n = _numpy_cov(tiny_models[arch], arch, corpus, 256)
+    assert int(ds["n_tokens"].values[0]) == n > 256
+    np.testing.assert_allclose(ds["cov"].values, expect, rtol=2e-5, atol=1e-7)
+
+
+def test_target_tokens_include_a_space_token_whose_offsets_were_trimmed():
+    """Found by review: a byte-level tokenizer whose post-processor trims offsets gives a token
+    that is only a space an empty character span; the target's first token was dropped, so
+    `p_true` scored the target's second token and `known` skipped one. Both tokenizers now see
+    the same target: every non-special token after the prompt."""
+    from tokenizers import ByteLevelBPETokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from kisstore.data.items import Item
+    from kisstore.extract.positions import encode_item
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(tiny.TEXT * 20, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
+    encodings = {}
+    for trim in (False, True):
+        raw = bpe._tokenizer
+        raw.post_processor = processors.ByteLevel(trim_offsets=trim)
+        tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+        item = Item(1, "The capital of {} is", "France", "P36", "Qzxw", "Rome")  # an unseen word: "Ġ" stands alone
+        enc = encode_item(tok, item)
+        assert tok.decode([enc.input_ids[j] for j in enc.target_pos]) == " Qzxw"
+        assert tok.decode(enc.input_ids[: enc.target_pos[0]]) == "The capital of France is"
+        encodings[trim] = enc
+    assert encodings[True] == encodings[False]

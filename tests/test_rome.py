@@ -158,7 +158,8 @@ def test_export_then_import_gives_back_the_store_cov(arch, store, stats_dir, tin
         f"{KEY_MODULE[arch].format(i)}_float32_mom2_{want.attrs['corpus_documents']}.npz" for i in range(3)]
     assert {f["precision"] for f in a["imported_files"]} == {"float32"}
     assert [f["count"] for f in a["imported_files"]] == want["n_tokens"].values.tolist()
-    for key in ("hooked_module", "n_layers", "d_ff", "architecture", "name_or_path", "corpus", "corpus_documents"):
+    for key in ("hooked_module", "n_layers", "d_ff", "architecture", "name_or_path", "corpus", "corpus_documents",
+                "corpus_tokens", "max_length"):
         assert a[key] == want.attrs[key], key  # the corpus from the files' kisstore record, not the folder name
 
 
@@ -193,6 +194,20 @@ def test_a_malformed_provenance_record_is_ignored(record, stats_dir, tiny_models
     r = _import(src, tiny_models["llama"], tmp_path / "s.zarr")
     attrs = _model(tmp_path / "s.zarr", r.model_id).attrs
     assert attrs["corpus"] == "wikitext" and not isinstance(attrs["corpus_documents"], (str, bool))
+
+
+def test_malformed_max_length_and_token_count_are_dropped_from_a_record(stats_dir, tiny_models, tmp_path):
+    src = tmp_path / "wikitext_stats"
+    shutil.copytree(_stats_folder(stats_dir, tiny_models, "llama"), src)
+    record = '{"written_by": "kisstore 0.1.0", "corpus": "c", "corpus_documents": 3, "max_length": "x", "corpus_tokens": -1}'
+    for p in src.iterdir():
+        with np.load(p) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["kisstore.provenance"] = np.array(record)
+        np.savez(p, **arrays)
+    r = _import(src, tiny_models["llama"], tmp_path / "s.zarr")
+    attrs = _model(tmp_path / "s.zarr", r.model_id).attrs
+    assert (attrs["corpus"], attrs["corpus_documents"], attrs["max_length"], attrs["corpus_tokens"]) == ("c", 3, None, None)
 
 
 def test_an_imported_model_exports_to_the_same_files(stats_dir, tiny_models, tmp_path):

@@ -158,8 +158,8 @@ def accumulate(
 def check_count(count: int, d: int, corpus: str) -> None:
     if count == 0:
         raise InputError(f"corpus {corpus!r} yielded no tokens")
-    if count < d:
+    if count <= d:
         raise InputError(
-            f"corpus {corpus!r} gave {count} token vectors, fewer than the key dimension {d}: "
+            f"corpus {corpus!r} gave {count} token vectors, not more than the key dimension {d}: "
             "the covariance would be singular; use more corpus tokens"
         )

@@ -161,6 +161,15 @@ def default_budget(lm, cpu_kernels: str) -> int:
     return max(budget, 12 * lm.d_ff**2)  # too little memory: one layer per pass, not a refusal
 
 
+def context_length(config) -> int | None:
+    """Positions the model was built for (``n_positions`` / ``max_position_embeddings``), if it says."""
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 class ModelRun:
     """One model's extraction: load, item pass, corpus passes, each step checkpointed."""
 
@@ -174,6 +183,7 @@ class ModelRun:
         self.client = None
         self.cleared = False
         self.lease = None  # the ModelLock held while this model is written
+        self.max_length = opts.max_length  # capped at the model's context by prepare()
 
     def check_lease(self) -> None:
         """Before each write: stop if another writer has taken this model's lease."""
@@ -189,6 +199,13 @@ class ModelRun:
         module_template(config.model_type, self.opts.module)
         self.requested_layers = parse_layers(self.opts.layers, n_layers_of(config))
         self.architecture, self.n_layers = config.model_type, n_layers_of(config)
+        context = context_length(config)
+        if context is not None and self.opts.max_length > context:
+            # past its context a model either fails (learned positions) or computes keys it never
+            # saw in training (rotary): truncate there, as ROME's layer_stats does (maxlen = n_positions)
+            self.max_length = context
+            log(f"[{self.model_id}] --max-length {self.opts.max_length} is longer than the model's context "
+                f"({context} positions): documents are truncated at {context} tokens")
         if self.store.exists():
             self.imported = self.imported_cov()
 
@@ -206,7 +223,7 @@ class ModelRun:
         # "all" matches whatever layers the stored model has (all, or those imported)
         layers = None if o.layers in (None, "", "all") else self.requested_layers
         wanted = {"layers": layers, "token_position": o.token, "corpus": o.corpus,
-                  "corpus_tokens": o.corpus_tokens, "max_length": o.max_length}
+                  "corpus_tokens": o.corpus_tokens, "max_length": self.max_length}
         for key, value in wanted.items():
             if value is None and key == "layers":
                 continue
@@ -276,7 +293,7 @@ class ModelRun:
         return {
             "model_revision": self.lm.provenance["model_revision"], "hooked_module": self.lm.module_template,
             "layers": self.layers, "token_position": o.token, "corpus": o.corpus, "corpus_tokens": o.corpus_tokens,
-            "max_length": o.max_length, "items_sha256": self.items_sha,
+            "max_length": self.max_length, "items_sha256": self.items_sha,
             "dtype": self.lm.dtype,
         }
 
@@ -352,7 +369,7 @@ class ModelRun:
             bar = tqdm(total=o.corpus_tokens, initial=tokens, unit="tok", unit_scale=True, disable=not o.progress,
                        desc=f"corpus {self.model_id} [{gi + 1}/{len(groups)}] layers {group[0]}-{group[-1]}")
             # the next windows are read and tokenized in a background thread during the forward
-            batches = prefetch(corpus_batches(self.lm.tokenizer, corpus, max_length=o.max_length,
+            batches = prefetch(corpus_batches(self.lm.tokenizer, corpus, max_length=self.max_length,
                                               batch_tokens=o.batch_tokens, token_cap=o.corpus_tokens,
                                               skip_docs=docs, tokens_before=tokens))
             progress = {"docs": docs, "tokens": tokens}
@@ -405,12 +422,12 @@ class ModelRun:
         done = {int(k): v for k, v in (state.get("done_counts") or {}).items()}
         if len(done) < len(self.layers):
             corpus = resolve_corpus(o.corpus)
-            n_docs = count_documents(self.lm.tokenizer, corpus, max_length=o.max_length, token_cap=o.corpus_tokens)
+            n_docs = count_documents(self.lm.tokenizer, corpus, max_length=self.max_length, token_cap=o.corpus_tokens)
             ranges = shards.plan(n_docs, o.shards, WINDOW)
             load = {"device": o.device, "dtype": o.dtype, "module": o.module,
                     "trust_remote_code": o.trust_remote_code, "allow_pickle": o.allow_pickle}
             tasks = [shards.ShardTask(self.name, self.model_id, load, o.store, o.storage_options, self.layers,
-                                      o.corpus, o.max_length, o.batch_tokens, o.max_memory, i, r, len(ranges),
+                                      o.corpus, self.max_length, o.batch_tokens, o.max_memory, i, r, len(ranges),
                                       cpu_kernels=o.cpu_kernels)
                      for i, r in enumerate(ranges)]
             log(f"[{self.model_id}] corpus pass: {n_docs} documents in {len(tasks)} shards on the cluster")
@@ -440,7 +457,7 @@ class ModelRun:
                          "numpy": numpy.__version__, "xarray": xr.__version__}
         p.update({
             "token_position": o.token, "corpus": o.corpus, "corpus_tokens": o.corpus_tokens,
-            "corpus_documents": self.ckpt.state.get("corpus_documents"), "max_length": o.max_length,
+            "corpus_documents": self.ckpt.state.get("corpus_documents"), "max_length": self.max_length,
             **({} if self.imported is None else {k: self.imported.attrs.get(k) for k in
                                                   ("corpus", "corpus_documents", "corpus_tokens", "max_length")}),
             "batch_tokens": o.batch_tokens, "items_sha256": self.items_sha,

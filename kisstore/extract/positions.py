@@ -29,11 +29,15 @@ def encode_item(tokenizer, item: Item, position: str = "subject_last") -> Encode
     s0 = item.prompt.index("{}")
     s1 = s0 + len(item.subject)
     full = f"{prompt} {item.target_true}"
-    enc = tokenizer(full, return_offsets_mapping=True, add_special_tokens=True)
+    enc = tokenizer(full, return_offsets_mapping=True, add_special_tokens=True, return_special_tokens_mask=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    special = enc.get("special_tokens_mask") or [0] * len(ids)
     subject = [j for j, (a, b) in enumerate(offsets) if a < b and a < s1 and b > s0]
     in_prompt = [j for j, (a, b) in enumerate(offsets) if a < b and a < len(prompt)]
-    target = [j for j, (a, b) in enumerate(offsets) if a < b and a >= len(prompt)]
+    # the target is every non-special token after the prompt's last one: a tokenizer that trims
+    # offsets gives a token of only a space an empty span, and it is still the target's first token
+    after = in_prompt[-1] + 1 if in_prompt else len(ids)
+    target = [j for j in range(after, len(ids)) if not special[j]]
     if not subject:
         raise InputError(f"case_id {item.case_id}: subject {item.subject!r} not found among the prompt's tokens")
     if not in_prompt or not target:

@@ -84,7 +84,8 @@ def _sample_size(opts: ExportOptions, attrs: dict[str, Any]) -> int | None:
         s = attrs.get("corpus_documents")
         if not isinstance(s, int) or isinstance(s, bool) or s <= 0:
             raise InputError("the store does not record how many corpus documents went into the covariance; "
-                             "pass --sample-size N (the number your tool's mom2_n_samples will name)")
+                             "pass --sample-size N (the number your tool's mom2_n_samples will name), or "
+                             "--sample-size all for a file without a size suffix")
     if s <= 0:
         raise InputError(f"--sample-size must be positive, got {s}")
     return int(s)
@@ -144,6 +145,7 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] | None = None) -
                                  f"{limit:.0f}; export with --precision float32")
     provenance = {"written_by": f"kisstore {__version__}", "store": redact(opts.store), "model_group": model_id,
                   "corpus": attrs.get("corpus"), "corpus_documents": attrs.get("corpus_documents"),
+                  "corpus_tokens": attrs.get("corpus_tokens"), "max_length": attrs.get("max_length"),
                   "cov_source": attrs.get("cov_source"), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     for layer, target in targets.items():
         with storage_errors(store.url, store.storage_options):

@@ -224,11 +224,16 @@ def _provenance(arr: np.ndarray | None) -> dict[str, Any] | None:
         return None
     if not isinstance(prov, dict) or not str(prov.get("written_by", "")).startswith("kisstore"):
         return None
-    docs = prov.get("corpus_documents")
-    if not isinstance(prov.get("corpus"), str) or not (
-            docs is None or (isinstance(docs, int) and not isinstance(docs, bool) and docs > 0)):
+    if not isinstance(prov.get("corpus"), str) or not _count_or_none(prov.get("corpus_documents")):
         return None
+    for key in ("corpus_tokens", "max_length"):  # written since 0.1; a malformed one is dropped
+        if not _count_or_none(prov.get(key)):
+            prov[key] = None
     return prov
+
+
+def _count_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
 
 
 def _count(name: str, arr: np.ndarray) -> int:

@@ -260,15 +260,18 @@ def run_import(opts: ImportOptions, echo: Callable[[str], None] | None = None) -
     samples = {r["sample_size"] for r in records}
     corpus = folder.name.removesuffix("_stats")  # what the tools name the folder after
     documents = next(iter(samples)) if len(samples) == 1 else None
-    exported = {(o["corpus"], o.get("corpus_documents")) if o else None for o in origins}
+    corpus_tokens = max_length = None
+    exported = {(o["corpus"], o.get("corpus_documents"), o.get("corpus_tokens"), o.get("max_length")) if o else None
+                for o in origins}
     if len(exported) == 1 and None not in exported:
         # every file was exported by kisstore from one corpus: its name, not the folder's --ds-name
-        corpus, documents = next(iter(exported))
+        corpus, documents, corpus_tokens, max_length = next(iter(exported))
     attrs = {
         **shape.provenance,
         "corpus": corpus,
         "corpus_documents": documents,
-        "corpus_tokens": None,
+        "corpus_tokens": corpus_tokens,
+        "max_length": max_length,
         "cov_source": "imported",
         "imported_from": str(folder.resolve()),
         "imported_files": records,
