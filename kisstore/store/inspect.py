@@ -82,6 +82,8 @@ def verify(store: Store, progress: bool = True) -> list[str]:
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                     problems.append(f"{path} chunk {_chunk_index(arr, sel)}: {first}")
         for name, sub in group.groups():
+            if prefix == "/" and name == layout.STAGING:
+                continue  # an interrupted analysis's scratch, not part of the store (removed by the next run)
             walk(sub, f"{prefix}{name}/")
 
     with storage_errors(store.url, store.storage_options):
