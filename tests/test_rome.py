@@ -183,7 +183,9 @@ def test_files_of_the_tools_themselves_name_the_corpus_after_their_folder(stats_
     '{"written_by": "kisstore 0.1.0", "corpus": "c", "corpus_documents": true}',
     '{"written_by": "someone else", "corpus": "c", "corpus_documents": 3}',
 ])
-def test_a_malformed_provenance_record_is_ignored(record, stats_dir, tiny_models, tmp_path):
+def _import_with_record(record: str, stats_dir, tiny_models, tmp_path) -> dict:
+    """Import the llama files from a folder named wikitext_stats, each carrying ``record`` as its
+    kisstore provenance; return the imported model's attributes."""
     src = tmp_path / "wikitext_stats"
     shutil.copytree(_stats_folder(stats_dir, tiny_models, "llama"), src)
     for p in src.iterdir():
@@ -192,21 +194,17 @@ def test_a_malformed_provenance_record_is_ignored(record, stats_dir, tiny_models
         arrays["kisstore.provenance"] = np.array(record)
         np.savez(p, **arrays)
     r = _import(src, tiny_models["llama"], tmp_path / "s.zarr")
-    attrs = _model(tmp_path / "s.zarr", r.model_id).attrs
+    return _model(tmp_path / "s.zarr", r.model_id).attrs
+
+
+def test_a_malformed_provenance_record_is_ignored(record, stats_dir, tiny_models, tmp_path):
+    attrs = _import_with_record(record, stats_dir, tiny_models, tmp_path)
     assert attrs["corpus"] == "wikitext" and not isinstance(attrs["corpus_documents"], (str, bool))
 
 
 def test_malformed_max_length_and_token_count_are_dropped_from_a_record(stats_dir, tiny_models, tmp_path):
-    src = tmp_path / "wikitext_stats"
-    shutil.copytree(_stats_folder(stats_dir, tiny_models, "llama"), src)
     record = '{"written_by": "kisstore 0.1.0", "corpus": "c", "corpus_documents": 3, "max_length": "x", "corpus_tokens": -1}'
-    for p in src.iterdir():
-        with np.load(p) as z:
-            arrays = {k: z[k] for k in z.files}
-        arrays["kisstore.provenance"] = np.array(record)
-        np.savez(p, **arrays)
-    r = _import(src, tiny_models["llama"], tmp_path / "s.zarr")
-    attrs = _model(tmp_path / "s.zarr", r.model_id).attrs
+    attrs = _import_with_record(record, stats_dir, tiny_models, tmp_path)
     assert (attrs["corpus"], attrs["corpus_documents"], attrs["max_length"], attrs["corpus_tokens"]) == ("c", 3, None, None)
 
 
