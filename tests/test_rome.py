@@ -174,15 +174,6 @@ def test_files_of_the_tools_themselves_name_the_corpus_after_their_folder(stats_
     assert _model(tmp_path / "s.zarr", r.model_id).attrs["corpus"] == "wikitext"
 
 
-@pytest.mark.parametrize("record", [
-    "[" * 100000 + "]" * 100000,  # nested past the recursion limit
-    "x" * 70000,  # over the size a provenance record can have
-    '{"written_by": "kisstore 0.1.0", "corpus": {"evil": [1, 2]}, "corpus_documents": 3}',
-    '{"written_by": "kisstore 0.1.0", "corpus": "c", "corpus_documents": "lots"}',
-    '{"written_by": "kisstore 0.1.0", "corpus": "c", "corpus_documents": -3}',
-    '{"written_by": "kisstore 0.1.0", "corpus": "c", "corpus_documents": true}',
-    '{"written_by": "someone else", "corpus": "c", "corpus_documents": 3}',
-])
 def _import_with_record(record: str, stats_dir, tiny_models, tmp_path) -> dict:
     """Import the llama files from a folder named wikitext_stats, each carrying ``record`` as its
     kisstore provenance; return the imported model's attributes."""
@@ -197,6 +188,15 @@ def _import_with_record(record: str, stats_dir, tiny_models, tmp_path) -> dict:
     return _model(tmp_path / "s.zarr", r.model_id).attrs
 
 
+@pytest.mark.parametrize("record", [
+    "[" * 100000 + "]" * 100000,  # nested past the recursion limit
+    "x" * 70000,  # over the size a provenance record can have
+    '{"written_by": "kisstore 0.1.0", "corpus": {"evil": [1, 2]}, "corpus_documents": 3}',
+    '{"written_by": "kisstore 0.1.0", "corpus": "c", "corpus_documents": "lots"}',
+    '{"written_by": "kisstore 0.1.0", "corpus": "c", "corpus_documents": -3}',
+    '{"written_by": "kisstore 0.1.0", "corpus": "c", "corpus_documents": true}',
+    '{"written_by": "someone else", "corpus": "c", "corpus_documents": 3}',
+])
 def test_a_malformed_provenance_record_is_ignored(record, stats_dir, tiny_models, tmp_path):
     attrs = _import_with_record(record, stats_dir, tiny_models, tmp_path)
     assert attrs["corpus"] == "wikitext" and not isinstance(attrs["corpus_documents"], (str, bool))
