@@ -40,12 +40,15 @@ from kisstore_cli.common import handle_errors, parse_size, storage_option, stora
 @click.option("--shards", type=int, default=1, show_default=True, metavar="K",
               help="Split the corpus pass into K shards run on the cluster's workers.")
 @click.option("--break-lock", is_flag=True, help="Take over a write lock left by a process that died elsewhere.")
+@click.option("--threads", type=int, default=None, metavar="N",
+              help="CPU threads for torch in this process [default: torch's]; 1 is fastest on a machine "
+                   "shared with other jobs (idle-waiting OpenMP threads slow small operations many times).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @storage_option
 @handle_errors
 def extract(models, store, items, n_items, known_only, corpus, corpus_tokens, max_length, batch_tokens, layers,
             token, device, dtype, cpu_kernels, max_memory, module, overwrite, trust_remote_code, allow_pickle,
-            checkpoint_every, scheduler, shards, break_lock, quiet, storage_options):
+            checkpoint_every, scheduler, shards, break_lock, threads, quiet, storage_options):
     """Capture keys (every layer) and all-layer covariances in one pass into a Zarr store.
 
     \b
@@ -61,7 +64,7 @@ def extract(models, store, items, n_items, known_only, corpus, corpus_tokens, ma
         batch_tokens=batch_tokens, layers=layers, token=token, device=device, dtype=dtype, cpu_kernels=cpu_kernels,
         max_memory=parse_size(max_memory) if max_memory else None, overwrite=overwrite, module=module,
         trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, checkpoint_every=checkpoint_every,
-        progress=not quiet, scheduler=scheduler, shards=shards, break_lock=break_lock,
+        progress=not quiet, scheduler=scheduler, shards=shards, break_lock=break_lock, threads=threads,
     )
     written = run_extract(opts)
     click.echo(f"done: {', '.join(written) if written else 'nothing to do'} in {store}")

@@ -104,6 +104,7 @@ def _options_cases(tmp_path, tiny_models, tiny_corpus, opt_model):
         "bad memory size": (["--model", m, "--max-memory", "lots"], "bad size"),
         "unwritable store": (["--model", m, "--store", f"{blocker}/s.zarr"], "store"),
         "module without placeholder": (["--model", str(opt_model), "--module", "model.decoder.fc2"], "{i}"),
+        "zero threads": (["--model", m, "--threads", "0"], "--threads must be positive"),
     }
 
 
@@ -111,7 +112,7 @@ def _options_cases(tmp_path, tiny_models, tiny_corpus, opt_model):
     "unknown model", "missing local model", "unknown architecture", "layer out of range", "bad layer spec",
     "negative token count", "absurd token count", "unknown device", "unknown dtype", "zero items",
     "more items than available", "empty corpus", "missing corpus", "malformed url", "unsupported scheme",
-    "bad storage option", "bad memory size", "unwritable store", "module without placeholder",
+    "bad storage option", "bad memory size", "unwritable store", "module without placeholder", "zero threads",
 ])
 def test_bad_option_is_refused_and_store_unchanged(case, good_store, tiny_models, tiny_items, tiny_corpus, opt_model,
                                                    tmp_path):

@@ -213,3 +213,31 @@ def test_target_tokens_include_a_space_token_whose_offsets_were_trimmed():
         assert tok.decode(enc.input_ids[: enc.target_pos[0]]) == "The capital of France is"
         encodings[trim] = enc
     assert encodings[True] == encodings[False]
+
+
+def test_threads_option_runs_the_pass_on_that_many_torch_threads(tiny_models, tiny_items, tiny_corpus, tmp_path):
+    """`--threads 1` (in a child process: it sets torch's global thread count) gives the same store
+    contents as the default, to float32 rounding."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import run_cli
+
+    stores = {}
+    for threads in (None, "1"):
+        store = tmp_path / f"s{threads}.zarr"
+        args = ["extract", "--model", str(tiny_models["llama"]), "--store", str(store), "--items", str(tiny_items),
+                "--corpus", str(tiny_corpus), "--quiet"] + (["--threads", threads] if threads else [])
+        run_cli(*args, check=True)
+        stores[threads] = xr.open_datatree(store, engine="zarr")["models/llama"].to_dataset().load()
+    np.testing.assert_allclose(stores["1"]["cov"], stores[None]["cov"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(stores["1"]["keys"], stores[None]["keys"], rtol=1e-5, atol=1e-6)
+    # and the option reaches torch: a child process reports the thread count it ran with
+    code = ("import json, torch; from kisstore.extract import ExtractOptions, run_extract; "
+            f"run_extract(ExtractOptions(models=[{str(tiny_models['llama'])!r}], store={str(tmp_path / 't.zarr')!r}, "
+            f"items={str(tiny_items)!r}, corpus={str(tiny_corpus)!r}, progress=False, threads=1)); "
+            "print(json.dumps(torch.get_num_threads()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == 1

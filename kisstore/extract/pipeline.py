@@ -58,6 +58,7 @@ class ExtractOptions:
     shards: int = 1
     break_lock: bool = False
     cpu_kernels: str = "auto"
+    threads: int | None = None  # torch intra-op threads in this process (1 is fastest on a CPU shared with other jobs)
 
 
 def log(msg: str, storage_options: dict | None = None) -> None:
@@ -83,6 +84,8 @@ def validate(opts: ExtractOptions) -> None:
         raise InputError(f"--shards must be at least 1, got {opts.shards}")
     if opts.batch_tokens < 1:
         raise InputError(f"--batch-tokens must be positive, got {opts.batch_tokens}")
+    if opts.threads is not None and opts.threads < 1:
+        raise InputError(f"--threads must be positive, got {opts.threads}")
     if opts.token not in POSITIONS:
         raise InputError(f"unknown --token {opts.token!r}: use one of {', '.join(POSITIONS)}")
     if opts.device not in ("auto", "cpu", "cuda") and not opts.device.startswith("cuda:"):
@@ -525,6 +528,10 @@ def store_items(store: Store) -> list[Item] | None:
 def run_extract(opts: ExtractOptions) -> list[str]:
     """Extract keys and covariances for every model; returns the model ids written."""
     validate(opts)
+    if opts.threads is not None:
+        import torch
+
+        torch.set_num_threads(opts.threads)
     item_set: ItemSet = load_items(opts.items)
     store = Store(opts.store, opts.storage_options)
     if store.foreign_files():
