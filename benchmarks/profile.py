@@ -59,7 +59,8 @@ def run(lm, batches: Sequence, *, device: str, out: Path, top: int = 40, progres
         else:
             t = float(ev.self_cpu_time_total) / 1e6
         if t > 0:
-            per_class[classify(ev.key)] = per_class.get(classify(ev.key), 0.0) + t
+            label = classify(ev.key)
+            per_class[label] = per_class.get(label, 0.0) + t
     total = sum(per_class.values())
     tokens = sum(b.tokens for b in batches)
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
