@@ -60,6 +60,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch-tokens", type=int, default=None, metavar="N",
                     help="Token budget of the corpus batches (default: 4096 on CPU, kisstore extract's "
                          "default, and 8192 on CUDA); for trying how batch size moves the overhead and efficiency figures.")
+    ap.add_argument("--compile", action="store_true",
+                    help="Run the corpus pass as `kisstore extract --compile` does (decoder layers through "
+                         "torch.compile), and the forward baselines compiled alike.")
     ap.add_argument("--json", type=Path, default=None,
                     help="Where to save the results (default: benchmarks/results-<cpu|cuda>.json).")
     ap.add_argument("--doc", type=Path, default=None, help="Markdown to rewrite (default: docs/benchmarks.md).")
@@ -124,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
         out = args.profile_out or Path(__file__).parent / f"profile-{kind}.txt"
         progress(f"profile: kisstore's corpus pass over {min(len(batches), 3)} batches")
-        profile = profile_mod.run(lm, batches[:3], device=args.device, out=out, progress=progress)
+        profile = profile_mod.run(lm, batches[:3], device=args.device, out=out, compile=args.compile,
+                                  warmup=warmups(batches[0], args.compile), progress=progress)
         if only == {"profile"}:
             print(f"wrote {out}")
             return 0
@@ -132,11 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     if "cov" in only or "p" in only:
         from benchmarks import covariance
 
-        warm = covariance_warmup(batches[0])
+        warm = warmups(batches[0], args.compile)
         progress(f"benchmarks 1, 3, 4: corpus pass over {sum(b.tokens for b in batches):,} tokens in "
                  f"{len(batches)} batches; layer_stats on layers {list(cfg.cov_layers)}")
+        if args.compile:
+            progress("compiling the decoder layers (warm-up batches of 3 shapes)")
         run = covariance.run(lm, batches, sample_layers=cfg.cov_layers, device=args.device, warmup=warm,
-                             progress=progress)
+                             compile=args.compile, progress=progress)
         results += run.results
         covs = run.covs
 
@@ -183,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "command": "python -m benchmarks" + (" --quick" if args.quick else "")
                    + (f" --device {args.device}" if kind == "cuda" else "")
-                   + (f" --batch-tokens {args.batch_tokens}" if args.batch_tokens is not None else ""),
+                   + (f" --batch-tokens {args.batch_tokens}" if args.batch_tokens is not None else "")
+                   + (" --compile" if args.compile else ""),
         "mode": "quick" if args.quick else "full", "machine": info, "model": model_note,
         "settings": cfg.__dict__, "results": [r.as_dict() for r in results], "scale": scale,
         "notes": notes, "elapsed_s": elapsed, **({"profile": profile} if profile else {}),
@@ -198,12 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def covariance_warmup(batch):
-    """A short slice of the first batch, to pay first-call costs before the timings."""
+def warmups(batch, compile: bool = False) -> list:
+    """Short slices of the first batch, to pay first-call costs before the timings. With
+    ``compile``, slices of three shapes: the compiler makes a static graph for the first shape
+    and a dynamic-shape one at the second, which the batches then reuse."""
     from kisstore.extract.covariance import Batch
 
-    ids, mask = batch.input_ids[:1, :64], batch.attention_mask[:1, :64]
-    return Batch(ids, mask, None, int(mask.sum()))
+    shapes = [(1, 64), (2, 48), (3, 40)] if compile else [(1, 64)]
+    out = []
+    for rows, cols in shapes:
+        ids, mask = batch.input_ids[:rows, :cols], batch.attention_mask[:rows, :cols]
+        out.append(Batch(ids, mask, None, int(mask.sum())))
+    return out
 
 
 if __name__ == "__main__":

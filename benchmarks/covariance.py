@@ -86,16 +86,21 @@ def layer_stats_pass(lm, layer: int, batches: Iterable, stat: Float32SecondMomen
         handle.remove()
 
 
-def bare_forward(lm, batch, kernels: str = "torch", *, head: bool = False) -> None:
+def bare_forward(lm, batch, kernels: str = "torch", *, head: bool = False, compile: bool = False) -> None:
     """A forward pass on one batch, no hooks: the body alone (decoder layers and final norm, no
     LM head), or with ``head`` the model's own forward, logits for every position included.
-    ``kernels="onednn"`` runs the linear layers through the kernels kisstore's CPU pass uses."""
+    ``kernels="onednn"`` runs the linear layers through the kernels kisstore's CPU pass uses;
+    ``compile`` runs the decoder layers through ``torch.compile``, as kisstore's pass does then."""
+    import contextlib
+
     import torch
 
     from kisstore.extract.cpu_kernels import onednn_linears
+    from kisstore.extract.hooks import compiled_layers
 
     net = lm.model if head else lm.model.base_model
-    with torch.inference_mode(), onednn_linears(lm.model, enabled=kernels == "onednn"):
+    with (torch.inference_mode(), onednn_linears(lm.model, enabled=kernels == "onednn" and not compile),
+          compiled_layers(lm.model, lm.module_template, [lm.n_layers - 1]) if compile else contextlib.nullcontext()):
         net(input_ids=batch.input_ids.to(lm.device), attention_mask=batch.attention_mask.to(lm.device),
             use_cache=False)
 
@@ -138,8 +143,8 @@ class CorpusRun:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def run(lm, batches: Sequence, *, sample_layers: Sequence[int], device: str, warmup=None,
-        progress=print) -> CorpusRun:
+def run(lm, batches: Sequence, *, sample_layers: Sequence[int], device: str, warmup: Sequence = (),
+        compile: bool = False, progress=print) -> CorpusRun:
     """Benchmarks 1 (covariance vs layer_stats), 3 (overhead) and 4 (FLOP/s vs GEMM)."""
     from kisstore.extract.accumulate import SecondMoment
     from kisstore.extract.covariance import accumulate
@@ -154,22 +159,26 @@ def run(lm, batches: Sequence, *, sample_layers: Sequence[int], device: str, war
     scratch = {layer: SecondMoment(lm.d_ff, device) for layer in layers}
 
     def kisstore_pass(b, repeat: bool) -> None:
-        accumulate(lm, layers, iter([b]), scratch if repeat else moments)
+        accumulate(lm, layers, iter([b]), scratch if repeat else moments, compile=compile)
 
     def baseline_pass(b, repeat: bool, layer: int) -> None:
         layer_stats_pass(lm, layer, [b], Float32SecondMoment() if repeat else rome[layer])
 
     work = {
-        "forward": lambda b, repeat: bare_forward(lm, b, kernels, head=True),
-        "bare": lambda b, repeat: bare_forward(lm, b, kernels),
-        **({"forward_stock": lambda b, repeat: bare_forward(lm, b, head=True)} if kernels != "torch" else {}),
+        "forward": lambda b, repeat: bare_forward(lm, b, kernels, head=True, compile=compile),
+        "bare": lambda b, repeat: bare_forward(lm, b, kernels, compile=compile),
+        # (compiled layers keep torch's linears: the stock forward would be the same work)
+        **({"forward_stock": lambda b, repeat: bare_forward(lm, b, head=True)} if kernels != "torch" and not compile
+           else {}),
         "kisstore": kisstore_pass,
         **{f"layer_stats:{layer}": (lambda b, repeat, _l=layer: baseline_pass(b, repeat, _l))
            for layer in sample_layers},
     }
-    if warmup is not None:  # first-call costs (kernel choice, allocator) stay out of the timings
+    # first-call costs (kernel choice, allocator; with compile, compiling static and dynamic-shape
+    # graphs) stay out of the timings
+    for w in warmup:
         for fn in work.values():
-            fn(warmup, True)
+            fn(w, True)
     rounds: list[dict[str, Any]] = []
     names = list(work)
     for r, batch in enumerate(batches):

@@ -28,7 +28,8 @@ def classify(name: str) -> str:
     return "other"
 
 
-def run(lm, batches: Sequence, *, device: str, out: Path, top: int = 40, progress=print) -> dict[str, Any]:
+def run(lm, batches: Sequence, *, device: str, out: Path, top: int = 40, compile: bool = False,
+        warmup: Sequence = (), progress=print) -> dict[str, Any]:
     """Profile kisstore's corpus pass (every layer accumulated) over ``batches``; write the
     slowest ops to ``out`` and return the time per class of op, in seconds and shares."""
     import torch
@@ -41,12 +42,13 @@ def run(lm, batches: Sequence, *, device: str, out: Path, top: int = 40, progres
     cuda = device.startswith("cuda")
     layers = list(range(lm.n_layers))
     moments = {layer: SecondMoment(lm.d_ff, device) for layer in layers}
-    accumulate(lm, layers, iter(batches[:1]), moments)  # warm-up: kernel choice, allocator
+    for w in [*warmup, batches[0]]:  # warm-up: kernel choice, allocator, compilation
+        accumulate(lm, layers, iter([w]), moments, compile=compile)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     if cuda:
         torch.cuda.synchronize()
     with profile(activities=activities) as prof:
-        accumulate(lm, layers, iter(batches), moments)
+        accumulate(lm, layers, iter(batches), moments, compile=compile)
         if cuda:
             torch.cuda.synchronize()
     events = prof.key_averages()
@@ -70,7 +72,8 @@ def run(lm, batches: Sequence, *, device: str, out: Path, top: int = 40, progres
         "per_class_s": per_class, "per_class_share": {k: v / total for k, v in per_class.items()} if total else {},
         "us_per_token": total / tokens * 1e6 if tokens else float("nan"), "table": str(out),
     }
-    lines = [f"kisstore corpus pass, {len(batches)} batches, {tokens} tokens, device {device}",
+    lines = [f"kisstore corpus pass, {len(batches)} batches, {tokens} tokens, device {device}"
+             + (", decoder layers compiled" if compile else ""),
              f"{'device' if cuda else 'CPU'} time {total:.3f} s = {summary['us_per_token']:.2f} µs per token"]
     lines += [f"  {k:<14} {v:8.3f} s  {v / total:6.1%}" for k, v in sorted(per_class.items(), key=lambda kv: -kv[1])]
     lines += ["", events.table(sort_by=sort, row_limit=top)]

@@ -28,6 +28,9 @@ from kisstore_cli.common import handle_errors, parse_size, storage_option, stora
 @click.option("--cpu-kernels", type=click.Choice(["auto", "onednn", "torch"]), default="auto", show_default=True,
               help="Float32 kernels of the CPU corpus pass: oneDNN's (2× MKL's on AVX-512 AMD CPUs), torch's, "
                    "or oneDNN where a probe finds it exact.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="Run the corpus pass's decoder layers through torch.compile (fused element-wise "
+                   "kernels; worth it on a GPU for long passes: the first batches pay the compilation).")
 @click.option("--max-memory", default=None, metavar="SIZE", help="Accumulator memory budget (e.g. 16GB) [default: from device].")
 @click.option("--module", default=None, metavar="PATH", help="Override the hooked module path, with {i} for the layer.")
 @click.option("--overwrite", is_flag=True, help="Redo models that are already complete in the store.")
@@ -47,7 +50,7 @@ from kisstore_cli.common import handle_errors, parse_size, storage_option, stora
 @storage_option
 @handle_errors
 def extract(models, store, items, n_items, known_only, corpus, corpus_tokens, max_length, batch_tokens, layers,
-            token, device, dtype, cpu_kernels, max_memory, module, overwrite, trust_remote_code, allow_pickle,
+            token, device, dtype, cpu_kernels, compile_, max_memory, module, overwrite, trust_remote_code, allow_pickle,
             checkpoint_every, scheduler, shards, break_lock, threads, quiet, storage_options):
     """Capture keys (every layer) and all-layer covariances in one pass into a Zarr store.
 
@@ -62,7 +65,7 @@ def extract(models, store, items, n_items, known_only, corpus, corpus_tokens, ma
         models=list(models), store=store, storage_options=storage_options_from(storage_options), items=items,
         n_items=n_items, known_only=known_only, corpus=corpus, corpus_tokens=corpus_tokens, max_length=max_length,
         batch_tokens=batch_tokens, layers=layers, token=token, device=device, dtype=dtype, cpu_kernels=cpu_kernels,
-        max_memory=parse_size(max_memory) if max_memory else None, overwrite=overwrite, module=module,
+        compile=compile_, max_memory=parse_size(max_memory) if max_memory else None, overwrite=overwrite, module=module,
         trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, checkpoint_every=checkpoint_every,
         progress=not quiet, scheduler=scheduler, shards=shards, break_lock=break_lock, threads=threads,
     )

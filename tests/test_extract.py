@@ -241,3 +241,62 @@ def test_threads_option_runs_the_pass_on_that_many_torch_threads(tiny_models, ti
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == 1
+
+
+@pytest.fixture
+def fresh_compiler():
+    """torch.compile's caches live per code object for the whole process: start and end clean."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("arch", tiny.ARCHS)
+def test_compiled_corpus_pass_equals_numpy_with_layers_over_several_passes(
+        arch, tiny_models, tiny_items, tiny_corpus, tmp_path, monkeypatch, fresh_compiler):
+    """--compile, through the graph capture alone (no code generation): one layer per pass, so the
+    key hook moves between compiled layers of one class inside one process."""
+    import kisstore.extract.hooks as hooks
+
+    monkeypatch.setattr(hooks, "BACKEND", "aot_eager")
+    store = tmp_path / "s.zarr"
+    (mid,) = _extract(tiny_models[arch], store, tiny_items, tiny_corpus, max_length=48, compile=True,
+                      max_memory=12 * 48 * 48)  # under two layers' accumulators for every tiny d_ff
+    ds = xr.open_datatree(store, engine="zarr")[f"models/{mid}"].ds
+    expect, n = _numpy_cov(tiny_models[arch], arch, tiny_corpus, 48)
+    assert (ds["n_tokens"].values == n).all()
+    np.testing.assert_allclose(ds["cov"].values, expect, rtol=2e-5, atol=1e-7)
+    assert ds.attrs["compiled"] is True
+
+
+def test_compiled_layers_are_put_back_as_they_were(tiny_models, fresh_compiler):
+    """Leaving the context restores every layer's forward, one an offloading library had set too."""
+    from kisstore.extract.hooks import compiled_layers
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()
+    layers = model.model.layers
+    offload = layers[1].forward  # what accelerate's hooks do: a forward on the instance
+    layers[1].forward = offload
+    with compiled_layers(model, KEY_MODULE["llama"].replace("{}", "{i}"), [1], backend="aot_eager"):
+        assert layers[0].forward is not layers[0].__class__.forward.__get__(layers[0])
+        assert "forward" in layers[0].__dict__ and layers[1].forward is not offload
+        assert "forward" not in layers[2].__dict__  # past the last hooked layer: left alone
+    assert "forward" not in layers[0].__dict__
+    assert layers[1].__dict__["forward"] is offload
+
+
+def test_compiled_corpus_pass_with_generated_kernels_equals_numpy(tiny_models, tiny_items, tiny_corpus, tmp_path,
+                                                                 fresh_compiler):
+    """`kisstore extract --compile` as a user runs it: inductor's generated kernels (C++ on a CPU)."""
+    from tests.conftest import run_cli
+
+    store = tmp_path / "s.zarr"
+    r = run_cli("extract", "--model", str(tiny_models["llama"]), "--store", str(store), "--items", str(tiny_items),
+                "--corpus", str(tiny_corpus), "--max-length", "48", "--compile", "--quiet")
+    assert r.returncode == 0, r.stderr
+    (mid,) = xr.open_datatree(store, engine="zarr")["models"].children
+    ds = xr.open_datatree(store, engine="zarr")[f"models/{mid}"].ds
+    expect, n = _numpy_cov(tiny_models["llama"], "llama", tiny_corpus, 48)
+    assert (ds["n_tokens"].values == n).all()
+    np.testing.assert_allclose(ds["cov"].values, expect, rtol=2e-5, atol=1e-7)
+    assert ds.attrs["compiled"] is True

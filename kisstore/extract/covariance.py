@@ -12,7 +12,7 @@ from kisstore.data.corpus import Corpus
 from kisstore.errors import InputError
 from kisstore.extract.accumulate import SecondMoment
 from kisstore.extract.batching import pad_right, padding_aware_batches
-from kisstore.extract.hooks import StopForward, key_hooks
+from kisstore.extract.hooks import StopForward, compiled_layers, key_hooks
 
 WINDOW = 64  # documents sorted by length together; also the unit of resuming and sharding
 
@@ -103,6 +103,7 @@ def accumulate(
     checkpoint: Callable[[Batch], None] | None = None,
     checkpoint_every: float = 300.0,
     cpu_kernels: str = "auto",
+    compile: bool = False,
 ) -> None:
     """Run the body of the model on each batch, adding every non-padding key into ``moments``.
 
@@ -111,6 +112,10 @@ def accumulate(
     linear layers. The accumulators are flushed into their float64 sums at every resumable
     point (the last batch of a document window), before any checkpoint. ``batches`` is closed
     when the pass ends, by an error too (a prefetching reader thread stops with it).
+
+    With ``compile`` the decoder layers run through ``torch.compile`` (``hooks.compiled_layers``):
+    their element-wise work (norms, rotary embeddings, activations, residual adds) is fused into
+    few kernels; the keys are the eager ones to float32 rounding.
     """
     import torch
 
@@ -125,10 +130,13 @@ def accumulate(
         rows = state["rows"]
         moments[layer].add(flat if rows is None else flat.index_select(0, rows))  # (tokens, d_ff), padding dropped
 
-    fast = resolve(cpu_kernels, lm.device) == "onednn"
+    # compiled layers keep torch's linears: the compiler cannot lower the oneDNN ops (the
+    # accumulators' oneDNN panels run outside the graph, in the hooks, and stay)
+    fast = resolve(cpu_kernels, lm.device) == "onednn" and not compile
     with (contextlib.closing(batches) if hasattr(batches, "close") else contextlib.nullcontext(),
           torch.inference_mode(), onednn_linears(lm.model, enabled=fast),
-          key_hooks(lm.model, lm.module_template, layers, on_key, stop_after_last=True)):
+          compiled_layers(lm.model, lm.module_template, layers) if compile else contextlib.nullcontext(),
+          key_hooks(lm.model, lm.module_template, layers, on_key, stop_after_last=True, via_layer=compile)):
         for batch in batches:
             ids = batch.input_ids.to(lm.device)
             # the non-padding rows, found once per batch on the host (a boolean mask index on the

@@ -58,6 +58,7 @@ class ExtractOptions:
     shards: int = 1
     break_lock: bool = False
     cpu_kernels: str = "auto"
+    compile: bool = False  # decoder layers of the corpus pass through torch.compile
     threads: int | None = None  # torch intra-op threads in this process (1 is fastest on a CPU shared with other jobs)
 
 
@@ -388,7 +389,8 @@ class ModelRun:
                                        docs=_p["docs"], tokens=_p["tokens"])
 
             accumulate(self.lm, group, batches, moments, on_progress=on_progress,
-                       checkpoint=checkpoint, checkpoint_every=o.checkpoint_every, cpu_kernels=o.cpu_kernels)
+                       checkpoint=checkpoint, checkpoint_every=o.checkpoint_every, cpu_kernels=o.cpu_kernels,
+                       compile=o.compile)
             bar.close()
             count = moments[group[0]].count
             check_count(count, d, o.corpus)
@@ -431,7 +433,7 @@ class ModelRun:
                     "trust_remote_code": o.trust_remote_code, "allow_pickle": o.allow_pickle}
             tasks = [shards.ShardTask(self.name, self.model_id, load, o.store, o.storage_options, self.layers,
                                       o.corpus, self.max_length, o.batch_tokens, o.max_memory, i, r, len(ranges),
-                                      cpu_kernels=o.cpu_kernels)
+                                      cpu_kernels=o.cpu_kernels, compile=o.compile)
                      for i, r in enumerate(ranges)]
             log(f"[{self.model_id}] corpus pass: {n_docs} documents in {len(tasks)} shards on the cluster")
             self.check_lease()  # the workers write their shards under this run's lease
@@ -470,6 +472,7 @@ class ModelRun:
             "shards_requested": o.shards if self.client is not None else None,
             # float32 kernels of the corpus pass (sharded: as this process resolves them)
             "cpu_kernels": resolve_kernels(o.cpu_kernels, self.lm.device),
+            "compiled": o.compile,  # the corpus pass's decoder layers ran through torch.compile
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
         return p

@@ -34,6 +34,7 @@ class ShardTask:
     n_shards: int
     extra: dict[str, Any] = field(default_factory=dict)
     cpu_kernels: str = "auto"
+    compile: bool = False
 
 
 def plan(n_docs: int, n_shards: int, window: int) -> list[tuple[int, int]]:
@@ -92,7 +93,7 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
         batches = prefetch(corpus_batches(lm.tokenizer, corpus, max_length=task.max_length,
                                           batch_tokens=task.batch_tokens, token_cap=None, skip_docs=start,
                                           max_docs=stop - start))
-        accumulate(lm, group, batches, moments, cpu_kernels=task.cpu_kernels)
+        accumulate(lm, group, batches, moments, cpu_kernels=task.cpu_kernels, compile=task.compile)
         for layer in group:
             uppers[layer] = moments[layer].sum_upper()
         count = moments[group[0]].count
