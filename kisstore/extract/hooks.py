@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
-
 BACKEND = "inductor"  # torch.compile's backend for compiled_layers (tests use "aot_eager": no code generation)
 
 
