@@ -7,12 +7,14 @@
 # 1. Packages the GPU machine lacks (zarr, xarray, dask, ...) are installed from wheels in
 #    ./.whl (download them here first: pip download --only-binary=:all: --python-version 3.12
 #    --no-deps -d .whl zarr xarray dask ...), into a private folder, not the machine's Python.
-# 2. The full benchmark on CUDA as `kisstore extract --compile` runs the corpus pass (8192-token
-#    batches): results-cuda.json, benchmarks-cuda.md.
-# 3. Side runs, each allowed to fail without stopping the script: the corpus-pass benchmarks
-#    (1, 3, 4) uncompiled (results-cuda-eager.json); profiles of the corpus pass, compiled and
-#    not (time per kind of kernel: profile-cuda.txt, profile-cuda-eager.txt); and the compiled
-#    pass at 32768-token batches (results-cuda-32k.json): how batch size moves the figures.
+# 2. The corpus-pass benchmarks (1, 3, 4) in quick mode, uncompiled and as `kisstore extract
+#    --compile` runs the pass (results-cuda-eager.json, results-cuda-compiled.json), side by side
+#    on the same machine.
+# 3. The full benchmark with whichever of the two had the better FLOP efficiency
+#    (results-cuda.json, benchmarks-cuda.md).
+# 4. Side runs, each allowed to fail without stopping the script: a profile of the corpus pass
+#    (time per kind of kernel: profile-cuda.txt), and the pass at 32768-token batches
+#    (results-cuda-32k.json): how batch size moves the figures.
 # Copy results-cuda.json to benchmarks/ and run `python -m benchmarks --render` to publish it.
 # BENCH_DEVICE=cpu runs the same steps on a CPU (a smoke test of this script, with --quick).
 set -uo pipefail
@@ -32,14 +34,8 @@ python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is
 [ "$device" = cuda ] && nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
 bench() { python -m benchmarks --device "$device" "$@"; }
 side() { "$@" || echo "side run failed (rc $?): $*" >&2; }
-bench --compile --only cov,p,scale --json "$out/results-$device.json" --doc "$out/benchmarks-$device.md" "$@" \
-    || { echo "compiled benchmark failed; the uncompiled one instead" >&2
-         bench --only cov,p,scale --json "$out/results-$device.json" --doc "$out/benchmarks-$device.md" "$@"; }
-side bench --quick --only cov --json "$out/results-$device-eager.json" "$@"
-side bench --only profile --profile-out "$out/profile-$device-eager.txt" "$@"
-side bench --compile --only profile --profile-out "$out/profile-$device.txt" "$@"
-side bench --compile --only cov --batch-tokens 32768 --json "$out/results-$device-32k.json" "$@"
-python - "$out" <<'PY'
+summary() {
+    python - "$out" <<'PY'
 import json, pathlib, sys
 for f in sorted(pathlib.Path(sys.argv[1]).glob("results-*.json")):
     d = json.loads(f.read_text())
@@ -47,3 +43,22 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("results-*.json")):
     for r in d["results"]:
         print(f"  {r['key']:<24} {r['value']:.4g}")
 PY
+}
+side bench --quick --only cov --json "$out/results-$device-eager.json" "$@"
+side bench --quick --only cov --compile --json "$out/results-$device-compiled.json" "$@"
+best=$(python - "$out" "$device" <<'PY'
+import json, pathlib, sys
+eff = {}
+for mode in ("eager", "compiled"):
+    f = pathlib.Path(sys.argv[1]) / f"results-{sys.argv[2]}-{mode}.json"
+    if f.exists():
+        eff[mode] = next(r["value"] for r in json.loads(f.read_text())["results"] if r["key"] == "flop_efficiency")
+print("--compile" if eff.get("compiled", 0) > eff.get("eager", 0) else "")
+PY
+)
+echo "full run with: ${best:-(uncompiled)}"
+bench $best --only cov,p,scale --json "$out/results-$device.json" --doc "$out/benchmarks-$device.md" "$@"
+summary
+side bench $best --only profile --profile-out "$out/profile-$device.txt" "$@"
+side bench $best --only cov --batch-tokens 32768 --json "$out/results-$device-32k.json" "$@"
+summary

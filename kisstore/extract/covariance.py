@@ -11,6 +11,7 @@ from kisstore import failpoints
 from kisstore.data.corpus import Corpus
 from kisstore.errors import InputError
 from kisstore.extract.accumulate import SecondMoment
+from kisstore.extract.attention import dense_kv_attention
 from kisstore.extract.batching import pad_right, padding_aware_batches
 from kisstore.extract.hooks import StopForward, compiled_layers, key_hooks
 
@@ -135,6 +136,7 @@ def accumulate(
     fast = resolve(cpu_kernels, lm.device) == "onednn" and not compile
     with (contextlib.closing(batches) if hasattr(batches, "close") else contextlib.nullcontext(),
           torch.inference_mode(), onednn_linears(lm.model, enabled=fast),
+          dense_kv_attention(),  # no mask below: float32 grouped-query attention needs this for a fused kernel
           compiled_layers(lm.model, lm.module_template, layers) if compile else contextlib.nullcontext(),
           key_hooks(lm.model, lm.module_template, layers, on_key, stop_after_last=True, via_layer=compile)):
         for batch in batches:

@@ -105,7 +105,7 @@ def compiled_layers(model, template: str, layers: Sequence[int], *, backend: str
     with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
         try:
             for m in holders:
-                m.forward = torch.compile(m.forward, backend=backend or BACKEND, dynamic=None)
+                m.forward = _compiled_forward(m, backend or BACKEND)
             yield
         finally:
             for m, fwd in zip(holders, before, strict=True):
@@ -113,3 +113,17 @@ def compiled_layers(model, template: str, layers: Sequence[int], *, backend: str
                     m.__dict__.pop("forward", None)
                 else:
                     m.forward = fwd
+
+
+def _compiled_forward(module, backend: str):
+    """The module's compiled forward, made once per module, backend and underlying forward, and
+    reused: a corpus pass per layer group, or a benchmark that enters :func:`compiled_layers` per
+    batch, then does not pay for new wrappers (seen costing more than the forward itself on a
+    GPU). Kept on the module itself, so it goes when the model goes."""
+    import torch
+
+    cache = module.__dict__.setdefault("_kisstore_compiled", {})
+    key = (backend, module.__dict__.get("forward"))  # the instance's own forward, if something set one
+    if key not in cache:
+        cache[key] = torch.compile(module.forward, backend=backend, dynamic=None)
+    return cache[key]
