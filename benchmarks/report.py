@@ -271,7 +271,12 @@ TUNING = """## What was tuned, and what the hardware allows
     only parks its input inside the compiled graph; it is handed over, uncompiled, after the
     layer, and the compiler guards on the hooks, so a graph traced without the hook never runs a
     hooked layer. The first try made new compiled wrappers at every pass and ran *slower* (0.28:
-    the wrappers cost more than the forward); compiled forwards are now made once per module.
+    the wrappers cost more than the forward); the layer class's forward is now compiled once
+    and bound to each layer (run 2 below had it cached per layer; the GPU time ran out before
+    the final form could be rerun, which makes no new wrappers either). Every transformers 5
+    decoder layer class runs the same `forward` code, and torch keeps at most 8 graphs per code
+    object, then runs uncompiled without a word: the limit is raised to 64 during a pass and
+    the graphs are dropped when a model is unloaded, so a multi-model extraction keeps compiling.
     Side by side, quick runs: uncompiled 0.62, compiled 0.65; the full run above, compiled,
     0.66; at 32768-token batches 0.69. The first batches pay ~15 s of compilation, so it is
     opt-in: worth it for long passes.
@@ -284,7 +289,8 @@ TUNING = """## What was tuned, and what the hardware allows
     host, so no batch waits on a device sync; reading and tokenizing run in a background thread.
   `bash scripts/cuda_bench.sh OUT_DIR` runs all of this in one command on a GPU machine without
   network (packages from wheels in `.whl/`): quick runs uncompiled and compiled, the full
-  benchmark with the better of the two, a profile, and 32768-token batches.
+  benchmark with the better of the two, a profile, and 32768-token batches. The side runs and
+  profiles quoted here are kept in `benchmarks/runs/2026-11-27-h200/`.
 - **Noise.** This machine is shared: timings of the same work varied by up to 10× within
   minutes. The interleaved, best-of-two, median-of-rounds design keeps the ratios stable;
   absolute speeds in the details are indicative only.

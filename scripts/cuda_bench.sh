@@ -57,8 +57,11 @@ print("--compile" if eff.get("compiled", 0) > eff.get("eager", 0) else "")
 PY
 )
 echo "full run with: ${best:-(uncompiled)}"
-bench $best --only cov,p,scale --json "$out/results-$device.json" --doc "$out/benchmarks-$device.md" "$@"
+rc=0
+bench $best --only cov,p,scale --json "$out/results-$device.json" --doc "$out/benchmarks-$device.md" "$@" \
+    || { rc=$?; echo "the full benchmark failed (rc $rc)" >&2; }
 summary
 side bench $best --only profile --profile-out "$out/profile-$device.txt" "$@"
 side bench $best --only cov --batch-tokens 32768 --json "$out/results-$device-32k.json" "$@"
 summary
+exit $rc

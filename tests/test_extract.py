@@ -278,7 +278,6 @@ def test_compiled_layers_are_put_back_as_they_were(tiny_models, fresh_compiler):
     offload = layers[1].forward  # what accelerate's hooks do: a forward on the instance
     layers[1].forward = offload
     with compiled_layers(model, KEY_MODULE["llama"].replace("{}", "{i}"), [1], backend="aot_eager"):
-        assert layers[0].forward is not layers[0].__class__.forward.__get__(layers[0])
         assert "forward" in layers[0].__dict__ and layers[1].forward is not offload
         assert "forward" not in layers[2].__dict__  # past the last hooked layer: left alone
     assert "forward" not in layers[0].__dict__
@@ -300,3 +299,71 @@ def test_compiled_corpus_pass_with_generated_kernels_equals_numpy(tiny_models, t
     assert (ds["n_tokens"].values == n).all()
     np.testing.assert_allclose(ds["cov"].values, expect, rtol=2e-5, atol=1e-7)
     assert ds.attrs["compiled"] is True
+
+
+def test_compiled_pass_keeps_compiling_model_after_model_in_one_process(tiny_models, tiny_items, tiny_corpus, tmp_path,
+                                                                        monkeypatch, fresh_compiler):
+    """Every transformers 5 decoder layer class runs the same forward code, whose graphs torch
+    caps (8 by default, then runs the rest uncompiled, silently): four architectures and a
+    second Llama width, one layer per pass, in one process, must each be compiled, with the cap
+    never reached (these five needed 10 graphs)."""
+    import kisstore.extract.hooks as hooks
+
+    widths: set[int] = set()
+
+    def backend(gm, example_inputs):  # graph capture only, noting the weights' shapes it saw
+        widths.update(int(d) for t in example_inputs if isinstance(t, torch.Tensor) for d in t.shape)
+        return gm.forward
+
+    monkeypatch.setattr(hooks, "BACKEND", backend)
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    wide = tmp_path / "llama52"
+    config = tiny.config_for("llama")
+    config.intermediate_size = 52
+    tiny.tokenizer_files(wide)
+    AutoModelForCausalLM.from_config(config).save_pretrained(wide)
+    store = tmp_path / "s.zarr"
+    archs = ["gpt2", "gptj", "gpt_neox", "llama"]
+    ids = run_extract(ExtractOptions(models=[str(tiny_models[a]) for a in archs] + [str(wide)], store=str(store),
+                                     items=str(tiny_items), corpus=str(tiny_corpus), progress=False, max_length=48,
+                                     compile=True, max_memory=12 * 52 * 52))  # one layer per pass for all five
+    configs = {a: tiny.config_for(a) for a in archs}
+    d_ff = {52, configs["gpt2"].n_inner, configs["gptj"].n_inner, configs["gpt_neox"].intermediate_size,
+            configs["llama"].intermediate_size}
+    assert len(d_ff) == 5 and d_ff <= widths  # each model's layers were compiled
+    tree = xr.open_datatree(store, engine="zarr")
+    (llama,) = [m for m in ids if m.endswith("llama")]
+    ds = tree[f"models/{llama}"].ds
+    expect, n = _numpy_cov(tiny_models["llama"], "llama", tiny_corpus, 48)
+    np.testing.assert_allclose(ds["cov"].values, expect, rtol=2e-5, atol=1e-7)
+
+
+def test_compiled_pass_leaves_the_model_free_to_copy_and_save(tiny_models, tiny_corpus, monkeypatch, fresh_compiler):
+    """Nothing of a compiled pass stays on the model: a deep copy passes on its own layers, and
+    the model still pickles (a compiled forward kept on the module broke both)."""
+    import copy
+    import dataclasses
+    import pickle
+
+    import kisstore.extract.hooks as hooks
+    from kisstore.data.corpus import resolve_corpus
+    from kisstore.extract.accumulate import SecondMoment
+    from kisstore.extract.covariance import accumulate, corpus_batches
+    from kisstore.models.loading import load_model
+
+    monkeypatch.setattr(hooks, "BACKEND", "aot_eager")
+    lm = load_model(str(tiny_models["llama"]), device="cpu")
+    layers = list(range(lm.n_layers))
+
+    def covariances(model):
+        moments = {i: SecondMoment(model.d_ff, "cpu", "torch") for i in layers}
+        batches = corpus_batches(model.tokenizer, resolve_corpus(str(tiny_corpus)), max_length=48,
+                                 batch_tokens=256, token_cap=None)
+        accumulate(model, layers, batches, moments, compile=True)
+        return np.stack([moments[i].total() for i in layers])
+
+    first = covariances(lm)
+    twin = dataclasses.replace(lm, model=copy.deepcopy(lm.model))
+    np.testing.assert_array_equal(covariances(twin), first)  # the copy's own layers, not the original's
+    pickle.dumps(lm.model)
+    assert not [name for name, m in lm.model.named_modules() if set(m.__dict__) & {"forward", "_kisstore_compiled"}]

@@ -14,35 +14,43 @@ fused kernel, causal, for the same result.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
-_active = 0  # passes under dense_kv_attention(); read by the compiler as a constant, so a plain int
+_lock = threading.Lock()
+_passes = 0  # corpus passes inside dense_kv_attention(), across threads
+_on = False  # _passes > 0; a bool the compiler guards on, the same for one pass or two
 _installed = False
 
 
-def _install() -> bool:
-    """Wrap transformers' ``use_gqa_in_sdpa`` once; False where this transformers has none."""
+def install() -> bool:
+    """Wrap transformers' ``use_gqa_in_sdpa`` (once; False where this transformers has none).
+
+    Called before any layer is compiled as well (``hooks.compiled_layers``): a graph traced
+    against the unwrapped function would fail its guard once the wrapper is in, and recompile.
+    """
     global _installed
-    if _installed:
-        return True
-    try:
-        from transformers.integrations import sdpa_attention as sdpa
-    except ImportError:
-        return False
-    original = getattr(sdpa, "use_gqa_in_sdpa", None)
-    if original is None:
-        return False
-
-    def use_gqa_in_sdpa(attention_mask, key, *args, **kwargs):
-        import torch
-
-        if _active and key.dtype == torch.float32:
+    with _lock:
+        if _installed:
+            return True
+        try:
+            from transformers.integrations import sdpa_attention as sdpa
+        except ImportError:
             return False
-        return original(attention_mask, key, *args, **kwargs)
+        original = getattr(sdpa, "use_gqa_in_sdpa", None)
+        if original is None:
+            return False
 
-    sdpa.use_gqa_in_sdpa = use_gqa_in_sdpa
-    _installed = True
-    return True
+        def use_gqa_in_sdpa(attention_mask, key, *args, **kwargs):
+            import torch
+
+            if _on and key.dtype == torch.float32:
+                return False
+            return original(attention_mask, key, *args, **kwargs)
+
+        sdpa.use_gqa_in_sdpa = use_gqa_in_sdpa
+        _installed = True
+        return True
 
 
 @contextlib.contextmanager
@@ -51,12 +59,16 @@ def dense_kv_attention(enabled: bool = True) -> Iterator[None]:
     asking torch's SDPA for ``enable_gqa`` (a no-op for other dtypes and for models without
     grouped-query attention). Process-wide while any pass is inside: the two paths compute the
     same attention, so another thread's model only changes kernels."""
-    global _active
-    if not enabled or not _install():
+    global _passes, _on
+    if not enabled or not install():
         yield
         return
-    _active += 1
+    with _lock:
+        _passes += 1
+        _on = True
     try:
         yield
     finally:
-        _active -= 1
+        with _lock:
+            _passes -= 1
+            _on = _passes > 0

@@ -82,27 +82,40 @@ def key_hooks(
         slot.clear()
 
 
+RECOMPILE_LIMIT = 64  # graphs per code object: every transformers decoder layer class shares one
+
+
 @contextlib.contextmanager
-def compiled_layers(model, template: str, layers: Sequence[int], *, backend: str | None = None) -> Iterator[None]:
+def compiled_layers(model, template: str, layers: Sequence[int], *, backend=None) -> Iterator[None]:
     """Run the forwards of the decoder layers ``0…max(layers)`` through ``torch.compile``.
 
     Only each layer's ``forward`` is compiled, not its ``__call__``: hooks registered on the
-    layer itself stay outside the graph (see ``key_hooks(via_layer=True)``). Layers of one
-    class share their compiled code (the compiler caches per code object and takes the weights
-    as inputs), and shapes become dynamic at the first batch of another shape, so a corpus pass
-    compiles a few graphs, not one per layer and batch. The first batches pay the compilation.
+    layer itself stay outside the graph (see ``key_hooks(via_layer=True)``). The compiler keeps
+    its graphs per code object and takes the weights as inputs, so the layers of a model share
+    their graphs; shapes become dynamic at the first batch of another shape. A model needs a
+    few graphs (first shape, dynamic shapes, layers with and without the key hook), and in
+    transformers 5 every decoder layer class runs the same ``forward`` code (the
+    gradient-checkpointing wrapper), so several models in one process add up: the limit is
+    raised to ``RECOMPILE_LIMIT`` here (torch's default of 8 would silently run the rest
+    uncompiled), and ``release_compiled()`` clears the graphs when a model is done. The first
+    batches pay the compilation.
     """
     import torch
 
+    from kisstore.extract.attention import install
+
+    install()  # before anything is traced: see kisstore.extract.attention
     modules = dict(model.named_modules())
     holders = [modules[layer_template(template).format(i=i)] for i in range(max(layers) + 1)]
     # a forward already set on the instance (accelerate's offloading hooks put one there) is
     # compiled with the rest and put back afterwards
     before = [m.__dict__.get("forward") for m in holders]
+    cfg = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # torch < 2.6
     # guard on the modules' hooks: by default the compiler assumes hooks never change after a
     # compile, and a graph traced without the key hook would then run for a hooked layer (another
     # layer group's pass, or a hook-free forward first in the same process)
-    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+    with cfg.patch(skip_nnmodule_hook_guards=False, **{limit: max(getattr(cfg, limit), RECOMPILE_LIMIT)}):
         try:
             for m in holders:
                 m.forward = _compiled_forward(m, backend or BACKEND)
@@ -115,15 +128,30 @@ def compiled_layers(model, template: str, layers: Sequence[int], *, backend: str
                     m.forward = fwd
 
 
-def _compiled_forward(module, backend: str):
-    """The module's compiled forward, made once per module, backend and underlying forward, and
-    reused: a corpus pass per layer group, or a benchmark that enters :func:`compiled_layers` per
-    batch, then does not pay for new wrappers (seen costing more than the forward itself on a
-    GPU). Kept on the module itself, so it goes when the model goes."""
+_COMPILED: dict = {}  # (a class's forward function, backend) → its compiled function; holds no module
+
+
+def _compiled_forward(module, backend):
+    """The module's forward, compiled: the class's function compiled once per backend and bound
+    to the module, so passes after the first (a layer group each, or a benchmark entering
+    :func:`compiled_layers` per batch) make no new wrappers (seen costing more than the forward
+    itself on a GPU), and nothing keeps the module alive or ties a copy of it to the original.
+    A forward set on the instance is compiled for this pass alone."""
+    import types
+
     import torch
 
-    cache = module.__dict__.setdefault("_kisstore_compiled", {})
-    key = (backend, module.__dict__.get("forward"))  # the instance's own forward, if something set one
-    if key not in cache:
-        cache[key] = torch.compile(module.forward, backend=backend, dynamic=None)
-    return cache[key]
+    own = module.__dict__.get("forward")
+    if own is not None:
+        return torch.compile(own, backend=backend, dynamic=None)
+    fn = type(module).forward
+    if (fn, backend) not in _COMPILED:
+        _COMPILED[fn, backend] = torch.compile(fn, backend=backend, dynamic=None)
+    return types.MethodType(_COMPILED[fn, backend], module)
+
+
+def release_compiled() -> None:
+    """Drop the compiler's graphs (all of this process's), as when a model is unloaded."""
+    import torch
+
+    torch.compiler.reset()

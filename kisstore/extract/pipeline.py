@@ -154,10 +154,11 @@ def _same_corpus(a: Any, b: Any) -> bool:
     return Path(a).name == Path(b).name
 
 
-def default_budget(lm, cpu_kernels: str) -> int:
-    """The device's share for accumulators, less the weight copies the CPU kernels will make."""
+def default_budget(lm, cpu_kernels: str, compile: bool = False) -> int:
+    """The device's share for accumulators, less the weight copies the CPU kernels will make
+    (none with ``compile``: compiled layers keep torch's linears)."""
     budget = default_memory(lm.device)
-    if str(lm.device) == "cpu":
+    if str(lm.device) == "cpu" and not compile:
         from kisstore.extract.cpu_kernels import copied_weight_bytes, resolve
 
         if resolve(cpu_kernels, "cpu") == "onednn":
@@ -290,6 +291,10 @@ class ModelRun:
 
     def unload(self) -> None:
         self.lm = None
+        if self.opts.compile:
+            from kisstore.extract.hooks import release_compiled
+
+            release_compiled()  # the next model starts with the compiler's limit free
         release_memory()
 
     def fingerprint(self) -> dict[str, Any]:
@@ -342,7 +347,7 @@ class ModelRun:
             return self.run_corpus_sharded()
         state = self.ckpt.open(self.layers, self.lm.d_ff)
         d, o = self.lm.d_ff, self.opts
-        budget = o.max_memory if o.max_memory is not None else default_budget(self.lm, o.cpu_kernels)
+        budget = o.max_memory if o.max_memory is not None else default_budget(self.lm, o.cpu_kernels, o.compile)
         rows_of = {layer: r for r, layer in enumerate(self.layers)}
         done_counts = {int(k): v for k, v in (state.get("done_counts") or {}).items()}
         # finished layers keep their sums; the rest are grouped under today's budget, which may

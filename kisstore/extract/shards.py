@@ -85,9 +85,9 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
     start, stop = task.docs
     uppers: dict[int, np.ndarray] = {}
     count = 0
-    from kisstore.extract.pipeline import default_budget
+    from kisstore.extract.pipeline import default_budget, release_memory
 
-    budget = task.budget if task.budget is not None else default_budget(lm, task.cpu_kernels)
+    budget = task.budget if task.budget is not None else default_budget(lm, task.cpu_kernels, task.compile)
     for group in layer_groups(task.layers, d, budget):
         moments = {layer: SecondMoment(d, lm.device, task.cpu_kernels) for layer in group}
         batches = prefetch(corpus_batches(lm.tokenizer, corpus, max_length=task.max_length,
@@ -97,6 +97,12 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
         for layer in group:
             uppers[layer] = moments[layer].sum_upper()
         count = moments[group[0]].count
+    del lm, moments
+    if task.compile:
+        from kisstore.extract.hooks import release_compiled
+
+        release_compiled()  # a long-lived worker runs shard after shard
+    release_memory()  # the weights go before the next shard's model loads
     path = shard_path(task.model_id, task.index)
     with storage_errors(store.url, store.storage_options):
         g = zarr.open_group(store.zstore, path=path, mode="w")
