@@ -103,3 +103,16 @@ def test_unknown_scheduler_address_is_a_clear_error(tiny_models, tiny_items, cor
         run_extract(_opts(tiny_models["llama"], tmp_path / "s.zarr", tiny_items, corpus,
                           scheduler="tcp://127.0.0.1:9", shards=2))
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_sharded_compiled_pass_equals_the_uncompiled_one(cluster, tiny_models, tiny_items, corpus, tmp_path):
+    """--compile --shards: each worker compiles its layers (inductor, C++ on a CPU) and frees its graphs."""
+    plain, compiled = tmp_path / "plain.zarr", tmp_path / "compiled.zarr"
+    run_extract(_opts(tiny_models["llama"], plain, tiny_items, corpus))
+    run_extract(_opts(tiny_models["llama"], compiled, tiny_items, corpus, scheduler=cluster.scheduler_address,
+                      shards=2, compile=True))
+    a = xr.open_datatree(plain, engine="zarr")["models/llama"].ds
+    b = xr.open_datatree(compiled, engine="zarr")["models/llama"].ds
+    np.testing.assert_array_equal(a["n_tokens"].values, b["n_tokens"].values)
+    np.testing.assert_allclose(b["cov"].values, a["cov"].values, rtol=1e-5, atol=1e-8)
+    assert b.attrs["compiled"] is True and a.attrs["compiled"] is False and b.attrs["shards"] == 2
