@@ -57,7 +57,7 @@ def test_half_precision_keeps_transformers_choice(tiny_models, sdpa_calls):
 def test_an_error_inside_leaves_the_switch_off(tiny_models, sdpa_calls):
     with pytest.raises(RuntimeError), dense_kv_attention():
         raise RuntimeError("a failing batch")
-    assert attention._active == 0
+    assert attention._passes == 0 and attention._on is False
     model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], attn_implementation="sdpa").eval()
     _body(model, torch.randint(0, 300, (2, 9)))
     assert {gqa for _, _, gqa in sdpa_calls} == {True}
