@@ -66,3 +66,22 @@ def test_resume_with_other_settings_is_refused(tiny_models, tiny_items, long_cor
     assert other.returncode == 2
     assert "unfinished extraction" in other.stderr and "max_length" in other.stderr
     assert "Traceback" not in other.stderr
+
+
+def test_resume_with_another_batch_size_is_said_and_recorded(reference, tiny_models, tiny_items, long_corpus, tmp_path):
+    """Batch size only changes float32 rounding, so a resume may change it; it is said, and the
+    provenance lists the settings of both runs."""
+    store = tmp_path / "s.zarr"
+    args = _args(tiny_models["llama"], store, tiny_items, long_corpus)
+    killed = run_cli(*args, env={"KISSTORE_FAILPOINT": "corpus_batch:15"})
+    assert killed.returncode == -signal.SIGKILL
+    resumed = run_cli(*args[:-3], "--batch-tokens", "512", "--quiet", check=True)
+    assert "resuming corpus pass" in resumed.stdout
+    assert "other corpus-pass settings (batch_tokens 1024 → 512)" in resumed.stdout
+    ds = xr.open_datatree(store, engine="zarr")["models/llama"].ds
+    assert [s["batch_tokens"] for s in ds.attrs["corpus_pass_settings"]] == [1024, 512]
+    assert ds.attrs["batch_tokens"] == 512
+    assert reference.attrs["corpus_pass_settings"] == [{"batch_tokens": 1024, "cpu_kernels": ds.attrs["cpu_kernels"],
+                                                         "compiled": False}]
+    np.testing.assert_array_equal(ds["n_tokens"].values, reference["n_tokens"].values)
+    np.testing.assert_allclose(ds["cov"].values, reference["cov"].values, rtol=1e-5, atol=1e-9)

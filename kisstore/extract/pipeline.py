@@ -363,6 +363,7 @@ class ModelRun:
         elif state.get("group_rows") and all([rows_of[x] for x in g] != state["group_rows"] for g in groups):
             log(f"[{self.model_id}] the layer grouping differs from the interrupted run's (memory budget): "
                 "its unfinished pass is redone from the start; finished layers are kept")
+        self.record_pass_settings(state, resumed=bool(done_counts) or bool(state.get("tokens")))
         corpus = resolve_corpus(o.corpus)
         for gi, group in enumerate(groups):
             rows = [rows_of[layer] for layer in group]
@@ -407,6 +408,27 @@ class ModelRun:
             del moments, batches, checkpoint, on_progress  # the closures hold the accumulators too
             release_memory()  # this group's accumulators, before the next group's or the final covariance
         return self.final_cov(done_counts)
+
+    def pass_settings(self) -> dict[str, Any]:
+        """The corpus pass's settings that change only float32 rounding, not what is computed:
+        free to differ between a killed run and its resumption (the fingerprint refuses the rest)."""
+        o = self.opts
+        return {"batch_tokens": o.batch_tokens, "cpu_kernels": resolve_kernels(o.cpu_kernels, self.lm.device),
+                "compiled": o.compile}
+
+    def record_pass_settings(self, state: dict[str, Any], *, resumed: bool) -> None:
+        """Append today's settings to the checkpoint's list when they differ from the last run's,
+        saying so on a resume; the provenance keeps the list (``corpus_pass_settings``)."""
+        used = list(state.get("pass_settings") or [])
+        now = self.pass_settings()
+        if used and used[-1] == now:
+            return
+        if used and resumed:
+            changed = ", ".join(f"{k} {used[-1].get(k)} → {v}" for k, v in now.items() if used[-1].get(k) != v)
+            log(f"[{self.model_id}] resuming with other corpus-pass settings ({changed}): sums from both add up "
+                "(results differ from one uninterrupted run by float32 rounding only); the provenance's "
+                "corpus_pass_settings lists both")
+        self.ckpt.commit(pass_settings=[*used, now])
 
     def note_short_corpus(self, count: int) -> None:
         cap = self.opts.corpus_tokens
@@ -478,6 +500,9 @@ class ModelRun:
             # float32 kernels of the corpus pass (sharded: as this process resolves them)
             "cpu_kernels": resolve_kernels(o.cpu_kernels, self.lm.device),
             "compiled": o.compile,  # the corpus pass's decoder layers ran through torch.compile
+            # every run's settings of that kind that added to C: more than one after a resume with others
+            "corpus_pass_settings": None if self.imported is not None else
+                                    self.ckpt.state.get("pass_settings") or [self.pass_settings()],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
         return p
