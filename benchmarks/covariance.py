@@ -95,11 +95,11 @@ def bare_forward(lm, batch, kernels: str = "torch", *, head: bool = False, compi
 
     import torch
 
-    from kisstore.extract.cpu_kernels import onednn_linears
+    from kisstore.extract.cpu_kernels import linears_on_onednn, onednn_linears
     from kisstore.extract.hooks import compiled_layers
 
     net = lm.model if head else lm.model.base_model
-    with (torch.inference_mode(), onednn_linears(lm.model, enabled=kernels == "onednn" and not compile),
+    with (torch.inference_mode(), onednn_linears(lm.model, enabled=linears_on_onednn(kernels, lm.device, compile)),
           compiled_layers(lm.model, lm.module_template, [lm.n_layers - 1]) if compile else contextlib.nullcontext()):
         net(input_ids=batch.input_ids.to(lm.device), attention_mask=batch.attention_mask.to(lm.device),
             use_cache=False)

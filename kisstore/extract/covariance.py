@@ -120,7 +120,7 @@ def accumulate(
     """
     import torch
 
-    from kisstore.extract.cpu_kernels import onednn_linears, resolve
+    from kisstore.extract.cpu_kernels import linears_on_onednn, onednn_linears
 
     body = lm.model.base_model if hasattr(lm.model, "base_model") else lm.model
     last_ckpt = time.monotonic()
@@ -131,9 +131,7 @@ def accumulate(
         rows = state["rows"]
         moments[layer].add(flat if rows is None else flat.index_select(0, rows))  # (tokens, d_ff), padding dropped
 
-    # compiled layers keep torch's linears: the compiler cannot lower the oneDNN ops (the
-    # accumulators' oneDNN panels run outside the graph, in the hooks, and stay)
-    fast = resolve(cpu_kernels, lm.device) == "onednn" and not compile
+    fast = linears_on_onednn(cpu_kernels, lm.device, compile)
     with (contextlib.closing(batches) if hasattr(batches, "close") else contextlib.nullcontext(),
           torch.inference_mode(), onednn_linears(lm.model, enabled=fast),
           dense_kv_attention(),  # no mask below: float32 grouped-query attention needs this for a fused kernel

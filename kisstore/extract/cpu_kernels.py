@@ -80,6 +80,14 @@ def resolve(choice: str, device: str) -> str:
     return choice
 
 
+def linears_on_onednn(choice: str, device: str, compile: bool = False) -> bool:
+    """Whether the model's linear layers run on oneDNN (:func:`onednn_linears`): where the
+    kernels resolve to ``onednn``, unless the layers are compiled (``--compile``): the compiler
+    cannot lower oneDNN's ops, so compiled layers keep torch's (the accumulators' oneDNN panels
+    run outside the graph and stay)."""
+    return resolve(choice, device) == "onednn" and not compile
+
+
 def _conv1d_type():
     """transformers' ``Conv1D`` (GPT-2's linear layers, weight stored as (in, out)), if importable."""
     try:

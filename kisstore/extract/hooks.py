@@ -44,27 +44,15 @@ def key_hooks(
     modules = dict(model.named_modules())
     last = max(layers)
     handles = []
-
-    def make(layer: int):
-        def hook(_module, args):
-            on_key(layer, args[0])
-            if stop_after_last and layer == last:
-                raise StopForward
-
-        return hook
-
     slot: dict[str, object] = {}
+
+    def hand_over(layer: int, keys) -> None:
+        on_key(layer, keys)
+        if stop_after_last and layer == last:
+            raise StopForward
 
     def park(_module, args):  # traced by the compiler: a dict store it replays after the graph
         slot["keys"] = args[0]
-
-    def make_after(layer: int):
-        def hook(_module, _args, _output):
-            on_key(layer, slot.pop("keys"))
-            if stop_after_last and layer == last:
-                raise StopForward
-
-        return hook
 
     try:
         for layer in layers:
@@ -72,9 +60,10 @@ def key_hooks(
             if via_layer:
                 handles.append(key_module.register_forward_pre_hook(park))
                 holder = modules[layer_template(template).format(i=layer)]
-                handles.append(holder.register_forward_hook(make_after(layer)))
+                handles.append(holder.register_forward_hook(
+                    lambda _m, _a, _o, _l=layer: hand_over(_l, slot.pop("keys"))))
             else:
-                handles.append(key_module.register_forward_pre_hook(make(layer)))
+                handles.append(key_module.register_forward_pre_hook(lambda _m, args, _l=layer: hand_over(_l, args[0])))
         yield
     finally:
         for h in handles:

@@ -157,12 +157,11 @@ def _same_corpus(a: Any, b: Any) -> bool:
 def default_budget(lm, cpu_kernels: str, compile: bool = False) -> int:
     """The device's share for accumulators, less the weight copies the CPU kernels will make
     (none with ``compile``: compiled layers keep torch's linears)."""
-    budget = default_memory(lm.device)
-    if str(lm.device) == "cpu" and not compile:
-        from kisstore.extract.cpu_kernels import copied_weight_bytes, resolve
+    from kisstore.extract.cpu_kernels import copied_weight_bytes, linears_on_onednn
 
-        if resolve(cpu_kernels, "cpu") == "onednn":
-            budget -= copied_weight_bytes(lm.model)
+    budget = default_memory(lm.device)
+    if linears_on_onednn(cpu_kernels, lm.device, compile):
+        budget -= copied_weight_bytes(lm.model)
     return max(budget, 12 * lm.d_ff**2)  # too little memory: one layer per pass, not a refusal
 
 
