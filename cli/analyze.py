@@ -47,6 +47,7 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
     from kisstore.analysis.core import sample_size_warnings
     from kisstore.analysis.persist import read_scaling, write_analysis
     from kisstore.store import Store, open_store
+    from kisstore.store.commit import ANALYSIS_LEASE, lease, recover
     from kisstore.store.urls import split_url
 
     if split_url(store)[0] == "file" and not store.startswith("file://"):
@@ -54,6 +55,7 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
     opts = storage_options_from(storage_options)
     handle = Store(store, opts)
     handle.validate()
+    recover(handle)  # a write that a kill interrupted is completed before anything is read
     output_dir(report_dir, "--report")  # an unwritable destination fails before the work, not after
     output_prefix(table_out, "--table-out")
     start = time.perf_counter()
@@ -63,7 +65,8 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
             click.echo(line, err=True)
         result = analyze(tree, models=list(models) or None, items=items, n_items=n_items, layers=layers,
                          ridge=ridge, top_k=top_k)
-        stored = write_analysis(handle, result, progress=click.echo)
+        with lease(handle, ANALYSIS_LEASE, wait_s=0):  # one analysis of a store at a time
+            stored = write_analysis(handle, result, progress=click.echo)
         table = scaling_table(read_scaling(handle))
     click.echo(f"analysed {len(stored)} model(s) in {time.perf_counter() - start:.1f} s; "
                f"scaling table: {len(table)} rows → /analysis/scaling")

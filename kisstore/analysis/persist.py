@@ -25,9 +25,11 @@ def write_analysis(store: Store, result: xr.DataTree, progress: Callable[[str], 
     store's consolidated metadata as they were. Returns the stored per-model datasets,
     reopened lazily.
     """
+    from kisstore.store import commit
+
     models = [m for m in result[layout.ANALYSIS].children if m != scaling.GROUP]
-    staging = f"{layout.STAGING}/{layout.ANALYSIS}"
-    store.delete(layout.STAGING)  # what an interrupted run left behind
+    staging = commit.staged(layout.ANALYSIS)
+    store.delete(staging)  # what an interrupted run left behind
     try:
         staged: dict[str, xr.Dataset] = {}
         for i, model in enumerate(models, 1):
@@ -40,14 +42,14 @@ def write_analysis(store: Store, result: xr.DataTree, progress: Callable[[str], 
             staged[model] = _open(store, path)
             progress(f"      done in {time.perf_counter() - start:.1f} s")
         table = scaling.scaling_dataset(staged).compute()
+        store.write_dataset(f"{staging}/{scaling.GROUP}", table)
     except BaseException:
-        store.delete(layout.STAGING)
+        store.delete(staging)
         raise
-    for model in models:
-        store.replace_group(f"{staging}/{layout.check_group_name(model)}", layout.analysis_path(model))
-    store.write_dataset(f"{layout.ANALYSIS}/{scaling.GROUP}", table)
-    store.delete(layout.STAGING)
-    store.consolidate()
+    # one commit: a kill from here on is completed by the next writer (kisstore.store.commit)
+    commit.commit(store, [commit.move(f"{staging}/{m}", layout.analysis_path(m)) for m in models]
+                  + [commit.move(f"{staging}/{scaling.GROUP}", f"{layout.ANALYSIS}/{scaling.GROUP}"),
+                     commit.delete(staging)])
     return {model: read_analysis(store, model) for model in models}
 
 

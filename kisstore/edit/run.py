@@ -28,7 +28,7 @@ from kisstore.data.items import Item
 from kisstore.edit import closed_form as cf
 from kisstore.edit.targets import RomeOptions
 from kisstore.errors import InputError, StoreError
-from kisstore.store import layout
+from kisstore.store import commit, layout
 from kisstore.store.io import Store
 from kisstore.store.urls import public_options, redact
 
@@ -283,13 +283,14 @@ def run_edit(opts: EditOptions, progress: Callable[[str], None] | None = None) -
     ds = sequential_edits(lm, plan, opts, say)
     ds.attrs.update(run_attrs(opts, plan, lm, time.perf_counter() - t0))
     store = Store(opts.store, opts.storage_options)
+    commit.recover(store)
     path = edit_path(plan.run)
-    if store.has(path):
-        store.delete(path)
     chunks = {v: (1, *ds[v].shape[1:]) for v in ("predicted_change", "measured_change") if v in ds}
-    store.write_dataset(path, ds, chunks=chunks)
-    store.set_attrs(path, {"complete": True})
-    store.consolidate()
+    # staged in full, then moved into place in one commit: an earlier run of the same name is
+    # replaced whole, and a kill leaves either the old run or the new one
+    store.write_dataset(commit.staged(path), ds, chunks=chunks)
+    store.set_attrs(commit.staged(path), {"complete": True})
+    commit.commit(store, [commit.move(commit.staged(path), path)])
     return plan.run, ds
 
 

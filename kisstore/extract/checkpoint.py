@@ -26,8 +26,9 @@ from kisstore.store.layout import checkpoint_path
 
 class Checkpoint:
     def __init__(self, store: Store, model_id: str, fingerprint: dict[str, Any],
-                 guard: Callable[[], None] | None = None):
+                 guard: Callable[[], None] | None = None, overwrite: bool = False):
         self.store = store
+        self.overwrite = overwrite  # an --overwrite run's: resumed by the same command, not cleared
         self.path = checkpoint_path(model_id)
         self.fingerprint = fingerprint
         self.state: dict[str, Any] = {}
@@ -40,9 +41,9 @@ class Checkpoint:
         self.layers = list(layers)
         self.d = d
         with storage_errors(self.store.url, self.store.storage_options):
-            if self.store.has(self.path):
+            attrs = self.store.group_attrs(self.path) if self.store.has(self.path) else {}
+            if "fingerprint" in attrs:  # written last: a checkpoint without it never started
                 g = zarr.open_group(self.store.zstore, path=self.path, mode="r+")
-                attrs = dict(g.attrs)
                 stored = {k: v for k, v in (attrs.get("fingerprint") or {}).items()
                           if k != "n_candidates"}  # kept by kisstore 0.1.0; the items' case ids now align
                 if stored != _plain(self.fingerprint):
@@ -60,10 +61,17 @@ class Checkpoint:
                 g.create_array(name, shape=(n, d, d), chunks=(1, min(d, 4096), min(d, 4096)),
                                dtype="float64", compressors=default_compressors(), fill_value=0.0,
                                dimension_names=("layer_row", "d_ff", "d_ff_"))  # xarray can open the store
-            g.attrs.update({"fingerprint": _plain(self.fingerprint), "state": {}})
+            # the fingerprint last, in one write: it marks the checkpoint as started
+            g.attrs.update({"fingerprint": _plain(self.fingerprint), "state": {}, "overwrite": self.overwrite})
             self.group = g
             self.state = {}
             return self.state
+
+    @staticmethod
+    def of_this_overwrite(store: Store, model_id: str, fingerprint: dict[str, Any]) -> bool:
+        """Whether the stored checkpoint was made by an --overwrite run with these settings."""
+        attrs = store.group_attrs(checkpoint_path(model_id))
+        return attrs.get("overwrite") is True and attrs.get("fingerprint") == _plain(fingerprint)
 
     def commit(self, **changes: Any) -> None:
         self.state.update(changes)

@@ -16,7 +16,7 @@ from kisstore import failpoints
 from kisstore._version import __version__
 from kisstore.data.corpus import resolve_corpus
 from kisstore.data.items import Item, ItemSet, load_items
-from kisstore.errors import InputError
+from kisstore.errors import InputError, StoreError
 from kisstore.extract.accumulate import SecondMoment, symmetric
 from kisstore.extract.checkpoint import Checkpoint
 from kisstore.extract.covariance import accumulate, check_count, corpus_batches
@@ -26,7 +26,7 @@ from kisstore.extract.keys import item_pass
 from kisstore.extract.positions import POSITIONS
 from kisstore.extract.prefetch import prefetch
 from kisstore.layers import parse_layers
-from kisstore.store import layout
+from kisstore.store import commit, layout
 from kisstore.store.io import Store
 from kisstore.store.urls import public_options, redact
 
@@ -210,7 +210,7 @@ class ModelRun:
             self.max_length = context
             log(f"[{self.model_id}] --max-length {self.opts.max_length} is longer than the model's context "
                 f"({context} positions): documents are truncated at {context} tokens")
-        if self.store.exists():
+        if self.store.exists() and not self.opts.overwrite:
             self.imported = self.imported_cov()
 
     def differences(self, stored: dict[str, Any], source) -> list[str]:
@@ -256,7 +256,7 @@ class ModelRun:
         if self.opts.overwrite and not self.cleared:
             # only now, with the model loaded and every option checked, is the old result removed
             self.clear()
-        self.imported = self.imported_cov()
+        self.imported = None if self.opts.overwrite else self.imported_cov()
         if self.imported is not None:
             have = [int(x) for x in self.imported["layer"].values]
             if self.opts.layers in (None, "", "all"):
@@ -266,20 +266,50 @@ class ModelRun:
         log(f"[{self.model_id}] {self.lm.provenance['architecture']}, {self.lm.n_layers} layers, "
             f"d_ff {self.lm.d_ff}, {self.lm.n_params / 1e6:.0f}M parameters on {self.lm.device} "
             f"({time.monotonic() - t:.1f} s)")
-        self.ckpt = Checkpoint(self.store, self.model_id, self.fingerprint(), guard=self.check_lease)
+        self.ckpt = Checkpoint(self.store, self.model_id, self.fingerprint(), guard=self.check_lease,
+                               overwrite=self.opts.overwrite)
 
     def clear(self) -> None:
-        """--overwrite: remove this model's group, checkpoint and analysis (once per run)."""
+        """--overwrite: start this model's extraction afresh (once per run). The complete model
+        and its analysis stay until the new model is committed in their place (see
+        :meth:`commit_ops`); only an earlier unfinished extraction's checkpoint goes, unless it
+        is this very overwrite's, killed and now resumed with the same command."""
         self.check_lease()
-        removed = False
-        for path in (layout.model_path(self.model_id), layout.checkpoint_path(self.model_id),
-                     layout.analysis_path(self.model_id)):
-            if self.store.has(path):
+        path = layout.checkpoint_path(self.model_id)
+        if self.store.has(path):
+            if not Checkpoint.of_this_overwrite(self.store, self.model_id, self.fingerprint()):
                 self.store.delete(path)
-                removed = True
-        if removed:
-            self.store.consolidate()  # readers must not see the removed groups
+                self.store.consolidate()  # readers must not see the removed checkpoint
         self.cleared = True
+
+    def commit_ops(self, staged: bool) -> list[dict]:
+        """The changes that publish this model's finished group (written in place, or staged
+        when a complete model is being overwritten) in one commit: its completion, the end of
+        its checkpoint, and, for --overwrite, the removal of the old analysis and scaling rows."""
+        path = layout.model_path(self.model_id)
+        ops = [commit.move(commit.staged(path), path)] if staged else [commit.set_attrs(path, {"complete": True})]
+        ops += [commit.delete(layout.checkpoint_path(self.model_id)), commit.delete_if_empty(layout.CHECKPOINTS)]
+        if self.opts.overwrite:
+            ops += [commit.delete(layout.analysis_path(self.model_id))]
+            ops += self.scaling_without_this_model()
+        return ops
+
+    def scaling_without_this_model(self) -> list[dict]:
+        """--overwrite: the scaling table loses this model's rows (its analysis is gone)."""
+        path = f"{layout.ANALYSIS}/scaling"
+        if not self.store.has(path):
+            return []
+        table = xr.open_zarr(self.store.zstore, group=path, zarr_format=3, consolidated=False)
+        models = [str(m) for m in table["model"].values]
+        if self.model_id not in models:
+            return []
+        if models == [self.model_id]:
+            return [commit.delete(path)]
+        rest = table.isel(model=[i for i, m in enumerate(models) if m != self.model_id]).load()
+        for var in rest.variables.values():
+            var.encoding = {}
+        self.store.write_dataset(commit.staged(path), rest)
+        return [commit.move(commit.staged(path), path)]
 
     def imported_cov(self) -> xr.Dataset | None:
         """The covariance `kisstore import-rome` put in this model's group, if any."""
@@ -572,6 +602,7 @@ def run_extract(opts: ExtractOptions) -> list[str]:
     existing_items = None
     if store.exists():
         store.validate()
+        commit.recover(store)  # a commit that a kill interrupted is completed first
         existing_items = store_items(store)
         root_items_sha = store.group_attrs(layout.ITEMS).get("items_sha256") if existing_items else None
         if existing_items is not None and root_items_sha not in (None, item_set.sha256) and opts.items is not None:
@@ -657,27 +688,43 @@ def _extract_locked(opts: ExtractOptions, store: Store, runs: list[ModelRun], ca
         results[run.model_id] = run.run_items()
         if i < len(runs) - 1:
             run.unload()
-    if existing_items is not None:
-        selected = list(range(len(candidates)))
-        stored = store.group_attrs(layout.ITEMS).get("selection") or {}
-        asked = {"n_items": opts.n_items, "known_only": opts.known_only}
-        if (opts.known_only or opts.n_items) and any(stored.get(k) != v for k, v in asked.items()):
-            # the same command again (a resumed run, another model) is no news; other flags are
-            how = (f" (selected with --n-items {stored.get('n_items') or 'all'}"
-                   f"{' --known-only' if stored.get('known_only') else ''})" if stored else "")
-            log(f"note: the store already has its items{how}; --known-only/--n-items do not change them")
-        store.consolidate()  # the new checkpoints show in `kisstore info` while the corpus pass runs
-    else:
-        selected = select_items(candidates, {m: r[1] for m, r in results.items()}, opts.n_items, opts.known_only)
-        chosen = [candidates[i] for i in selected]
-        ds = items_dataset(chosen)
-        store.write_dataset(layout.ITEMS, ds)
-        store.set_attrs(layout.ITEMS, {"source": os.path.basename(item_set.source), "items_sha256": item_set.sha256,
-                                       "selection": {"n_items": opts.n_items, "known_only": opts.known_only,
-                                                     "models": [r.model_id for r in runs]}})
-        store.consolidate()
-        log(f"items: {len(chosen)} of {len(candidates)} selected"
-            + (" (known to every model)" if opts.known_only else ""))
+    failpoints.pause("items")
+    with commit.lease(store, commit.ITEMS_LEASE):
+        # under the items lease: a run started beside this one on a fresh store may have written
+        # the items meanwhile; then this run uses that selection, as any later run would
+        if existing_items is None and (now := store_items(store)) is not None:
+            existing_items = now
+            at = {it.case_id: i for i, it in enumerate(candidates)}
+            if any(it.case_id not in at for it in now):
+                raise StoreError("another extraction wrote this store's items from other candidates while "
+                                 "this one ran; rerun the same command to use them")
+            pick = [at[it.case_id] for it in now]
+            results = {m: (k[:, pick], kn[pick], pt[pick]) for m, (k, kn, pt) in results.items()}
+            candidates = now
+            log("note: another extraction wrote this store's items while this one ran; using its selection")
+        if existing_items is not None:
+            selected = list(range(len(candidates)))
+            stored = store.group_attrs(layout.ITEMS).get("selection") or {}
+            asked = {"n_items": opts.n_items, "known_only": opts.known_only}
+            if (opts.known_only or opts.n_items) and any(stored.get(k) != v for k, v in asked.items()):
+                # the same command again (a resumed run, another model) is no news; other flags are
+                how = (f" (selected with --n-items {stored.get('n_items') or 'all'}"
+                       f"{' --known-only' if stored.get('known_only') else ''})" if stored else "")
+                log(f"note: the store already has its items{how}; --known-only/--n-items do not change them")
+            store.consolidate()  # the new checkpoints show in `kisstore info` while the corpus pass runs
+        else:
+            selected = select_items(candidates, {m: r[1] for m, r in results.items()}, opts.n_items,
+                                    opts.known_only)
+            chosen = [candidates[i] for i in selected]
+            # staged in full, then moved into place: /items is there whole or not at all
+            path = commit.staged(layout.ITEMS)
+            store.write_dataset(path, items_dataset(chosen))
+            store.set_attrs(path, {"source": os.path.basename(item_set.source), "items_sha256": item_set.sha256,
+                                   "selection": {"n_items": opts.n_items, "known_only": opts.known_only,
+                                                 "models": [r.model_id for r in runs]}})
+            commit.commit(store, [commit.move(path, layout.ITEMS)])
+            log(f"items: {len(chosen)} of {len(candidates)} selected"
+                + (" (known to every model)" if opts.known_only else ""))
 
     # phase 2: corpus passes and final writes
     written = []
@@ -689,13 +736,16 @@ def _extract_locked(opts: ExtractOptions, store: Store, runs: list[ModelRun], ca
                            [candidates[i].case_id for i in selected])
         ds.attrs = {**run.provenance(), "complete": False}
         path = layout.model_path(run.model_id)
+        # a complete model being overwritten stays readable until the new one replaces it whole;
+        # a new model is written in place, hidden from readers until it is committed
+        replacing = path in [layout.model_path(m) for m in store.model_ids(complete_only=True)]
         run.check_lease()
-        store.write_dataset(path, ds)
+        store.write_dataset(commit.staged(path) if replacing else path, ds)
         failpoints.hit("final_write")
-        store.set_attrs(path, {"complete": True})  # committed last
-        store.consolidate()
-        run.ckpt.delete()
-        store.consolidate()
+        if replacing:
+            store.set_attrs(commit.staged(path), {"complete": True})
+        run.check_lease()
+        commit.commit(store, run.commit_ops(staged=replacing))  # complete, checkpoint gone, consolidated
         run.unload()
         log(f"[{run.model_id}] complete: keys {tuple(ds['keys'].shape)}, cov {tuple(ds['cov'].shape)}, "
             f"n_tokens {int(n_tokens.min())}", opts.storage_options)

@@ -21,7 +21,7 @@ from kisstore._version import __version__
 from kisstore.errors import InputError, StoreError
 from kisstore.hashing import file_sha256
 from kisstore.interop import rome_format as fmt
-from kisstore.store import layout
+from kisstore.store import commit, layout
 from kisstore.store.io import Store
 from kisstore.store.urls import public_options, redact
 
@@ -282,11 +282,12 @@ def run_import(opts: ImportOptions, echo: Callable[[str], None] | None = None) -
         "complete": False,
     }
     store.init()
-    for p in stale:
-        store.delete(p)
+    commit.recover(store)
     path = layout.model_path(model_id)
+    # staged in full, then committed with the removal of what it makes stale: a kill leaves
+    # either the store as it was or the imported covariance in place
     with dask.config.set(scheduler="synchronous"):  # one layer in memory at a time
-        store.write_dataset(path, ds)
-    store.set_attrs(path, attrs)
-    store.consolidate()
+        store.write_dataset(commit.staged(path), ds)
+    store.set_attrs(commit.staged(path), attrs)
+    commit.commit(store, [*(commit.delete(p) for p in stale), commit.move(commit.staged(path), path)])
     return ImportResult(model_id, folder, layers, records, ignored)

@@ -151,6 +151,7 @@ class _Side:
 
     def write(self, key: str, data: bytes, md5: str) -> None:
         """Write ``data`` atomically and check that the stored bytes have the given MD5."""
+        failpoints.hit(failpoints.WRITE)
         with self.errors():
             path = self._path(key)
             if self.local:
@@ -179,6 +180,7 @@ class _Side:
     def delete(self, keys: list[str]) -> None:
         if not keys:
             return
+        failpoints.hit(failpoints.WRITE)
         with self.errors():
             if self.local:
                 for key in keys:
@@ -210,7 +212,11 @@ def copy_store(src: str, dst: str, *, src_options: Mapping[str, Any] | None = No
         raise InputError("source and destination must not be inside one another")
     s.check_bucket()
     d.check_bucket()
-    Store(src, src_options, read_only=True).validate()  # a kisstore store, readable: one-line errors otherwise
+    source = Store(src, src_options)
+    source.validate()  # a kisstore store, readable: one-line errors otherwise
+    from kisstore.store.commit import recover
+
+    recover(source)  # a write a kill interrupted is completed first, so the copy is of a whole store
 
     src_keys = s.list()
     if MARKER in src_keys:

@@ -14,6 +14,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from kisstore import failpoints
 from kisstore._version import __version__
 from kisstore.errors import InputError, StoreError
 from kisstore.store import layout
@@ -22,6 +23,7 @@ from kisstore.store.urls import normalize_s3_options, redact, split_url
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
 warnings.filterwarnings("ignore", message=".*is currently not part in the Zarr format 3 spec")
 warnings.filterwarnings("ignore", message="Object at .kisstore-locks is not recognized")
+warnings.filterwarnings("ignore", message="Object at commit.json is not recognized")  # a commit's journal
 
 MAX_CHUNK_EDGE = 4096
 
@@ -116,6 +118,7 @@ class Store:
         self.scheme = scheme
         self.storage_options = dict(storage_options or {})
         self.read_only = read_only
+        failpoints.watch_store_writes()  # crash-safety tests only (KISSTORE_FAILPOINT=write:n)
         with storage_errors(url, self.storage_options):
             if scheme == "file":
                 path = rest if url.startswith("file://") else url
@@ -187,11 +190,10 @@ class Store:
             self.validate()
             return
         with storage_errors(self.url, self.storage_options):
-            root = zarr.open_group(self.zstore, mode="a", zarr_format=3)
-            root.attrs.update(
-                {"kisstore_schema_version": layout.SCHEMA_VERSION, "kisstore_version": __version__,
-                 "created_by": layout.CREATED_BY}
-            )
+            # one write: a kill cannot leave a root without kisstore's attributes
+            zarr.open_group(self.zstore, mode="a", zarr_format=3, attributes={
+                "kisstore_schema_version": layout.SCHEMA_VERSION, "kisstore_version": __version__,
+                "created_by": layout.CREATED_BY})
 
     def write_dataset(self, path: str, ds: xr.Dataset, *, chunks: Mapping[str, tuple[int, ...]] | None = None,
                       compute: bool = True):
@@ -278,9 +280,20 @@ class Store:
         return True
 
     def consolidate(self) -> None:
-        """Rewrite the root's consolidated metadata so readers see every group."""
+        """Rewrite the root's consolidated metadata so readers see every group (but the scratch
+        of ``/_staging``: staged groups are not part of the store until they are committed)."""
+        from zarr.core.buffer import default_buffer_prototype
+
         with storage_errors(self.url, self.storage_options):
             zarr.consolidate_metadata(self.zstore)
+            proto = default_buffer_prototype()
+            doc = json.loads(_sync(self.zstore.get("zarr.json", prototype=proto)).to_bytes())
+            listed = (doc.get("consolidated_metadata") or {}).get("metadata") or {}
+            scratch = [k for k in listed if k == layout.STAGING or k.startswith(layout.STAGING + "/")]
+            if scratch:
+                for k in scratch:
+                    del listed[k]
+                _sync(self.zstore.set("zarr.json", proto.buffer.from_bytes(json.dumps(doc).encode())))
 
 
 async def _move_keys(zstore, src: str, dst: str, parallel: int = 32) -> None:

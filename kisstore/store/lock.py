@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from kisstore import failpoints
 from kisstore.errors import StoreError
 from kisstore.store import layout
 from kisstore.store.io import Store, _sync, storage_errors
@@ -138,6 +139,7 @@ class _Local(_ReadBack):
         return data, data
 
     def _put(self, data: bytes) -> bytes:
+        failpoints.hit(failpoints.WRITE)
         tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
         try:
             with open(tmp, "wb") as f:
@@ -180,6 +182,8 @@ class _S3(_ReadBack):
 
     def _call(self, method: str, **kw) -> dict | None:
         """The S3 call's response, or None when its condition failed (another writer won)."""
+        if method not in ("get_object", "head_object"):
+            failpoints.hit(failpoints.WRITE)
         try:
             return _sync(self.fs._call_s3(method, Bucket=self.bucket, Key=self.object_key, **kw))
         except (OSError, ValueError) as e:

@@ -1,0 +1,226 @@
+"""Kill a kisstore command with SIGKILL once at every write position, and resume it each time.
+
+Run as ``python -m tests.kill_harness SPEC.json``: the process imports kisstore and its heavy
+dependencies once, then forks one child per run, so a tiny model's command costs a fraction of a
+second instead of a fresh interpreter's start. A child dies by a real SIGKILL that it sends
+itself just before its n-th store write (``KISSTORE_FAILPOINT=write:n``, see
+kisstore/failpoints.py). For n = 1, 2, … until the command runs to its end:
+
+1. the store is restored to its state before the command;
+2. the command runs and is killed before write n;
+3. the store must open in plain xarray (when it has a root), and every model that says it is
+   complete must read;
+4. the same command, run again, must succeed;
+5. the arrays it produced must equal those of an uninterrupted run, bit for bit.
+
+SPEC: {"argv": [...], "store": URL, "baseline": DIR or null, "storage_options": {...},
+"compare": [group paths], "s3": {"bucket", "prefix", "endpoint"} or null, "max_positions": N}.
+Prints one JSON line: {"positions": N, "failures": [...]} .
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+
+def _preload() -> None:
+    import numpy  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    import xarray  # noqa: F401
+    import zarr  # noqa: F401
+
+    import kisstore.analysis  # noqa: F401
+    import kisstore.edit.run  # noqa: F401
+    import kisstore.extract.pipeline  # noqa: F401
+    import kisstore.interop.rome_import  # noqa: F401
+    import kisstore.store.copy  # noqa: F401
+    import kisstore_cli.main  # noqa: F401
+
+    try:
+        import s3fs  # noqa: F401
+    except ImportError:
+        pass
+    # transformers imports its parts lazily, on first use: use them here, once, not per child
+    import gc
+
+    import transformers.core_model_loading  # noqa: F401
+    import transformers.models.llama.modeling_llama  # noqa: F401
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig  # noqa: F401
+
+    gc.collect()
+    gc.freeze()  # the children's gc.collect() (kisstore's release_memory) skips what was loaded here
+
+
+def _fork(fn, *args, failpoint: str | None = None, log: Path | None = None) -> int:
+    """Run ``fn(*args)`` in a forked child; its exit code, or -9 when it was killed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            if log is not None:
+                fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+            from kisstore import failpoints
+
+            failpoints._counts.clear()
+            if failpoint:
+                os.environ["KISSTORE_FAILPOINT"] = failpoint
+            else:
+                os.environ.pop("KISSTORE_FAILPOINT", None)
+            failpoints.watch_store_writes()
+            code = fn(*args)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _cli(argv: list[str], count_file: str | None = None) -> int:
+    from kisstore import failpoints
+    from kisstore_cli.main import cli
+
+    try:
+        cli.main(args=argv, prog_name="kisstore", standalone_mode=True)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    if count_file:
+        Path(count_file).write_text(str(failpoints._counts.get(failpoints.WRITE, 0)))
+    return code
+
+
+def _readable(spec: dict, out: str) -> int:
+    """The store opens in plain xarray, and what says it is complete reads."""
+    import xarray as xr
+
+    if not _has_root(spec):
+        Path(out).write_text("no store")
+        return 0
+    tree = xr.open_datatree(spec["store"], engine="zarr", storage_options=spec.get("storage_options") or None)
+    for node in tree.subtree:
+        if node.attrs.get("complete") is True:
+            for name in node.ds.data_vars:
+                node.ds[name].values  # noqa: B018 - every array of a complete group reads
+    Path(out).write_text("ok")
+    return 0
+
+
+def _digest(spec: dict, out: str) -> int:
+    import numpy as np
+    import xarray as xr
+
+    tree = xr.open_datatree(spec["store"], engine="zarr", storage_options=spec.get("storage_options") or None)
+    h = {}
+    for path in spec["compare"]:
+        ds = tree[path].ds
+        for name in sorted(ds.variables):
+            v = ds[name].values
+            d = hashlib.sha256(str(v.dtype).encode() + str(v.shape).encode())
+            d.update(np.ascontiguousarray(v).tobytes() if v.dtype != object else repr(v.tolist()).encode())
+            h[f"{path}/{name}"] = d.hexdigest()
+    Path(out).write_text(json.dumps(h, sort_keys=True))
+    return 0
+
+
+def _has_root(spec: dict) -> bool:
+    s3 = spec.get("s3")
+    if s3:
+        return bool(_s3(spec).list_objects_v2(Bucket=s3["bucket"], Prefix=f"{s3['prefix']}/zarr.json").get("KeyCount"))
+    return (Path(spec["store"]) / "zarr.json").exists()
+
+
+def _s3(spec: dict):
+    import boto3
+
+    s3 = spec["s3"]
+    return boto3.client("s3", endpoint_url=s3["endpoint"], region_name="us-east-1")  # credentials: the environment
+
+
+def _restore(spec: dict) -> None:
+    base = spec.get("baseline")
+    s3 = spec.get("s3")
+    if s3:
+        client = _s3(spec)
+        keys = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3["bucket"], Prefix=s3["prefix"] + "/"):
+            keys += [o["Key"] for o in page.get("Contents", [])]
+        for i in range(0, len(keys), 1000):
+            client.delete_objects(Bucket=s3["bucket"], Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
+        if base:
+            for p in sorted(Path(base).rglob("*")):
+                if p.is_file():
+                    client.put_object(Bucket=s3["bucket"], Key=f"{s3['prefix']}/{p.relative_to(base).as_posix()}",
+                                      Body=p.read_bytes())
+        return
+    store = Path(spec["store"])
+    if store.exists():
+        shutil.rmtree(store)
+    if base:
+        shutil.copytree(base, store, symlinks=True)
+    for extra in spec.get("also_clear") or []:
+        if Path(extra).exists():
+            shutil.rmtree(extra)
+
+
+def main(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    _preload()
+    work = Path(tempfile.mkdtemp(prefix="kill-"))
+    argv = spec["argv"]
+    failures: list[str] = []
+
+    def read(p: Path) -> str:
+        return p.read_text() if p.exists() else ""
+
+    # the uninterrupted run: its write count and its arrays
+    _restore(spec)
+    count = work / "count"
+    code = _fork(_cli, argv, str(count), log=work / "ref.log", failpoint="write:1000000000")
+    if code != 0:
+        print(json.dumps({"positions": 0, "failures": [f"uninterrupted run failed ({code}): {read(work / 'ref.log')}"]}))
+        return
+    total = int(count.read_text())
+    _fork(_digest, spec, str(work / "ref.json"))
+    reference = json.loads(read(work / "ref.json"))
+    positions = min(total, spec.get("max_positions") or total)
+    for n in range(1, positions + 1):
+        _restore(spec)
+        code = _fork(_cli, argv, log=work / "killed.log", failpoint=f"write:{n}")
+        if code != -9:
+            failures.append(f"write {n}: the killed run ended with {code} instead of SIGKILL: {read(work / 'killed.log')[-300:]}")
+            continue
+        if _fork(_readable, spec, str(work / "readable"), log=work / "readable.log") != 0:
+            failures.append(f"write {n}: the store does not open after the kill: {read(work / 'readable.log')[-400:]}")
+        code = _fork(_cli, argv, log=work / "resume.log")
+        if code != 0:
+            failures.append(f"write {n}: the rerun failed ({code}): {read(work / 'resume.log')[-400:]}")
+            continue
+        _fork(_digest, spec, str(work / "got.json"), log=work / "digest.log")
+        got = json.loads(read(work / "got.json") or "{}")
+        if got != reference:
+            differ = sorted(k for k in set(got) | set(reference) if got.get(k) != reference.get(k))
+            failures.append(f"write {n}: the rerun's arrays differ from an uninterrupted run's: {differ[:6]}")
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({"positions": positions, "total_writes": total, "failures": failures}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

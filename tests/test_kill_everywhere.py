@@ -1,0 +1,111 @@
+"""A real SIGKILL before every store write of extract, analyze, copy, edit and import-rome, on
+local disk and on a real S3 server; after each kill the store opens in plain xarray, the same
+command completes it, and its arrays equal those of an uninterrupted run (tests/kill_harness.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.s3server import s3_environment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def world(tiny_models, tiny_items, tiny_corpus, tmp_path_factory):
+    """A store with the tiny Llama extracted and analysed, and its ROME export."""
+    base = tmp_path_factory.mktemp("kill_world")
+    store = base / "base.zarr"
+    run_cli(*_extract(tiny_models["llama"], store, tiny_items, tiny_corpus), check=True)
+    analysed = base / "analysed.zarr"
+    shutil.copytree(store, analysed)
+    run_cli("analyze", str(analysed), check=True)
+    stats = base / "stats"
+    run_cli("export", str(store), "--format", "rome", "--stats-dir", str(stats), check=True)
+    rome = next(p for p in stats.rglob("*") if p.is_dir() and any(p.glob("*.npz")))
+    return {"store": store, "analysed": analysed, "rome": rome, "model": tiny_models["llama"],
+            "items": tiny_items, "corpus": tiny_corpus, "base": base}
+
+
+def _extract(model, store, items, corpus) -> list[str]:
+    return ["extract", "--model", str(model), "--store", str(store), "--items", str(items), "--corpus", str(corpus),
+            "--checkpoint-every", "0", "--quiet"]
+
+
+def _harness(spec: dict, tmp_path: Path, env: dict | None = None) -> dict:
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    full_env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "tests.kill_harness", str(path)], capture_output=True, text=True,
+                          env=full_env, timeout=1800, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _check(result: dict, at_least: int) -> None:
+    assert not result["failures"], "\n".join(result["failures"][:10])
+    assert result["positions"] == result["total_writes"] >= at_least  # every position, none skipped
+
+
+def _cases(w: dict, store: str) -> dict[str, dict]:
+    """Each command, the store state it starts from, and the groups its result is judged by."""
+    return {
+        "extract": {"argv": _extract(w["model"], store, w["items"], w["corpus"]), "baseline": None,
+                    "compare": ["models/llama", "items"], "at_least": 40},
+        "extract-overwrite": {"argv": [*_extract(w["model"], store, w["items"], w["corpus"]), "--overwrite"],
+                              "baseline": str(w["analysed"]), "compare": ["models/llama", "items"], "at_least": 40},
+        "analyze": {"argv": ["analyze", store], "baseline": str(w["analysed"]),
+                    "compare": ["analysis/llama", "analysis/scaling"], "at_least": 40},
+        "edit": {"argv": ["edit", store, "--model", str(w["model"]), "--layer", "1", "--edits", "2", "--tracked", "4",
+                          "--tracked-from", "all", "--method", "direct", "--run", "k", "--quiet"],
+                 "baseline": str(w["store"]), "compare": ["edits/k"], "at_least": 10},
+        "import-rome": {"argv": ["import-rome", str(w["rome"]), "--model", str(w["model"]), "--store", store],
+                        "baseline": None, "compare": ["models/llama"], "at_least": 10},
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["extract", "extract-overwrite", "analyze", "edit", "import-rome"])
+def test_a_kill_at_every_write_of_a_local_store_is_completed_by_the_same_command(command, world, tmp_path):
+    store = str(tmp_path / "s.zarr")
+    case = _cases(world, store)[command]
+    result = _harness({"argv": case["argv"], "store": store, "baseline": case["baseline"],
+                       "compare": case["compare"]}, tmp_path)
+    _check(result, case["at_least"])
+
+
+@pytest.mark.slow
+def test_a_kill_at_every_write_of_a_local_copy_is_completed_by_the_same_command(world, tmp_path):
+    dst = str(tmp_path / "copy.zarr")
+    result = _harness({"argv": ["copy", str(world["analysed"]), dst, "--quiet"], "store": dst, "baseline": None,
+                       "compare": ["models/llama", "items", "analysis/llama"]}, tmp_path)
+    _check(result, 30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["extract", "analyze", "copy"])
+def test_a_kill_at_every_write_to_s3_is_completed_by_the_same_command(command, world, tmp_path, monkeypatch):
+    s3 = s3_environment(monkeypatch)
+    prefix = "kill/s.zarr"
+    url = s3.url(prefix)
+    if command == "copy":
+        argv, baseline, compare = ["copy", str(world["analysed"]), url, "--dst-option", f"endpoint_url={s3.endpoint}", "--quiet"], None, \
+            ["models/llama", "items", "analysis/llama"]
+    else:
+        case = _cases(world, url)[command]
+        argv, baseline, compare = [*case["argv"], *s3.cli], case["baseline"], case["compare"]
+    result = _harness({"argv": argv, "store": url, "baseline": baseline, "compare": compare,
+                       "storage_options": s3.options,
+                       "s3": {"bucket": s3.bucket, "prefix": prefix, "endpoint": s3.endpoint}},
+                      tmp_path, env={k: os.environ[k] for k in os.environ if k.startswith("AWS_")})
+    _check(result, 30)
