@@ -134,7 +134,8 @@ def _digest(spec: dict, out: str) -> int:
         for name in sorted(ds.variables):
             v = ds[name].values
             d = hashlib.sha256(str(v.dtype).encode() + str(v.shape).encode())
-            d.update(np.ascontiguousarray(v).tobytes() if v.dtype != object else repr(v.tolist()).encode())
+            numeric = v.dtype.kind in "biufcmM"  # text (StringDType, object) by value: its bytes are pointers
+            d.update(np.ascontiguousarray(v).tobytes() if numeric else repr(v.tolist()).encode())
             h[f"{path}/{name}"] = d.hexdigest()
     Path(out).write_text(json.dumps(h, sort_keys=True))
     return 0
@@ -180,32 +181,31 @@ def _restore(spec: dict) -> None:
             shutil.rmtree(extra)
 
 
-def main(spec_path: str) -> None:
-    spec = json.loads(Path(spec_path).read_text())
-    _preload()
-    work = Path(tempfile.mkdtemp(prefix="kill-"))
-    argv = spec["argv"]
+def _for_worker(spec: dict, w: int) -> dict:
+    """The spec with the store at a place of worker ``w``'s own (several run side by side)."""
+    spec = json.loads(json.dumps(spec))
+    old, new = spec["store"], f"{spec['store']}-w{w}"
+    spec["argv"] = [a.replace(old, new) if a == old else a for a in spec["argv"]]
+    spec["store"] = new
+    if spec.get("s3"):
+        spec["s3"]["prefix"] = f"{spec['s3']['prefix']}-w{w}"
+    return spec
+
+
+def _positions(spec: dict, positions: list[int], reference: dict, work: Path, out: str) -> int:
+    """Kill, check, rerun and compare at each of ``positions``; failures into ``out`` (JSON)."""
     failures: list[str] = []
+    argv = spec["argv"]
 
     def read(p: Path) -> str:
         return p.read_text() if p.exists() else ""
 
-    # the uninterrupted run: its write count and its arrays
-    _restore(spec)
-    count = work / "count"
-    code = _fork(_cli, argv, str(count), log=work / "ref.log", failpoint="write:1000000000")
-    if code != 0:
-        print(json.dumps({"positions": 0, "failures": [f"uninterrupted run failed ({code}): {read(work / 'ref.log')}"]}))
-        return
-    total = int(count.read_text())
-    _fork(_digest, spec, str(work / "ref.json"))
-    reference = json.loads(read(work / "ref.json"))
-    positions = min(total, spec.get("max_positions") or total)
-    for n in range(1, positions + 1):
+    for n in positions:
         _restore(spec)
         code = _fork(_cli, argv, log=work / "killed.log", failpoint=f"write:{n}")
         if code != -9:
-            failures.append(f"write {n}: the killed run ended with {code} instead of SIGKILL: {read(work / 'killed.log')[-300:]}")
+            failures.append(f"write {n}: the killed run ended with {code} instead of SIGKILL: "
+                            f"{read(work / 'killed.log')[-300:]}")
             continue
         if _fork(_readable, spec, str(work / "readable"), log=work / "readable.log") != 0:
             failures.append(f"write {n}: the store does not open after the kill: {read(work / 'readable.log')[-400:]}")
@@ -218,8 +218,49 @@ def main(spec_path: str) -> None:
         if got != reference:
             differ = sorted(k for k in set(got) | set(reference) if got.get(k) != reference.get(k))
             failures.append(f"write {n}: the rerun's arrays differ from an uninterrupted run's: {differ[:6]}")
+    _restore(spec)
+    Path(out).write_text(json.dumps(failures))
+    return 0
+
+
+def main(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    _preload()
+    work = Path(tempfile.mkdtemp(prefix="kill-"))
+
+    # the uninterrupted run: its write count and its arrays
+    _restore(spec)
+    count = work / "count"
+    code = _fork(_cli, spec["argv"], str(count), log=work / "ref.log", failpoint="write:1000000000")
+    if code != 0:
+        text = (work / "ref.log").read_text() if (work / "ref.log").exists() else ""
+        print(json.dumps({"positions": 0, "total_writes": 0, "failures": [f"uninterrupted run failed ({code}): {text}"]}))
+        return
+    total = int(count.read_text())
+    _fork(_digest, spec, str(work / "ref.json"))
+    reference = json.loads((work / "ref.json").read_text())
+    _restore({**spec, "baseline": None})
+    positions = list(range(1, min(total, spec.get("max_positions") or total) + 1))
+    workers = max(1, int(spec.get("workers") or os.cpu_count() or 1))
+    pids = []
+    for w in range(workers):  # side by side, each with its own store and its own share of positions
+        wdir = work / f"w{w}"
+        wdir.mkdir()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _positions(_for_worker(spec, w), positions[w::workers], reference, wdir, str(wdir / "failures.json"))
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    failures = []
+    for w in range(workers):
+        f = work / f"w{w}" / "failures.json"
+        failures += json.loads(f.read_text()) if f.exists() else [f"worker {w} died"]
     shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"positions": positions, "total_writes": total, "failures": failures}))
+    print(json.dumps({"positions": len(positions), "total_writes": total, "failures": failures}))
 
 
 if __name__ == "__main__":

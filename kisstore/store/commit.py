@@ -4,7 +4,7 @@ A writer first stages every new group in full under ``/_staging``; then :func:`c
 
 1. takes the store's short commit lease (``.kisstore-locks/_root.json``), so two writers never
    interleave their changes or their consolidations;
-2. writes a journal (``/_staging/commit.json``) listing the changes: set attributes, move a
+2. writes a journal (``/.kisstore-locks/commit.json``) listing the changes: set attributes, move a
    staged group into place, delete a group;
 3. removes the root's consolidated metadata, so that from here until step 5 readers (kisstore,
    plain xarray) list the groups themselves instead of trusting a stale copy;
@@ -38,7 +38,7 @@ from kisstore.errors import StoreError
 from kisstore.store import layout
 from kisstore.store.io import Store, _sync, storage_errors
 
-JOURNAL = f"{layout.STAGING}/commit.json"
+JOURNAL = f"{layout.LOCKS}/commit.json"  # beside the leases: not a Zarr node, never copied
 ROOT_LEASE = "_root"  # never a model id: those start with a letter or digit
 ITEMS_LEASE = "_items"
 ANALYSIS_LEASE = "_analysis"
@@ -126,6 +126,8 @@ def _apply(store: Store, ops: list[Op]) -> None:
                 _delete_group(store, op["path"])
         else:
             raise StoreError(f"unknown step {kind!r} in {JOURNAL}: written by a newer kisstore?")
+    if store.has(layout.STAGING) and not _children(store, layout.STAGING):
+        _delete_group(store, layout.STAGING)  # nothing staged any more
     store.consolidate()
     with storage_errors(store.url, store.storage_options):
         _sync(store.zstore.delete(JOURNAL))
