@@ -1,0 +1,116 @@
+"""Hostile stores: keys that climb out of a copy's destination, links inside a store, and
+``--break-lock`` against a writer that is alive on this host (issue #18)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli, tree_digest
+from tests.s3server import assert_one_line_error, s3_server  # noqa: F401
+
+
+def _extract_args(model, store, items, corpus, *extra):
+    return ["extract", "--model", str(model), "--store", str(store), "--items", str(items), "--corpus", str(corpus),
+            "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def template(tiny_models, tiny_items, tiny_corpus, tmp_path_factory) -> Path:
+    """A complete local store with the tiny gpt2 (group models/gpt2)."""
+    store = tmp_path_factory.mktemp("security-tpl") / "s.zarr"
+    run_cli(*_extract_args(tiny_models["gpt2"], store, tiny_items, tiny_corpus), check=True)
+    return store
+
+
+@pytest.fixture
+def store(template, tmp_path) -> Path:
+    dst = tmp_path / "store" / "s.zarr"
+    shutil.copytree(template, dst)
+    return dst
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _outside(tmp_path: Path) -> Path:
+    """A folder outside every store, holding a file that must survive untouched."""
+    out = tmp_path / "outside"
+    (out / "gpt2").mkdir(parents=True)
+    (out / "gpt2" / "precious.txt").write_text("not kisstore's")
+    (out / "precious.txt").write_text("not kisstore's either")
+    return out
+
+
+def _chunk(store: Path, array: str) -> Path:
+    return next(f for f in sorted((store / array / "c").rglob("*")) if f.is_file())
+
+
+# -- 1. copy: keys that are not plain relative paths ---------------------------------------------
+@pytest.mark.parametrize("bad", ["../../evil", "models/../../../evil", "models//evil", "models\\evil", "/evil",
+                                 "models/./evil"])
+def test_copy_from_s3_refuses_a_key_that_is_not_a_plain_relative_path(bad, store, s3_server, tmp_path):  # noqa: F811
+    s3 = s3_server
+    src = s3.url("src.zarr")
+    assert run_cli("copy", str(store), src, "--quiet", *s3.cli).returncode == 0
+    s3.client().put_object(Bucket=s3.bucket, Key=f"src.zarr/{bad}", Body=b"planted")
+    assert f"src.zarr/{bad}" in s3.objects("src.zarr/")  # the server keeps the key as it was sent
+    dst = tmp_path / "a" / "b" / "dst.zarr"
+    before = tree_digest(tmp_path)
+    res = run_cli("copy", src, str(dst), "--quiet", *s3.cli)
+    assert_one_line_error(res, "not a plain relative path")
+    assert tree_digest(tmp_path) == before  # nothing written anywhere: not outside, not in the destination
+    assert not dst.exists()
+    assert not any(p.name == "evil" for p in tmp_path.rglob("*"))
+
+
+def test_copy_to_s3_refuses_a_destination_holding_a_climbing_key(store, s3_server):  # noqa: F811
+    s3 = s3_server
+    s3.client().put_object(Bucket=s3.bucket, Key="dst.zarr/../evil", Body=b"planted")
+    before = s3.objects()
+    res = run_cli("copy", str(store), s3.url("dst.zarr"), "--quiet", "--overwrite", *s3.cli)
+    assert_one_line_error(res, "not a plain relative path")
+    assert s3.objects() == before
+
+
+# -- 3. copy does not follow links inside a local store -------------------------------------------
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_copy_refuses_a_link_inside_the_local_source(kind, store, s3_server, tmp_path):  # noqa: F811
+    s3 = s3_server
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    chunk = _chunk(store, "models/gpt2/keys")
+    if kind == "file":  # a valid chunk's bytes, so nothing but the link can stop it
+        target = outside / "secret"
+        shutil.copyfile(chunk, target)
+        chunk.unlink()
+        chunk.symlink_to(target)
+        name = str(chunk.relative_to(store))
+    else:
+        folder = store / "models" / "gpt2" / "keys"
+        shutil.move(folder, outside / "keys")
+        folder.symlink_to(outside / "keys", target_is_directory=True)
+        name = "models/gpt2/keys"
+    before = tree_digest(store)
+    res = run_cli("copy", str(store), s3.url("x"), "--quiet", *s3.cli)
+    assert_one_line_error(res, f"{name} is a symbolic link")
+    assert s3.objects() == {}  # nothing uploaded
+    assert tree_digest(store) == before
+
+
+def test_copy_refuses_a_link_inside_the_local_destination(store, s3_server, tmp_path):  # noqa: F811
+    s3 = s3_server
+    src = s3.url("src.zarr")
+    assert run_cli("copy", str(store), src, "--quiet", *s3.cli).returncode == 0
+    outside = _outside(tmp_path)
+    dst = tmp_path / "dst.zarr"
+    shutil.copytree(store, dst)
+    shutil.rmtree(dst / "models")
+    (dst / "models").symlink_to(outside, target_is_directory=True)
+    before = _files(outside)
+    res = run_cli("copy", src, str(dst), "--quiet", "--overwrite", *s3.cli)
+    assert_one_line_error(res, "models is a symbolic link")
+    assert _files(outside) == before
