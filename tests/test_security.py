@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from kisstore.errors import StoreError
+from kisstore.store.io import Store
 from tests.conftest import run_cli, tree_digest
 from tests.s3server import assert_one_line_error, s3_server  # noqa: F401
 
@@ -74,6 +76,67 @@ def test_copy_to_s3_refuses_a_destination_holding_a_climbing_key(store, s3_serve
     res = run_cli("copy", str(store), s3.url("dst.zarr"), "--quiet", "--overwrite", *s3.cli)
     assert_one_line_error(res, "not a plain relative path")
     assert s3.objects() == before
+
+
+# -- 2. analyze / extract --overwrite through a linked folder -------------------------------------
+def test_analyze_refuses_a_linked_analysis_folder(store, tmp_path):
+    outside = _outside(tmp_path)
+    (store / "analysis").symlink_to(outside, target_is_directory=True)
+    before, before_out = tree_digest(store), _files(outside)
+    res = run_cli("analyze", str(store))
+    assert_one_line_error(res, "analysis is a symbolic link")
+    assert _files(outside) == before_out  # the outside file still there, nothing written into the target
+    assert sorted(p.name for p in outside.rglob("*")) == ["gpt2", "precious.txt", "precious.txt"]
+    assert tree_digest(store) == before
+
+
+def test_analyze_refuses_a_link_anywhere_in_its_folders(store, tmp_path):
+    """A link deeper down (a model's analysis group) is refused as well, before any work."""
+    outside = _outside(tmp_path)
+    (store / "analysis").mkdir()
+    (store / "analysis" / "gpt2").symlink_to(outside / "gpt2", target_is_directory=True)
+    before, before_out = tree_digest(store), _files(outside)
+    res = run_cli("analyze", str(store))
+    assert_one_line_error(res, "analysis/gpt2 is a symbolic link")
+    assert _files(outside) == before_out
+    assert tree_digest(store) == before
+
+
+@pytest.mark.parametrize("folder", ["models", "_checkpoints"])
+def test_extract_overwrite_refuses_a_linked_models_or_checkpoints_folder(folder, store, tiny_models, tiny_items,
+                                                                        tiny_corpus, tmp_path):
+    outside = tmp_path / "outside"
+    if folder == "models":
+        shutil.move(store / "models", outside)  # the real model group now lives outside, behind the link
+    else:
+        outside.mkdir()
+        shutil.copytree(store / "models" / "gpt2", outside / "gpt2")  # a group the overwrite would delete
+    (outside / "precious.txt").write_text("not kisstore's")
+    (store / folder).symlink_to(outside, target_is_directory=True)
+    before, before_out = tree_digest(store), _files(outside)
+    res = run_cli(*_extract_args(tiny_models["gpt2"], store, tiny_items, tiny_corpus, "--overwrite"))
+    assert_one_line_error(res, f"{folder} is a symbolic link")
+    assert _files(outside) == before_out
+    assert tree_digest(store) == before
+
+
+def test_every_local_delete_move_and_write_refuses_a_link_in_the_store(store, tmp_path):
+    outside = _outside(tmp_path)
+    (store / "analysis").symlink_to(outside, target_is_directory=True)
+    handle = Store(str(store))
+    before = _files(outside)
+    with pytest.raises(StoreError, match="analysis is a symbolic link"):
+        handle.delete("analysis/gpt2")
+    with pytest.raises(StoreError, match="analysis is a symbolic link"):
+        handle.replace_group("models/gpt2", "analysis/gpt2")
+    with pytest.raises(StoreError, match="analysis is a symbolic link"):
+        handle.set_attrs("analysis/gpt2", {"x": 1})
+    import xarray as xr
+
+    with pytest.raises(StoreError, match="analysis is a symbolic link"):
+        handle.write_dataset("analysis/new", xr.Dataset({"a": ("x", [1.0])}))
+    assert _files(outside) == before
+    assert (store / "models" / "gpt2" / "zarr.json").exists()
 
 
 # -- 3. copy does not follow links inside a local store -------------------------------------------
