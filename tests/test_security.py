@@ -3,13 +3,21 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from kisstore.errors import StoreError
 from kisstore.store.io import Store
+from kisstore.store.lock import LOCK_DIR, ModelLock
 from tests.conftest import run_cli, tree_digest
 from tests.s3server import assert_one_line_error, s3_server  # noqa: F401
 
@@ -177,3 +185,56 @@ def test_copy_refuses_a_link_inside_the_local_destination(store, s3_server, tmp_
     res = run_cli("copy", src, str(dst), "--quiet", "--overwrite", *s3.cli)
     assert_one_line_error(res, "models is a symbolic link")
     assert _files(outside) == before
+
+
+# -- 4. --break-lock is not for a writer alive on this host ---------------------------------------
+@pytest.fixture
+def live_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _write_lease(store: Path, model: str, **fields) -> bytes:
+    d = store / LOCK_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, "model": model,
+                       "expires": time.time() + 600, "since": time.time(), **fields}).encode()
+    (d / f"{model}.json").write_bytes(body)
+    return body
+
+
+def test_break_lock_refuses_a_writer_alive_on_this_host(tmp_path, live_pid):
+    store = tmp_path / "s.zarr"
+    body = _write_lease(store, "m", pid=live_pid)
+    with pytest.raises(StoreError, match=f"alive on this host .*pid {live_pid}"):
+        ModelLock(Store(str(store)), "m", ttl=60, break_lock=True).acquire()
+    assert (store / LOCK_DIR / "m.json").read_bytes() == body  # the live writer keeps its lease
+
+
+def test_break_lock_still_takes_a_lease_from_another_host_or_a_dead_pid(tmp_path):
+    store = tmp_path / "s.zarr"
+    _write_lease(store, "m", host="gpu-box-17", pid=4242)
+    with pytest.raises(StoreError, match="being written by another process"):
+        ModelLock(Store(str(store)), "m", ttl=60).acquire()
+    lk = ModelLock(Store(str(store)), "m", ttl=60, break_lock=True)
+    lk.acquire()
+    lk.release()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _write_lease(store, "m", pid=dead.pid)
+    lk = ModelLock(Store(str(store)), "m", ttl=60, break_lock=True)
+    lk.acquire()
+    lk.release()
+
+
+def test_extract_break_lock_refuses_a_writer_alive_on_this_host(store, live_pid, tiny_models, tiny_items,
+                                                               tiny_corpus):
+    _write_lease(store, "llama", pid=live_pid)
+    before = tree_digest(store)
+    res = run_cli(*_extract_args(tiny_models["llama"], store, tiny_items, tiny_corpus, "--break-lock"))
+    assert_one_line_error(res, f"alive on this host ({socket.gethostname()}, pid {live_pid})")
+    assert tree_digest(store) == before
