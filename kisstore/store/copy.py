@@ -19,6 +19,10 @@ bytes stored at the destination are compared with the source's MD5 (the ETag S3 
 for the upload, or the file read back). An interrupted copy resumes by running the same
 command again: keys already present with identical bytes are not sent again.
 
+Both listings are checked before anything is written: a key that is no plain relative path
+(a ``..``, ``.`` or empty segment, a leading ``/``, a backslash) and a symbolic link inside a
+local store are refused in one line, so nothing is ever read or written outside either store.
+
 Writer leases (``.kisstore-locks/``) belong to one location and are neither copied nor
 deleted. Copy a store while no extraction is writing to it.
 """
