@@ -55,6 +55,7 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
     opts = storage_options_from(storage_options)
     handle = Store(store, opts)
     handle.validate()
+    handle.check_links()  # a link inside the store (a linked analysis/) is refused before any work
     recover(handle)  # a write that a kill interrupted is completed before anything is read
     output_dir(report_dir, "--report")  # an unwritable destination fails before the work, not after
     output_prefix(table_out, "--table-out")

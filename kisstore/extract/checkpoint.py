@@ -55,6 +55,7 @@ class Checkpoint:
                 self.group = g
                 self.state = dict(attrs.get("state") or {})
                 return self.state
+            self.store.check_links(self.path)  # mode "w" deletes what is there first
             g = zarr.open_group(self.store.zstore, path=self.path, mode="w")
             n = len(self.layers)
             for name in ("done", "partial_0", "partial_1"):

@@ -596,6 +596,7 @@ def run_extract(opts: ExtractOptions) -> list[str]:
         torch.set_num_threads(opts.threads)
     item_set: ItemSet = load_items(opts.items)
     store = Store(opts.store, opts.storage_options)
+    store.check_links()  # a link inside the store (a linked models/ or _checkpoints/) is refused before any work
     if store.foreign_files():
         raise InputError(f"--store {opts.store}: this folder holds other files and no kisstore store; "
                          "give a new or empty path (a store is a folder of its own)")

@@ -104,6 +104,7 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
         release_compiled()  # a long-lived worker runs shard after shard
     release_memory()  # the weights go before the next shard's model loads
     path = shard_path(task.model_id, task.index)
+    store.check_links(path)  # mode "w" deletes what is there first
     with storage_errors(store.url, store.storage_options):
         g = zarr.open_group(store.zstore, path=path, mode="w")
         arr = g.create_array("sum", shape=(len(task.layers), d, d), chunks=(1, min(d, 4096), min(d, 4096)),

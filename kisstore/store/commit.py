@@ -184,6 +184,7 @@ def _move(store: Store, ops: list[Op], i: int) -> None:
     with storage_errors(store.url, store.storage_options):
         _parent_group(store, dst)
         if root is not None:
+            store.check_links(src, dst, dst.rstrip("/") + _ASIDE)  # never through a link out of the store
             s, d = os.path.join(root, src), os.path.join(root, dst)
             aside = d.rstrip("/") + _ASIDE
             if os.path.lexists(os.path.join(s, "zarr.json")):
@@ -210,6 +211,7 @@ def _delete_group(store: Store, path: str) -> None:
     root = _local_root(store)
     with storage_errors(store.url, store.storage_options):
         if root is not None:
+            store.check_links(path, path.rstrip("/") + _ASIDE)
             p = os.path.join(root, path)
             aside = p.rstrip("/") + _ASIDE
             if os.path.lexists(p):

@@ -19,6 +19,10 @@ bytes stored at the destination are compared with the source's MD5 (the ETag S3 
 for the upload, or the file read back). An interrupted copy resumes by running the same
 command again: keys already present with identical bytes are not sent again.
 
+Both listings are checked before anything is written: a key that is no plain relative path
+(a ``..``, ``.`` or empty segment, a leading ``/``, a backslash) and a symbolic link inside a
+local store are refused in one line, so nothing is ever read or written outside either store.
+
 Writer leases (``.kisstore-locks/``) belong to one location and are neither copied nor
 deleted. Copy a store while no extraction is writing to it.
 """
@@ -122,7 +126,11 @@ class _Side:
                     if os.path.exists(self.root):
                         raise StoreError(f"{self.url} is a file, not a store directory")
                     return out
-                for dirpath, _, files in os.walk(self.root):
+                for dirpath, dirs, files in os.walk(self.root):  # never descends into a linked folder
+                    for name in sorted(dirs + files):
+                        full = os.path.join(dirpath, name)
+                        if os.path.islink(full):  # its target may be outside the store: never followed
+                            raise StoreError(self._link_error(full))
                     for name in files:
                         full = os.path.join(dirpath, name)
                         key = os.path.relpath(full, self.root).replace(os.sep, "/")
@@ -139,10 +147,38 @@ class _Side:
             return {name[len(prefix):]: _Entry(int(info.get("size") or 0), _plain_md5(info.get("ETag")))
                     for name, info in found.items() if name.startswith(prefix) and info.get("type") != "directory"}
 
+    def _link_error(self, path: str) -> str:
+        rel = os.path.relpath(path, self.root).replace(os.sep, "/")
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return (f"{redact(self.url)}: {rel} is a symbolic link (to {target}); kisstore copy does not follow "
+                f"links inside a store: replace it with the file or folder itself")
+
+    def _local_path(self, key: str) -> str:
+        """``root/key``, refused where a folder on the way is a link (the key itself is checked by the caller)."""
+        path = self._path(key)
+        current = self.root
+        for part in key.split("/")[:-1]:
+            current = os.path.join(current, part)
+            if os.path.islink(current):
+                raise StoreError(self._link_error(current))
+        real_root = os.path.realpath(self.root)
+        if os.path.commonpath([real_root, os.path.realpath(os.path.dirname(path))]) != real_root:
+            raise StoreError(f"{redact(self.url)}: key {key!r} leads outside the store; nothing written there")
+        return path
+
     def read(self, key: str) -> bytes:
         with self.errors():
             if self.local:
-                with open(self._path(key), "rb") as f:
+                try:  # O_NOFOLLOW: a file replaced by a link since the listing is not followed either
+                    fd = os.open(self._local_path(key), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                except OSError as e:
+                    if os.path.islink(self._path(key)):
+                        raise StoreError(self._link_error(self._path(key))) from e
+                    raise
+                with os.fdopen(fd, "rb") as f:
                     return f.read()
             return self.fs.cat_file(self._path(key))
 
@@ -155,7 +191,8 @@ class _Side:
         with self.errors():
             path = self._path(key)
             if self.local:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.makedirs(os.path.dirname(self._local_path(key)), exist_ok=True)
+                self._local_path(key)  # again, now that the folders exist
                 tmp = f"{path}{_TMP_SUFFIX}{uuid.uuid4().hex[:8]}"
                 with open(tmp, "wb") as f:
                     f.write(data)
@@ -185,7 +222,7 @@ class _Side:
             if self.local:
                 for key in keys:
                     try:
-                        os.remove(self._path(key))
+                        os.remove(self._local_path(key))
                     except FileNotFoundError:
                         pass
                 _remove_empty_dirs(self.root)
@@ -219,12 +256,15 @@ def copy_store(src: str, dst: str, *, src_options: Mapping[str, Any] | None = No
     recover(source)  # a write a kill interrupted is completed first, so the copy is of a whole store
 
     src_keys = s.list()
+    _check_keys(src_keys, src)  # a key that is no plain relative path is refused before anything is written
     if MARKER in src_keys:
         raise StoreError(f"{redact(src)} is an unfinished copy; finish that copy before copying from it")
     src_keys = {k: e for k, e in src_keys.items() if _TMP_SUFFIX not in k and not k.startswith(_NOT_COPIED)}
     src_root = s.read("zarr.json")
     src_id = hashlib.md5(src_root).hexdigest()
-    dst_keys = {k: e for k, e in d.list().items() if not k.startswith(_NOT_COPIED)}
+    dst_keys = d.list()
+    _check_keys(dst_keys, dst)
+    dst_keys = {k: e for k, e in dst_keys.items() if not k.startswith(_NOT_COPIED)}
     report = CopyReport(keys=len(src_keys), bytes_total=sum(e.size for e in src_keys.values()))
     report.resumed = _check_destination(d, dst_keys, src_id, overwrite)
 
@@ -288,6 +328,17 @@ def copy_store(src: str, dst: str, *, src_options: Mapping[str, Any] | None = No
     d.delete([MARKER])
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _check_keys(keys: Mapping[str, _Entry], url: str) -> None:
+    """Refuse (one line) a key that is not a plain relative path: written to a local folder it
+    could land outside it (``../``, a leading ``/``), or somewhere other than its name says."""
+    for key in keys:
+        parts = key.split("/")
+        if (not key or key.startswith("/") or "\\" in key or "\x00" in key
+                or any(p in ("", ".", "..") for p in parts)):
+            raise StoreError(f"{redact(url)} holds a key that is not a plain relative path: {key!r} "
+                             f"(a '..', '.' or empty segment, a leading '/' or a backslash); nothing was copied")
 
 
 def _check_destination(d: _Side, dst_keys: dict[str, _Entry], src_id: str, overwrite: bool) -> bool:

@@ -184,11 +184,35 @@ class Store:
         return names
 
     # -- writing ----------------------------------------------------------------------
+    def check_links(self, *paths: str, below: bool = True) -> None:
+        """Refuse, with one line, a symbolic link inside a local store on the way to any of ``paths``
+        (keys or group paths below the root) or, with ``below``, anywhere inside them.
+
+        kisstore never deletes, moves or writes through a link inside a store: a linked
+        ``analysis/`` or ``models/<id>`` would make a delete or an overwrite reach the link's
+        target outside the store. Without ``paths``: the root's zarr.json and every folder
+        kisstore writes (checked before a command starts its work). Other stores have no links."""
+        if self.scheme != "file":
+            return
+        root = str(self.zstore.root)
+        for path in paths or _KISSTORE_ENTRIES:
+            link = _first_link(root, path, below)
+            if link is not None:
+                rel = os.path.relpath(link, root).replace(os.sep, "/")
+                try:
+                    target = os.readlink(link)
+                except OSError:
+                    target = "?"
+                raise StoreError(f"store {self.url}: {rel} is a symbolic link (to {target}); kisstore does not "
+                                 f"write, delete or move anything through a link inside a store: replace the "
+                                 f"link with the folder or file itself")
+
     def init(self) -> None:
         """Create the root group with kisstore attributes, or validate an existing one."""
         if self.exists():
             self.validate()
             return
+        self.check_links("zarr.json")
         with storage_errors(self.url, self.storage_options):
             # one write: a kill cannot leave a root without kisstore's attributes
             zarr.open_group(self.zstore, mode="a", zarr_format=3, attributes={
@@ -213,16 +237,19 @@ class Store:
         # every chunk is written, even one equal to the fill value, so `info --verify` can call a
         # missing chunk file damage (the attribute tells it this group was written that way)
         ds.attrs[layout.EVERY_CHUNK_WRITTEN] = True
+        self.check_links(path)
         with storage_errors(self.url, self.storage_options):
             return ds.to_zarr(self.zstore, group=path, mode="w", consolidated=False, zarr_format=3,
                               encoding=encoding, write_empty_chunks=True, compute=compute)
 
     def set_attrs(self, path: str, attrs: Mapping[str, Any]) -> None:
+        self.check_links(f"{path}/zarr.json" if path else "zarr.json")
         with storage_errors(self.url, self.storage_options):
             g = zarr.open_group(self.zstore, path=path, mode="r+")
             g.attrs.update(json.loads(json.dumps(dict(attrs), default=_jsonable)))
 
     def delete(self, path: str) -> None:
+        self.check_links(path)
         with storage_errors(self.url, self.storage_options):
             if path:  # never the root
                 _sync(self.zstore.delete_dir(path))
@@ -235,6 +262,7 @@ class Store:
         """
         if not src or not dst or src == dst:
             raise ValueError("replace_group needs two different group paths below the root")
+        self.check_links(src, dst, src.rstrip("/") + ".replaced")
         with storage_errors(self.url, self.storage_options):
             parent = dst.rsplit("/", 1)[0] if "/" in dst else ""
             if parent:
@@ -271,6 +299,7 @@ class Store:
         got a model."""
         if not self.exists() or self.has(layout.MODELS) or self.has(layout.CHECKPOINTS):
             return False
+        self.check_links(layout.ITEMS, "zarr.json")
         with storage_errors(self.url, self.storage_options):
             _sync(self.zstore.delete_dir(layout.ITEMS))
             _sync(self.zstore.delete("zarr.json"))
@@ -284,6 +313,7 @@ class Store:
         of ``/_staging``: staged groups are not part of the store until they are committed)."""
         from zarr.core.buffer import default_buffer_prototype
 
+        self.check_links("zarr.json")
         with storage_errors(self.url, self.storage_options):
             zarr.consolidate_metadata(self.zstore)
             proto = default_buffer_prototype()
@@ -294,6 +324,31 @@ class Store:
                 for k in scratch:
                     del listed[k]
                 _sync(self.zstore.set("zarr.json", proto.buffer.from_bytes(json.dumps(doc).encode())))
+
+
+# what kisstore writes at a store's root (see layout): checked for links before a command's work
+_KISSTORE_ENTRIES = ("zarr.json", layout.ITEMS, layout.MODELS, layout.ANALYSIS, layout.CHECKPOINTS,
+                     layout.STAGING, layout.LOCKS)
+
+
+def _first_link(root: str, path: str, below: bool) -> str | None:
+    """The first symbolic link on the way from ``root`` to ``root/path`` or (``below``) inside it."""
+    current = root
+    for part in path.split("/"):
+        if not part:
+            continue
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            return current
+        if not os.path.lexists(current):
+            return None
+    if below and current != root and os.path.isdir(current):
+        for dirpath, dirs, files in os.walk(current):  # does not descend into linked folders
+            for name in sorted(dirs + files):
+                full = os.path.join(dirpath, name)
+                if os.path.islink(full):
+                    return full
+    return None
 
 
 async def _move_keys(zstore, src: str, dst: str, parallel: int = 32) -> None:

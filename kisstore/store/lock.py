@@ -4,7 +4,7 @@ It works wherever the store does (local disk, S3): ``/.kisstore-locks/<model>.js
 the owner (host, pid, a random token) and an expiry that a background thread renews. A
 second writer is refused while the lease is live; a lease whose owner died is recoverable:
 on the same host a dead pid frees it at once, elsewhere it expires after ``ttl`` seconds
-(or ``--break-lock`` takes it).
+(or ``--break-lock`` takes it; never from a writer alive on this host).
 
 Every change of the lease object is a compare-and-swap, so two writers never take it at the
 same time: on S3 a conditional PUT (``If-None-Match: *`` to create it, ``If-Match: <ETag>`` to
@@ -268,8 +268,19 @@ class ModelLock:
             return True
         if lease.get("token") == self.owner["token"]:
             return True
-        if lease.get("host") == self.owner["host"] and not _pid_alive(int(lease.get("pid", -1))):
-            return True  # its process died on this machine
+        pid = int(lease.get("pid", -1))
+        if lease.get("host") == self.owner["host"]:
+            if not _pid_alive(pid):
+                return True  # its process died on this machine
+            if self.break_lock and pid != self.owner["pid"]:
+                # a writer that is running here: --break-lock is for writers elsewhere or dead ones.
+                # (The lease's pid is this process's own only when this process holds the other
+                # lease itself, or its writer died and this process got its pid: breakable.)
+                raise StoreError(
+                    f"model {self.model_id!r} in {self.store.url}: --break-lock refused: the writer holding "
+                    f"the lease is alive on this host ({lease.get('host')}, pid {pid}); stop it or wait for it "
+                    f"(were that pid no longer the writer, the lease expires in "
+                    f"{max(0, int(lease['expires'] - time.time()))} s)")
         return self.break_lock
 
     def _busy(self, lease: dict[str, Any]) -> StoreError:
