@@ -29,7 +29,7 @@ def write_analysis(store: Store, result: xr.DataTree, progress: Callable[[str], 
 
     models = [m for m in result[layout.ANALYSIS].children if m != scaling.GROUP]
     staging = commit.staged(layout.ANALYSIS)
-    store.delete(staging)  # what an interrupted run left behind
+    commit.discard(store, staging)  # what an interrupted run left behind
     try:
         staged: dict[str, xr.Dataset] = {}
         for i, model in enumerate(models, 1):
@@ -44,7 +44,7 @@ def write_analysis(store: Store, result: xr.DataTree, progress: Callable[[str], 
         table = scaling.scaling_dataset(staged).compute()
         store.write_dataset(f"{staging}/{scaling.GROUP}", table)
     except BaseException:
-        store.delete(staging)
+        commit.discard(store, staging)
         raise
     # one commit: a kill from here on is completed by the next writer (kisstore.store.commit)
     commit.commit(store, [commit.move(f"{staging}/{m}", layout.analysis_path(m)) for m in models]

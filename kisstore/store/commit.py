@@ -52,6 +52,13 @@ def staged(path: str) -> str:
     return f"{layout.STAGING}/{path}"
 
 
+def discard(store: Store, path: str) -> None:
+    """Remove a staged group that will not be committed (and ``/_staging`` once it is empty)."""
+    store.delete(path)
+    if store.has(layout.STAGING) and not _children(store, layout.STAGING):
+        store.delete(layout.STAGING)
+
+
 def set_attrs(path: str, attrs: dict[str, Any]) -> Op:
     return {"op": "attrs", "path": path, "attrs": json.loads(json.dumps(attrs))}
 
