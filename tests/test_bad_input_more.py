@@ -253,7 +253,7 @@ def small_fs(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-@pytest.mark.parametrize("slack_kib", [16, 200, 600])
+@pytest.mark.parametrize("slack_kib", [16, 120, 200])
 def test_analyze_on_a_full_disk_is_one_line(slack_kib, small_fs, good_store):
     store = small_fs / "s.zarr"
     shutil.copytree(good_store, store)

@@ -26,6 +26,7 @@ from kisstore.extract.keys import item_pass
 from kisstore.extract.positions import POSITIONS
 from kisstore.extract.prefetch import prefetch
 from kisstore.layers import parse_layers
+from kisstore.limits import check_threads
 from kisstore.store import layout
 from kisstore.store.io import Store
 from kisstore.store.urls import public_options, redact
@@ -85,8 +86,7 @@ def validate(opts: ExtractOptions) -> None:
         raise InputError(f"--shards must be at least 1, got {opts.shards}")
     if opts.batch_tokens < 1:
         raise InputError(f"--batch-tokens must be positive, got {opts.batch_tokens}")
-    if opts.threads is not None and opts.threads < 1:
-        raise InputError(f"--threads must be positive, got {opts.threads}")
+    check_threads(opts.threads)
     if opts.token not in POSITIONS:
         raise InputError(f"unknown --token {opts.token!r}: use one of {', '.join(POSITIONS)}")
     if opts.device not in ("auto", "cpu", "cuda") and not opts.device.startswith("cuda:"):
