@@ -141,6 +141,16 @@ def test_bad_corpus_is_refused_before_any_work(case, store, tiny_models, tiny_it
     assert not fresh.exists()
 
 
+def test_dataset_whose_text_is_not_strings_is_refused_before_any_work(store, tiny_models, tiny_items, tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_dict({"text": list(range(50))}).save_to_disk(str(tmp_path / "numbers"))
+    before = tree_digest(store)
+    _refused(_extract(tiny_models["gpt2"], store, tiny_items, f"hf:{tmp_path / 'numbers'}", "--overwrite"),
+             "not strings")
+    assert tree_digest(store) == before
+
+
 def test_bad_corpus_in_a_glob_names_the_file(store, tiny_models, tiny_items, tmp_path):
     (tmp_path / "a.txt").write_text("The capital of France is Paris.\n" * 30)
     (tmp_path / "b.txt").write_bytes(b"ok\n\xc3\x28\n")
