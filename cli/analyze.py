@@ -46,10 +46,12 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
     from kisstore.analysis.cluster import dask_client
     from kisstore.analysis.core import sample_size_warnings
     from kisstore.analysis.persist import read_scaling, write_analysis
+    from kisstore.limits import check_ridge
     from kisstore.store import Store, open_store
     from kisstore.store.commit import ANALYSIS_LEASE, lease, recover
     from kisstore.store.urls import split_url
 
+    check_ridge(ridge)  # before any work: --ridge inf read as "the stored C is damaged"
     if split_url(store)[0] == "file" and not store.startswith("file://"):
         store = os.path.abspath(store)  # Dask workers may run in another directory
     opts = storage_options_from(storage_options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -60,6 +61,22 @@ def _looks_like_storage(e: BaseException) -> bool:
     """Storage-layer failures that escaped the library's own translation (raised deep in fsspec/zarr)."""
     chain = [e, e.__cause__, e.__context__]
     return any(type(x).__name__ in _STORAGE_ERRORS for x in chain if x is not None)
+
+
+def _disk_full(e: BaseException) -> str | None:
+    """'No space left on device' (or over quota) anywhere in the exception's chain, as one line."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" ({x.filename})" if x.filename else ""
+            return f"{os.strerror(x.errno)}{where}"
+        stack += [x.__cause__, x.__context__]
+    return None
 
 
 def _looks_corrupt(e: BaseException) -> bool:
@@ -123,6 +140,10 @@ def handle_errors(f: Callable) -> Callable:
             if debug:
                 raise
             first = (str(e).strip().splitlines() or [""])[0]
+            if full := _disk_full(e):
+                # a full disk met outside the store's own error translation (e.g. analyze's Dask writes)
+                click.echo(f"Error: {redact(full)}; free some space and rerun", err=True)
+                sys.exit(2)
             if _looks_like_storage(e):
                 from kisstore.store.io import _describe
 

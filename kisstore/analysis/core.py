@@ -42,8 +42,9 @@ def analyze(
     complete model knows); ``n_items`` keeps the first N of them; ``ridge`` adds
     ``ridge·mean(diag C)`` to C's diagonal.
     """
-    if not ridge >= 0:
-        raise InputError(f"--ridge must be ≥ 0, got {ridge}")
+    from kisstore.limits import check_ridge
+
+    check_ridge(ridge)
     if int(top_k) < 1:
         raise InputError(f"--top-k must be ≥ 1, got {top_k}")
     if not max_cond > 1:

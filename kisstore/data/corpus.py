@@ -34,13 +34,24 @@ class Corpus:
     spec: str
     kind: str
 
-    def probe(self) -> None:
-        """Read the first document, so a corpus that cannot be read fails before hours of other work.
+    def probe(self) -> CorpusSize | None:
+        """Check the corpus before any work, so a bad one fails before hours of other work.
 
-        Local files are checked by :func:`resolve_corpus` already; a Hub dataset is opened here
-        (one request), and an unreachable Hub or an unknown name raises :class:`InputError`."""
+        Local ``.txt``/``.jsonl`` files are read through once: every byte must decode as UTF-8
+        (no NUL bytes in text files), every JSONL line must be JSON with a string ``text``; a
+        ``.parquet`` file must be readable and have a ``text`` column. Returns an upper bound
+        on the corpus's size (:class:`CorpusSize`) where one is known, else None. A Hub dataset
+        is opened here (one request) and its first document checked; an unreachable Hub or an
+        unknown name raises :class:`InputError`."""
         if self.kind == "hf":
-            next(iter(self.documents()), None)
+            first = next(iter(self.documents()), None)
+            if first is not None and not isinstance(first, str):
+                raise InputError(f"corpus {_quote(self.spec)}: the text column holds {type(first).__name__} "
+                                 "values, not strings")
+            return None
+        if self.kind == "files":
+            return _check_files(self.spec)
+        return None
 
     def documents(self) -> Iterator[str]:
         """Yield documents in a fixed order (resuming relies on it)."""
@@ -52,6 +63,108 @@ class Corpus:
             yield from _hub(self.spec)
         else:
             yield from _files(self.spec)
+
+
+@dataclass(frozen=True)
+class CorpusSize:
+    """Upper bounds on a local corpus: its documents and the UTF-8 bytes of their text."""
+
+    documents: int
+    utf8_bytes: int
+
+    def max_tokens(self, max_length: int) -> int:
+        """At most this many tokens: a token covers at least one byte (byte-level BPE and
+        SentencePiece's byte fallback alike), plus a few special tokens per document, and no
+        document gives more than ``max_length``. Errs towards too many, never too few."""
+        return min(self.utf8_bytes + 8 * self.documents, self.documents * max_length)
+
+
+def _quote(text: str, limit: int = 200) -> str:
+    text = repr(str(text))
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _check_files(spec: str) -> CorpusSize | None:
+    documents = size = 0
+    known = True
+    for p in _expand(spec):
+        if p.suffix == ".txt":
+            d, b = _check_txt(p)
+        elif p.suffix == ".jsonl":
+            d, b = _check_jsonl(p)
+        else:
+            _check_parquet(p)
+            known, d, b = False, 0, 0  # no cheap bound on a parquet file's text
+        documents, size = documents + d, size + b
+    return CorpusSize(documents, size) if known else None
+
+
+def _check_txt(path: Path) -> tuple[int, int]:
+    """(at most this many documents, UTF-8 bytes) of a text file; refuse bad UTF-8 and NUL bytes."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset = newlines = lines = 0
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(1 << 20)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                # the decoder may hold back up to 3 bytes of an unfinished character from the last chunk
+                at = max(0, offset + e.start - len(e.object) + len(chunk))
+                line = lines + 1 + (chunk[: at - offset].count(b"\n") if at >= offset else 0)
+                raise InputError(f"corpus file {path}: not valid UTF-8 text (byte {at}, line {line}); "
+                                 "a binary file, or another encoding?") from None
+            if not chunk:
+                break
+            if b"\0" in chunk:
+                at = offset + chunk.index(b"\0")
+                raise InputError(f"corpus file {path}: NUL bytes (at byte {at}): a binary file, not text")
+            lines += chunk.count(b"\n")
+            newlines += chunk.count(b"\r")
+            offset += len(chunk)
+    return lines + newlines + 1, offset  # each document ends at a blank line: no more documents than line breaks + 1
+
+
+def _check_jsonl(path: Path) -> tuple[int, int]:
+    """(documents, UTF-8 bytes of their text) of a JSONL file; refuse what the corpus pass would."""
+    documents = size = 0
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"corpus file {path}, line {n}: not valid UTF-8 text (byte {e.start} of the line)") \
+                    from None
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                raise InputError(f"corpus file {path}, line {n}: not valid JSON") from None
+            text = rec.get("text") if isinstance(rec, dict) else None
+            if not isinstance(text, str):
+                raise InputError(f"corpus file {path}, line {n}: no string field 'text'")
+            try:
+                size += len(text.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise InputError(f"corpus file {path}, line {n}: 'text' is not valid Unicode (a lone surrogate)") \
+                    from None
+            documents += 1
+    return documents, size
+
+
+def _check_parquet(path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.ParquetFile(path).schema_arrow.names
+    except Exception as e:  # ArrowInvalid, OSError: not a parquet file, or a truncated one
+        raise InputError(f"corpus file {path}: not a readable parquet file ({type(e).__name__}: "
+                         f"{_first_line(e)})") from None
+    if "text" not in names:
+        raise InputError(f"corpus file {path}: no 'text' column")
 
 
 def resolve_corpus(spec: str) -> Corpus:

@@ -107,8 +107,9 @@ def validate(opts: EditOptions) -> None:
         raise InputError(f"--ridge must be non-negative, got {opts.ridge}")
     if opts.run is not None and (not _RUN_NAME.match(opts.run) or ".." in opts.run):
         raise InputError(f"invalid --run name {opts.run!r} (letters, digits, '.', '_', '-')")
-    if opts.threads is not None and opts.threads < 1:
-        raise InputError(f"--threads must be positive, got {opts.threads}")
+    from kisstore.limits import check_threads
+
+    check_threads(opts.threads)
     if opts.rome.steps < 2:
         raise InputError(f"--rome-steps must be at least 2 (N evaluations of the loss make at most N − 1 Adam "
                          f"updates, as ROME's v_num_grad_steps), got {opts.rome.steps}")

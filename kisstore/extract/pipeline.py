@@ -26,6 +26,7 @@ from kisstore.extract.keys import item_pass
 from kisstore.extract.positions import POSITIONS
 from kisstore.extract.prefetch import prefetch
 from kisstore.layers import parse_layers
+from kisstore.limits import check_threads
 from kisstore.store import commit, layout
 from kisstore.store.io import Store
 from kisstore.store.urls import public_options, redact
@@ -85,8 +86,7 @@ def validate(opts: ExtractOptions) -> None:
         raise InputError(f"--shards must be at least 1, got {opts.shards}")
     if opts.batch_tokens < 1:
         raise InputError(f"--batch-tokens must be positive, got {opts.batch_tokens}")
-    if opts.threads is not None and opts.threads < 1:
-        raise InputError(f"--threads must be positive, got {opts.threads}")
+    check_threads(opts.threads)
     if opts.token not in POSITIONS:
         raise InputError(f"unknown --token {opts.token!r}: use one of {', '.join(POSITIONS)}")
     if opts.device not in ("auto", "cpu", "cuda") and not opts.device.startswith("cuda:"):
@@ -187,6 +187,7 @@ class ModelRun:
         self.client = None
         self.cleared = False
         self.lease = None  # the ModelLock held while this model is written
+        self.d_ff_hint: int | None = None
         self.max_length = opts.max_length  # capped at the model's context by prepare()
 
     def check_lease(self) -> None:
@@ -203,6 +204,7 @@ class ModelRun:
         module_template(config.model_type, self.opts.module)
         self.requested_layers = parse_layers(self.opts.layers, n_layers_of(config))
         self.architecture, self.n_layers = config.model_type, n_layers_of(config)
+        self.d_ff_hint = d_ff_of(config, self.opts.module)  # for the corpus check before any work
         context = context_length(config)
         if context is not None and self.opts.max_length > context:
             # past its context a model either fails (learned positions) or computes keys it never
@@ -637,7 +639,8 @@ def run_extract(opts: ExtractOptions) -> list[str]:
     if not runs:
         return []
     if opts.overwrite or any(run.imported is None for run in runs):
-        resolve_corpus(opts.corpus).probe()  # not needed when every covariance was imported
+        # not needed when every covariance was imported; before any lease, store.init or --overwrite's delete
+        check_corpus(opts, [run for run in runs if opts.overwrite or run.imported is None])
     client = None
     if opts.shards > 1 or opts.scheduler:
         from kisstore.extract.shards import connect
@@ -650,6 +653,39 @@ def run_extract(opts: ExtractOptions) -> list[str]:
     finally:
         if client is not None:
             client.close()  # not left behind as the process's default scheduler
+
+
+def check_corpus(opts: ExtractOptions, runs: list[ModelRun]) -> None:
+    """Read the corpus through once (local files) or open it (Hub) before anything is loaded or
+    written: a corpus that is not text, has a bad JSONL line, or cannot give any model more
+    token vectors than its key dimension (a singular covariance) is refused here, not after
+    the item pass, a half-made store and, with ``--overwrite``, the old result deleted."""
+    size = resolve_corpus(opts.corpus).probe()
+    if size is None:
+        return
+    for run in runs:
+        d = run.d_ff_hint
+        if d is None:
+            continue
+        most = size.max_tokens(run.max_length)
+        if most <= d:
+            raise InputError(
+                f"corpus {opts.corpus!r} holds at most {most} tokens ({size.utf8_bytes} bytes of text), not more "
+                f"than {run.model_id}'s key dimension {d}: the covariance would be singular; use a larger corpus")
+
+
+def d_ff_of(config, module: str | None) -> int | None:
+    """The key dimension a config declares (the MLP's inner width), or None when unsure (--module)."""
+    if module:
+        return None
+    for attr in ("intermediate_size", "n_inner", "ffn_dim"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    width = getattr(config, "n_embd", None)
+    if getattr(config, "n_inner", 0) is None and isinstance(width, int) and width > 0:
+        return 4 * width  # GPT-2 and GPT-J: n_inner None means 4·n_embd
+    return None
 
 
 def _extract_leased(opts: ExtractOptions, store: Store, runs: list[ModelRun], candidates: list[Item],

@@ -176,6 +176,7 @@ def read_stats_file(path: Path, d_ff: int | None = None) -> LayerStats:
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise InputError(f"{name}: not a NumPy .npz archive (a single .npy array)")
     with npz:
+        _check_sizes(path, name)
         missing = [k for k in (SUM_KEY, COUNT_KEY) if k not in npz.files]
         if missing:
             raise InputError(f"{name}: missing key(s) {', '.join(missing)} (not a ROME SecondMoment cache; "
@@ -211,6 +212,42 @@ def read_stats_file(path: Path, d_ff: int | None = None) -> LayerStats:
     total += total.T
     total *= 0.5
     return LayerStats(total, count, str(raw.dtype), _sample_size(sample_arr), _provenance(prov_arr))
+
+
+def _check_sizes(path: Path, name: str) -> None:
+    """Refuse a member whose .npy header claims more bytes than the member holds, before
+    NumPy allocates them (a header saying 10⁷×10⁷ float64 is a MemoryError, not a message)."""
+    from numpy.lib import format as npy
+
+    readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with z.open(info) as fh:
+                    version = npy.read_magic(fh)
+                    if version not in readers:
+                        continue  # NumPy's own reader judges other versions
+                    shape, _, dtype = readers[version](fh)
+                    header = fh.tell()
+                member = info.filename[:-4]
+                if dtype.hasobject:
+                    continue  # refused below: pickled objects
+                need = int(dtype.itemsize)
+                for n in shape:
+                    need *= int(n)
+                held = info.file_size - header
+                if need > held:
+                    raise InputError(f"{name}: {member} claims shape {_shape(shape)} ({need} bytes) but holds "
+                                     f"{held} bytes: a damaged or forged file")
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"{name}: unreadable array header ({_first_line(e)})") from e
+
+
+def _shape(shape: tuple) -> str:
+    text = "×".join(str(n) for n in shape) or "()"
+    return text if len(text) <= 60 else text[:60] + "…"
 
 
 def _provenance(arr: np.ndarray | None) -> dict[str, Any] | None:

@@ -66,6 +66,10 @@ def resolve_source(name: str) -> ModelSource:
     if name.endswith(".gguf"):
         if not path.is_file():
             raise InputError(f"GGUF file {name} does not exist")
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+        if magic != b"GGUF":
+            raise InputError(f"GGUF file {name} is not a GGUF file (it does not start with the magic bytes 'GGUF')")
         return ModelSource(name, "gguf", str(path.resolve()), family_of(path.name, ""))
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
@@ -92,8 +96,15 @@ def _gguf_cached(gguf: Path, progress: bool = True) -> tuple[Path, str]:
 
     if progress:
         print(f"converting {gguf.name} to a cached float32 copy (once; ~30 s)…", flush=True)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except (InputError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:  # a truncated or damaged file: the gguf reader's own errors vary
+        text = (str(e).strip().splitlines() or [""])[0][:200]
+        raise InputError(f"GGUF file {gguf} cannot be read: truncated or damaged? ({type(e).__name__}: {text})") \
+            from None
     model.hf_quantizer = None  # the weights are already dequantised to float32
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
