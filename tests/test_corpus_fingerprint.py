@@ -129,3 +129,38 @@ def test_an_unchanged_corpus_resumes_and_records_its_fingerprint(reference, tiny
     _resumes_to(args, store, reference)
     sha = reference.attrs["corpus_sha256"]
     assert isinstance(sha, str) and len(sha) == 64 and int(sha, 16) >= 0
+
+
+def test_a_sharded_rerun_over_a_changed_corpus_is_refused_then_completes(tiny_models, tiny_items, tmp_path):
+    """--shards: each committed shard keeps its windows' digests; a rerun compares them with the
+    corpus it counts before submitting anything."""
+    from distributed import LocalCluster
+
+    corpus = tmp_path / "corpus.txt"
+    docs = _docs()[:300]
+    corpus.write_text("\n\n".join(docs))
+    store, ref = tmp_path / "s.zarr", tmp_path / "ref.zarr"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        def args(s):
+            return ["extract", "--model", str(tiny_models["llama"]), "--store", str(s), "--items", str(tiny_items),
+                    "--corpus", str(corpus), "--batch-tokens", "1024", "--quiet",
+                    "--scheduler", cluster.scheduler_address, "--shards", "3"]
+
+        killed = run_cli(*args(store), env={"KISSTORE_FAILPOINT": "shard_done:1"})
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        # every document edited, none added: the shards' ranges stay, so whichever shard was committed differs
+        corpus.write_text("\n\n".join(d.replace("e", "E", 1) for d in docs))
+        refused = run_cli(*args(store))
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        lines = [x for x in refused.stderr.splitlines() if x.strip()]
+        assert len(lines) == 1 and "the corpus changed since this run was checkpointed" in lines[0], refused.stderr
+        assert "shards already committed" in lines[0] and "--overwrite" in lines[0]
+        corpus.write_text("\n\n".join(docs))
+        resumed = run_cli(*args(store), check=True)
+        assert "(already committed)" in resumed.stdout
+        run_cli(*args(ref), check=True)
+    a = xr.open_datatree(store, engine="zarr")["models/llama"].ds
+    b = xr.open_datatree(ref, engine="zarr")["models/llama"].ds
+    np.testing.assert_array_equal(a["n_tokens"].values, b["n_tokens"].values)
+    np.testing.assert_allclose(a["cov"].values, b["cov"].values, rtol=1e-10, atol=0)
+    assert a.attrs["corpus_sha256"] == b.attrs["corpus_sha256"] and len(a.attrs["corpus_sha256"]) == 64

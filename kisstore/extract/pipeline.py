@@ -481,21 +481,26 @@ class ModelRun:
     def run_corpus_sharded(self) -> tuple[np.ndarray, np.ndarray]:
         """The corpus pass split into shards run on the Dask cluster's workers."""
         from kisstore.extract import shards
-        from kisstore.extract.covariance import WINDOW, count_documents
+        from kisstore.extract.covariance import count_documents
 
         o = self.opts
         state = self.ckpt.open(self.layers, self.lm.d_ff)
         done = {int(k): v for k, v in (state.get("done_counts") or {}).items()}
         if len(done) < len(self.layers):
             corpus = resolve_corpus(o.corpus)
-            n_docs = count_documents(self.lm.tokenizer, corpus, max_length=self.max_length, token_cap=o.corpus_tokens)
+            hasher = WindowHasher()  # the windows' digests, read along with the count
+            n_docs = count_documents(self.lm.tokenizer, corpus, max_length=self.max_length, token_cap=o.corpus_tokens,
+                                     hasher=hasher)
+            windows = hasher.digests
             ranges = shards.plan(n_docs, o.shards, WINDOW)
             load = {"device": o.device, "dtype": o.dtype, "module": o.module,
                     "trust_remote_code": o.trust_remote_code, "allow_pickle": o.allow_pickle}
             tasks = [shards.ShardTask(self.name, self.model_id, load, o.store, o.storage_options, self.layers,
                                       o.corpus, self.max_length, o.batch_tokens, o.max_memory, i, r, len(ranges),
-                                      cpu_kernels=o.cpu_kernels, compile=o.compile)
+                                      cpu_kernels=o.cpu_kernels, compile=o.compile,
+                                      windows=windows[:-(-r[1] // WINDOW)])
                      for i, r in enumerate(ranges)]
+            shards.changed_shards(self.store, tasks, WINDOW)  # committed shards read another corpus: refused
             log(f"[{self.model_id}] corpus pass: {n_docs} documents in {len(tasks)} shards on the cluster")
             self.check_lease()  # the workers write their shards under this run's lease
             shards.run_sharded(tasks, self.client, progress=o.progress)
@@ -503,7 +508,8 @@ class ModelRun:
             check_count(count, self.lm.d_ff, o.corpus)
             self.note_short_corpus(count)
             rows = list(range(len(self.layers)))
-            self.ckpt.save_done(rows, uppers, [count] * len(rows), corpus_documents=n_docs, shards_run=len(ranges))
+            self.ckpt.save_done(rows, uppers, [count] * len(rows), corpus_documents=n_docs, shards_run=len(ranges),
+                                corpus_windows=windows)
             done = {r: count for r in rows}
         return self.final_cov(done)
 
