@@ -164,3 +164,46 @@ def test_a_sharded_rerun_over_a_changed_corpus_is_refused_then_completes(tiny_mo
     np.testing.assert_array_equal(a["n_tokens"].values, b["n_tokens"].values)
     np.testing.assert_allclose(a["cov"].values, b["cov"].values, rtol=1e-10, atol=0)
     assert a.attrs["corpus_sha256"] == b.attrs["corpus_sha256"] and len(a.attrs["corpus_sha256"]) == 64
+
+
+def _digests(corpus, **kw):
+    from kisstore.extract.covariance import WindowHasher, open_documents
+
+    h = WindowHasher(**kw)
+    for text in open_documents(corpus):
+        h.add(text)
+    h.end_window(check=False)
+    return h
+
+
+def test_the_skipped_windows_are_checked_and_a_shrunk_or_grown_corpus_is_named(tmp_path):
+    from kisstore.data.corpus import resolve_corpus
+    from kisstore.extract.covariance import (
+        CorpusChanged,
+        WindowHasher,
+        corpus_sha256,
+        open_documents,
+    )
+
+    path = tmp_path / "c.txt"
+    docs = _docs()[:150]
+    path.write_text("\n\n".join(docs))
+    corpus = resolve_corpus(str(path))
+    windows = _digests(corpus).digests
+    assert len(windows) == 3 and len(set(windows)) == 3
+    assert list(open_documents(corpus, 128, WindowHasher(windows))) == docs[128:]  # unchanged: resumes
+    path.write_text("\n\n".join([*docs[:100], docs[100] + "!", *docs[101:]]))
+    with pytest.raises(CorpusChanged, match=r"windows 0–1 were read before: 1 of them differ, from window 1 "
+                                            r"\(documents 64–127\)"):
+        open_documents(corpus, 128, WindowHasher(windows))
+    path.write_text("\n\n".join(docs[:100]))
+    with pytest.raises(CorpusChanged, match="it now ends after 100 documents"):
+        open_documents(corpus, 128, WindowHasher(windows))
+    path.write_text("\n\n".join(docs + ["one more"]))  # the pass had ended at 150, in window 2
+    with pytest.raises(CorpusChanged, match="documents were added after the 150"):
+        open_documents(corpus, 150, WindowHasher(windows), ended=True)
+    path.write_text("\n\n".join(docs[:128]))  # a later pass reading fewer windows than an earlier one
+    h = _digests(corpus, expect=windows)
+    with pytest.raises(CorpusChanged, match="it now ends after 2 windows"):
+        h.finish()
+    assert corpus_sha256(windows) != corpus_sha256(windows[:2]) and corpus_sha256([]) is None
