@@ -78,13 +78,17 @@ class WindowHasher:
     def changed(self, checked: int, detail: str = "") -> CorpusChanged:
         differ = [i for i in range(checked) if i >= len(self.digests) or i >= len(self.expect)
                   or self.digests[i] != self.expect[i]]
-        first = differ[0] if differ else max(checked - 1, 0)
-        a, b = first * self.window, (first + 1) * self.window - 1
-        what = f"{len(differ)} of them differ, from window {first} (documents {a}–{b})"
+        read = f"windows 0–{checked - 1} were" if checked > 1 else "window 0 was"
+        if differ:
+            a, b = differ[0] * self.window, (differ[0] + 1) * self.window - 1
+            what = (f"{len(differ)} of them differ, " if checked > 1 else "it differs, ") + \
+                f"from window {differ[0]} (documents {a}–{b})"
+        else:
+            what = "the same ones"
         extra = "; ".join(x for x in (detail, self.files_detail()) if x)
         return CorpusChanged(
-            f"the corpus changed since this run was checkpointed (windows 0–{max(checked - 1, 0)} were read "
-            f"before: {what}{'; ' + extra if extra else ''}); rerun with --overwrite to start over")
+            f"the corpus changed since this run was checkpointed ({read} read before: {what}"
+            f"{'; ' + extra if extra else ''}); rerun with --overwrite to start over")
 
     def files_detail(self) -> str:
         return self._files_now
