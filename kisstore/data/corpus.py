@@ -53,6 +53,19 @@ class Corpus:
             return _check_files(self.spec)
         return None
 
+    def files(self) -> list[list]:
+        """[file name, size] of a file corpus's files in reading order ([] for other kinds): what a
+        checkpoint keeps to name the files added, removed or edited when the content changed."""
+        if self.kind != "files":
+            return []
+        out = []
+        for p in _expand(self.spec):
+            try:
+                out.append([p.name, p.stat().st_size])
+            except OSError:
+                continue
+        return out
+
     def documents(self) -> Iterator[str]:
         """Yield documents in a fixed order (resuming relies on it)."""
         if self.kind == "python-docs":

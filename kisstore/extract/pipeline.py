@@ -19,7 +19,15 @@ from kisstore.data.items import Item, ItemSet, load_items
 from kisstore.errors import InputError, StoreError
 from kisstore.extract.accumulate import SecondMoment, symmetric
 from kisstore.extract.checkpoint import Checkpoint
-from kisstore.extract.covariance import accumulate, check_count, corpus_batches
+from kisstore.extract.covariance import (
+    WINDOW,
+    WindowHasher,
+    accumulate,
+    check_count,
+    corpus_batches,
+    corpus_sha256,
+    open_documents,
+)
 from kisstore.extract.cpu_kernels import check_choice as check_cpu_kernels
 from kisstore.extract.cpu_kernels import resolve as resolve_kernels
 from kisstore.extract.keys import item_pass
@@ -394,16 +402,38 @@ class ModelRun:
         elif state.get("group_rows") and all([rows_of[x] for x in g] != state["group_rows"] for g in groups):
             log(f"[{self.model_id}] the layer grouping differs from the interrupted run's (memory budget): "
                 "its unfinished pass is redone from the start; finished layers are kept")
-        self.record_pass_settings(state, resumed=bool(done_counts) or bool(state.get("tokens")))
         corpus = resolve_corpus(o.corpus)
+        files = corpus.files()
+        resuming = any("slot" in state and state.get("group_rows") == [rows_of[x] for x in g] for g in groups)
+        # the windows a checkpoint read: kept sums (finished layers, a resumed pass) came from them
+        expect = list(state.get("corpus_windows") or []) if (done_counts or resuming) else []
+        if (done_counts or resuming) and "corpus_windows" not in state:
+            log(f"[{self.model_id}] the checkpoint was written by a kisstore that did not fingerprint the corpus: "
+                "the documents it read cannot be checked against today's")
+
+        def start(group):
+            """(resumed?, docs, tokens, hasher, documents) of a pass over ``group``: resumed where the checkpoint
+            is, after checking the skipped documents are those it read (CorpusChanged if not)."""
+            rows = [rows_of[layer] for layer in group]
+            resume = "slot" in state and state.get("group_rows") == rows
+            docs, tokens = (int(state["docs"]), int(state["tokens"])) if resume else (0, 0)
+            hasher = WindowHasher(expect, files=state.get("corpus_files") or [])
+            hasher.compare_files(files)  # names the files in the message, if the windows differ
+            capped = o.corpus_tokens is not None and tokens >= o.corpus_tokens
+            # a pass checkpointed inside a window had run out of corpus there
+            documents = open_documents(corpus, docs, hasher, ended=resume and docs % WINDOW != 0 and not capped)
+            return resume, docs, tokens, hasher, documents
+
+        opened = start(groups[0]) if groups else None  # a changed corpus is refused before anything is written
+        self.record_pass_settings(state, resumed=bool(done_counts) or bool(state.get("tokens")))
         for gi, group in enumerate(groups):
             rows = [rows_of[layer] for layer in group]
             moments = {layer: SecondMoment(d, self.lm.device, o.cpu_kernels) for layer in group}
-            docs, tokens = 0, 0
-            if "slot" in state and state.get("group_rows") == rows:
+            resume, docs, tokens, hasher, documents = opened if gi == 0 else start(group)
+            opened = None
+            if resume:
                 for layer, u in zip(group, self.ckpt.load_partial(rows), strict=True):
                     moments[layer].load(u, state["tokens"])
-                docs, tokens = int(state["docs"]), int(state["tokens"])
                 log(f"[{self.model_id}] resuming corpus pass {gi + 1}/{len(groups)} at document {docs}, "
                     f"{tokens} tokens")
 
@@ -412,7 +442,8 @@ class ModelRun:
             # the next windows are read and tokenized in a background thread during the forward
             batches = prefetch(corpus_batches(self.lm.tokenizer, corpus, max_length=self.max_length,
                                               batch_tokens=o.batch_tokens, token_cap=o.corpus_tokens,
-                                              skip_docs=docs, tokens_before=tokens))
+                                              skip_docs=docs, tokens_before=tokens, hasher=hasher,
+                                              documents=documents))
             progress = {"docs": docs, "tokens": tokens}
 
             def on_progress(batch, _p=progress, _bar=bar):
@@ -421,19 +452,23 @@ class ModelRun:
                 _p["tokens"] += batch.tokens
                 _bar.update(batch.tokens)
 
-            def checkpoint(batch, _g=group, _rows=rows, _p=progress, _m=moments):
+            def checkpoint(batch, _g=group, _rows=rows, _p=progress, _m=moments, _h=hasher):
                 self.ckpt.save_partial(_rows, (_m[x].sum_upper() for x in _g), group_rows=_rows,
-                                       docs=_p["docs"], tokens=_p["tokens"])
+                                       docs=_p["docs"], tokens=_p["tokens"],
+                                       corpus_windows=_h.committed(_p["docs"]), corpus_files=files)
 
             accumulate(self.lm, group, batches, moments, on_progress=on_progress,
                        checkpoint=checkpoint, checkpoint_every=o.checkpoint_every, cpu_kernels=o.cpu_kernels,
                        compile=o.compile)
             bar.close()
+            hasher.finish()  # an earlier pass (finished layers) that read more windows: the corpus shrank
             count = moments[group[0]].count
             check_count(count, d, o.corpus)
             self.note_short_corpus(count)
             self.ckpt.save_done(rows, (moments[x].sum_upper() for x in group), [count] * len(group),
-                                group_rows=None, docs=0, tokens=0, corpus_documents=progress["docs"])
+                                group_rows=None, docs=0, tokens=0, corpus_documents=progress["docs"],
+                                corpus_windows=hasher.committed(progress["docs"]), corpus_files=files)
+            expect = self.ckpt.state["corpus_windows"]  # the next group's pass must read the same
             state = self.ckpt.state
             done_counts = {int(k): v for k, v in state["done_counts"].items()}
             del moments, batches, checkpoint, on_progress  # the closures hold the accumulators too
@@ -478,21 +513,26 @@ class ModelRun:
     def run_corpus_sharded(self) -> tuple[np.ndarray, np.ndarray]:
         """The corpus pass split into shards run on the Dask cluster's workers."""
         from kisstore.extract import shards
-        from kisstore.extract.covariance import WINDOW, count_documents
+        from kisstore.extract.covariance import count_documents
 
         o = self.opts
         state = self.ckpt.open(self.layers, self.lm.d_ff)
         done = {int(k): v for k, v in (state.get("done_counts") or {}).items()}
         if len(done) < len(self.layers):
             corpus = resolve_corpus(o.corpus)
-            n_docs = count_documents(self.lm.tokenizer, corpus, max_length=self.max_length, token_cap=o.corpus_tokens)
+            hasher = WindowHasher()  # the windows' digests, read along with the count
+            n_docs = count_documents(self.lm.tokenizer, corpus, max_length=self.max_length, token_cap=o.corpus_tokens,
+                                     hasher=hasher)
+            windows = hasher.digests
             ranges = shards.plan(n_docs, o.shards, WINDOW)
             load = {"device": o.device, "dtype": o.dtype, "module": o.module,
                     "trust_remote_code": o.trust_remote_code, "allow_pickle": o.allow_pickle}
             tasks = [shards.ShardTask(self.name, self.model_id, load, o.store, o.storage_options, self.layers,
                                       o.corpus, self.max_length, o.batch_tokens, o.max_memory, i, r, len(ranges),
-                                      cpu_kernels=o.cpu_kernels, compile=o.compile)
+                                      cpu_kernels=o.cpu_kernels, compile=o.compile,
+                                      windows=windows[:-(-r[1] // WINDOW)])
                      for i, r in enumerate(ranges)]
+            shards.changed_shards(self.store, tasks, WINDOW)  # committed shards read another corpus: refused
             log(f"[{self.model_id}] corpus pass: {n_docs} documents in {len(tasks)} shards on the cluster")
             self.check_lease()  # the workers write their shards under this run's lease
             shards.run_sharded(tasks, self.client, progress=o.progress)
@@ -500,7 +540,8 @@ class ModelRun:
             check_count(count, self.lm.d_ff, o.corpus)
             self.note_short_corpus(count)
             rows = list(range(len(self.layers)))
-            self.ckpt.save_done(rows, uppers, [count] * len(rows), corpus_documents=n_docs, shards_run=len(ranges))
+            self.ckpt.save_done(rows, uppers, [count] * len(rows), corpus_documents=n_docs, shards_run=len(ranges),
+                                corpus_windows=windows)
             done = {r: count for r in rows}
         return self.final_cov(done)
 
@@ -521,8 +562,11 @@ class ModelRun:
         p.update({
             "token_position": o.token, "corpus": o.corpus, "corpus_tokens": o.corpus_tokens,
             "corpus_documents": self.ckpt.state.get("corpus_documents"), "max_length": self.max_length,
+            # SHA-256 of the documents the pass read (of their 64-document windows' digests, in order)
+            "corpus_sha256": corpus_sha256(self.ckpt.state.get("corpus_windows") or []),
             **({} if self.imported is None else {k: self.imported.attrs.get(k) for k in
-                                                  ("corpus", "corpus_documents", "corpus_tokens", "max_length")}),
+                                                  ("corpus", "corpus_documents", "corpus_tokens", "max_length",
+                                                   "corpus_sha256")}),
             "batch_tokens": o.batch_tokens, "items_sha256": self.items_sha,
             "layers": self.layers, "storage_options": public_options(o.storage_options),
             # the shards that ran: --shards is an upper bound (whole 64-document windows)

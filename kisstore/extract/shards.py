@@ -35,6 +35,7 @@ class ShardTask:
     extra: dict[str, Any] = field(default_factory=dict)
     cpu_kernels: str = "auto"
     compile: bool = False
+    windows: list[str] = field(default_factory=list)  # the client's window digests up to this shard's end
 
 
 def plan(n_docs: int, n_shards: int, window: int) -> list[tuple[int, int]]:
@@ -62,13 +63,39 @@ def committed(store, task: ShardTask) -> bool:
     return a.get("done") is True and a.get("docs") == list(task.docs) and a.get("n_shards") == task.n_shards
 
 
+def changed_shards(store, tasks: list[ShardTask], window: int) -> None:
+    """Refuse a rerun whose committed shards were read from other documents than today's corpus
+    (their window digests differ from those the client just read); nothing is written before."""
+    from kisstore.extract.covariance import WindowHasher
+
+    now = tasks[0].windows if tasks else []
+    for t in tasks:
+        if len(t.windows) > len(now):
+            now = t.windows
+    stored = list(now)
+    checked = 0
+    for t in tasks:
+        if not committed(store, t):
+            continue
+        have = store.group_attrs(shard_path(t.model_id, t.index)).get("windows")
+        if have is None:
+            continue  # committed by a kisstore that did not fingerprint the corpus
+        first = t.docs[0] // window
+        stored[first:first + len(have)] = have
+        checked = max(checked, first + len(have))
+    if stored != list(now):
+        h = WindowHasher(stored, window=window)
+        h.digests = list(now)
+        raise h.changed(max(checked, len(stored)), "in the shards already committed")
+
+
 def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
     """Worker side: accumulate Σ k kᵀ over one shard's documents and commit it to the store."""
     import zarr
 
     from kisstore.data.corpus import resolve_corpus
     from kisstore.extract.accumulate import SecondMoment
-    from kisstore.extract.covariance import accumulate, corpus_batches
+    from kisstore.extract.covariance import WindowHasher, accumulate, corpus_batches
     from kisstore.extract.pipeline import layer_groups
     from kisstore.extract.prefetch import prefetch
     from kisstore.models.loading import load_model
@@ -88,12 +115,17 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
     from kisstore.extract.pipeline import default_budget, release_memory
 
     budget = task.budget if task.budget is not None else default_budget(lm, task.cpu_kernels, task.compile)
+    windows: list[str] = []
     for group in layer_groups(task.layers, d, budget):
         moments = {layer: SecondMoment(d, lm.device, task.cpu_kernels) for layer in group}
+        # every window read is checked against the client's digests: a corpus changed since it counted
+        # the documents fails the shard (CorpusChanged) rather than adding other documents' keys
+        hasher = WindowHasher(task.windows)
         batches = prefetch(corpus_batches(lm.tokenizer, corpus, max_length=task.max_length,
                                           batch_tokens=task.batch_tokens, token_cap=None, skip_docs=start,
-                                          max_docs=stop - start))
+                                          max_docs=stop - start, hasher=hasher))
         accumulate(lm, group, batches, moments, cpu_kernels=task.cpu_kernels, compile=task.compile)
+        windows = hasher.digests[start // hasher.window:]
         for layer in group:
             uppers[layer] = moments[layer].sum_upper()
         count = moments[group[0]].count
@@ -112,7 +144,8 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
                              dimension_names=("layer_row", "d_ff", "d_ff_"))
         for r, layer in enumerate(task.layers):
             arr[r] = uppers[layer]
-        g.attrs.update({"done": True, "count": int(count), "docs": [start, stop], "n_shards": task.n_shards})
+        g.attrs.update({"done": True, "count": int(count), "docs": [start, stop], "n_shards": task.n_shards,
+                        "windows": windows})
     return {"index": task.index, "count": int(count), "skipped": False}
 
 
@@ -149,6 +182,8 @@ def run_sharded(tasks: list[ShardTask], client, progress: bool = True) -> list[d
         for fut in as_completed(futures):
             try:
                 r = fut.result()
+            except InputError:
+                raise  # a shard that found the corpus changed under it (CorpusChanged): said as is
             except Exception as e:
                 raise StoreError(f"a corpus shard failed after retries: {type(e).__name__}: {e}; rerun the "
                                  "same command to redo only the unfinished shards") from e
