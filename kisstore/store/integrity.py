@@ -181,28 +181,25 @@ def node_problem(node: Any, group: bool | None = None) -> str | None:
 
 
 def layout_problem(nodes: dict[str, dict[str, Any]]) -> str | None:
-    """Shapes that contradict their siblings in a model group (keys' d_ff ≠ cov's, …)."""
-    def shape(path: str) -> list[int] | None:
-        node = nodes.get(path)
-        return node.get("shape") if isinstance(node, dict) and node.get("node_type") == "array" else None
-
-    prefix = layout.MODELS + "/"
-    groups = sorted({p[len(prefix):].split("/")[0] for p in nodes if p.startswith(prefix) and p.count("/") >= 2})
-    for m in groups:
-        g = f"{layout.MODELS}/{m}"
-        keys, cov, n_tokens = shape(f"{g}/keys"), shape(f"{g}/cov"), shape(f"{g}/n_tokens")
-        item, layer = shape(f"{g}/item"), shape(f"{g}/layer")
-        d_ff = [s[2] for s in (keys, cov) if s is not None and len(s) == 3] + \
-               ([cov[1]] if cov is not None and len(cov) == 3 else [])
-        if any(d > MAX_D_FF for d in d_ff):
-            return f"/{g}: d_ff {max(d_ff)} exceeds {MAX_D_FF}"
-        if len(set(d_ff)) > 1:
-            return f"/{g}: keys and cov disagree on d_ff ({', '.join(map(str, d_ff))})"
-        layers = {s[0] for s in (keys, cov, n_tokens, layer) if s}
-        if len(layers) > 1:
-            return f"/{g}: its arrays disagree on the number of layers ({', '.join(map(str, sorted(layers)))})"
-        if keys is not None and len(keys) == 3 and item is not None and len(item) == 1 and item[0] != keys[1]:
-            return f"/{g}: keys hold {keys[1]} items but the item coordinate {item[0]}"
+    """Sizes that contradict their siblings in a model group (keys' d_ff ≠ cov's, …), by dimension name."""
+    by_group: dict[str, dict[str, set[int]]] = {}
+    for path, node in nodes.items():
+        parts = path.split("/") if isinstance(path, str) else []
+        if len(parts) != 3 or parts[0] != layout.MODELS or not isinstance(node, dict):
+            continue
+        names, shape = node.get("dimension_names"), node.get("shape")
+        if node.get("node_type") != "array" or not isinstance(names, list) or not isinstance(shape, list):
+            continue
+        sizes = by_group.setdefault(f"{parts[0]}/{parts[1]}", {})
+        for name, n in zip(names, shape, strict=False):
+            sizes.setdefault(str(name), set()).add(n)
+    for g, sizes in sorted(by_group.items()):
+        widths = sizes.get("d_ff", set()) | sizes.get("d_ff_", set())
+        if widths and max(widths) > MAX_D_FF:
+            return f"/{g}: d_ff {max(widths)} exceeds {MAX_D_FF}"
+        for name, found in sorted(sizes.items()):
+            if len(found) > 1:
+                return f"/{g}: its arrays disagree on {name} ({', '.join(map(str, sorted(found)))})"
     return None
 
 
@@ -267,9 +264,20 @@ def has_crc32c(node: dict[str, Any]) -> bool:
     return (last == "crc32c" or (isinstance(last, dict) and last.get("name") == "crc32c"))
 
 
+def _described(node: dict[str, Any]) -> dict[str, Any]:
+    """What a manifest records of the array it was sealed for."""
+    return {"shape": node.get("shape"), "data_type": node.get("data_type"),
+            "chunk_shape": (node.get("chunk_grid") or {}).get("configuration", {}).get("chunk_shape")}
+
+
 def manifest_of(node: dict[str, Any]) -> dict[str, str] | None:
+    """The array's chunk manifest {chunk key: crc32c hex}, or None when it has none.
+
+    A manifest sealed for another shape, data type or chunking (an array another tool rewrote,
+    copying the attributes it read) does not describe these chunks and is ignored."""
     m = (node.get("attributes") or {}).get(MANIFEST)
-    if isinstance(m, dict) and m.get("hash") == "crc32c" and isinstance(m.get("chunks"), dict):
+    if (isinstance(m, dict) and m.get("hash") == "crc32c" and isinstance(m.get("chunks"), dict)
+            and all(m.get(k) == v for k, v in _described(node).items())):
         return m["chunks"]
     return None
 
@@ -290,8 +298,8 @@ def seal(store: Store, path: str) -> None:
         tails = _sync(_get_many(store.zstore, [f"{arr.path}/{k}" for k in keys], suffix=4))
         if any(t is None for t in tails):
             continue  # not written whole: nothing to seal
-        arr.attrs.update({MANIFEST: {"hash": "crc32c", "chunks": {k: t.hex() for k, t in zip(keys, tails,
-                                                                                            strict=True)}}})
+        chunks = {k: t.hex() for k, t in zip(keys, tails, strict=True)}
+        arr.attrs.update({MANIFEST: {"hash": "crc32c", **_described(node), "chunks": chunks}})
 
 
 def chunk_problems(store: Store, path: str, node: dict[str, Any], every_chunk_written: bool) -> list[str]:
