@@ -294,3 +294,25 @@ def test_damaged_metadata_is_one_line_exit_2(case, command, store):
     res = run_cli_timeout(args, 60)
     _assert_refused(res)
     assert tree_digest(store) == before
+
+
+# -- the manifest on S3 (fsspec): sealed from ranged reads, checked the same way ----------------------
+def test_manifest_on_s3_detects_a_swapped_chunk(store_template, monkeypatch):
+    from tests.s3server import s3_environment
+
+    s3 = s3_environment(monkeypatch)
+    url = s3.url("team/s.zarr")
+    client = s3.client()
+    for f in store_template.rglob("*"):
+        if f.is_file() and ".kisstore-locks" not in f.parts:
+            client.put_object(Bucket=s3.bucket, Key=f"team/s.zarr/{f.relative_to(store_template)}", Body=f.read_bytes())
+    run_cli("analyze", url, *s3.cli, check=True)  # seals /analysis/* on S3 (ranged reads of the stored chunks)
+    assert "valid checksum" in run_cli("info", "--verify", url, *s3.cli, check=True).stdout
+    a, b = "team/s.zarr/models/llama/cov/c/0/0/0", "team/s.zarr/models/llama/cov/c/1/0/0"
+    da = client.get_object(Bucket=s3.bucket, Key=a)["Body"].read()
+    db = client.get_object(Bucket=s3.bucket, Key=b)["Body"].read()
+    client.put_object(Bucket=s3.bucket, Key=a, Body=db)
+    client.put_object(Bucket=s3.bucket, Key=b, Body=da)
+    res = run_cli("info", "--verify", url, *s3.cli)
+    _assert_refused(res, "CORRUPT /models/llama/cov chunk (0, 0, 0): does not match its manifest")
+    _assert_refused(run_cli("analyze", url, *s3.cli), "does not match its manifest (swapped or replaced)")
