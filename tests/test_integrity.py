@@ -316,3 +316,18 @@ def test_manifest_on_s3_detects_a_swapped_chunk(store_template, monkeypatch):
     res = run_cli("info", "--verify", url, *s3.cli)
     _assert_refused(res, "CORRUPT /models/llama/cov chunk (0, 0, 0): does not match its manifest")
     _assert_refused(run_cli("analyze", url, *s3.cli), "does not match its manifest (swapped or replaced)")
+
+
+def test_parametrised_data_types_xarray_writes_are_accepted(tmp_path):
+    import numpy as np
+    import xarray as xr
+
+    from kisstore.store import integrity
+
+    ds = xr.Dataset({"u": ("x", np.array(["ab", "c"])), "b": ("x", np.array([b"a", b"bc"])),
+                     "f": ("x", np.array([1.0, 2.0], dtype="float32"))})
+    ds.to_zarr(tmp_path / "x.zarr", mode="w", zarr_format=3, consolidated=True)
+    nodes = integrity.consolidated(json.loads((tmp_path / "x.zarr" / "zarr.json").read_text()))
+    assert nodes and all(integrity.node_problem(n) is None for n in nodes.values()), nodes
+    bad = {**nodes["f"], "data_type": {"name": "complex128", "configuration": {}}}
+    assert "data type" in integrity.node_problem(bad)

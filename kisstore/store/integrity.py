@@ -32,8 +32,11 @@ MAX_CHUNK_ELEMENTS = 2**31  # elements of one chunk (8 GiB of float32)
 MAX_D_FF = 10**6
 MAX_DEPTH = 32  # nesting of attributes (kisstore's own are at most 4 deep)
 MAX_METADATA_BYTES = 64 * 2**20  # one zarr.json (the root's holds every node's metadata)
+# the data types kisstore and xarray write (no complex: kisstore never writes one, and readers crash on
+# a complex covariance); a parametrised type is {"name": …, "configuration": …}
 DATA_TYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-              "float16", "float32", "float64", "string"}
+              "float16", "float32", "float64", "string", "fixed_length_utf32", "variable_length_bytes",
+              "null_terminated_bytes", "raw_bytes", "bytes", "numpy.datetime64", "numpy.timedelta64"}
 UNCOMPARED = (layout.STAGING, layout.CHECKPOINTS)  # rewritten between consolidations by design
 _PARALLEL = 64
 
@@ -156,7 +159,8 @@ def node_problem(node: Any, group: bool | None = None) -> str | None:
     if not isinstance(shape, list) or not all(_is_count(n, 0) for n in shape):
         return f"shape {shape!r} is not a list of sizes ≥ 0"
     dtype = node.get("data_type")
-    if dtype not in DATA_TYPES:
+    name = dtype.get("name") if isinstance(dtype, dict) else dtype
+    if not isinstance(name, str) or name not in DATA_TYPES:
         return f"data type {dtype!r} is not one kisstore writes ({', '.join(sorted(DATA_TYPES))})"
     grid = node.get("chunk_grid")
     chunks = grid.get("configuration", {}).get("chunk_shape") if isinstance(grid, dict) else None
