@@ -205,8 +205,9 @@ class Store:
                       compute: bool = True):
         """Write ``ds`` as the group ``path`` (replacing it), checksummed and chunked per layer.
 
-        With ``compute=False`` only the metadata is written and the Dask work that writes the
-        chunks is returned (``dask.compute`` it)."""
+        Once the chunks are stored each array is sealed (its chunk manifest recorded, see
+        store.integrity). With ``compute=False`` only the metadata is written and the Dask work
+        that writes the chunks is returned: ``dask.compute`` it, then call ``seal(path)``."""
         encoding = {}
         for name, var in ds.variables.items():
             enc = {"compressors": default_compressors()}
