@@ -46,8 +46,9 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
     from kisstore.analysis.cluster import dask_client
     from kisstore.analysis.core import sample_size_warnings
     from kisstore.analysis.persist import read_scaling, write_analysis
+    from kisstore.analysis.subsets import model_dataset, select_models
     from kisstore.limits import check_ridge
-    from kisstore.store import Store, open_store
+    from kisstore.store import Store, integrity, layout, open_store
     from kisstore.store.commit import ANALYSIS_LEASE, lease, recover
     from kisstore.store.urls import split_url
 
@@ -64,6 +65,13 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
     start = time.perf_counter()
     with dask_client(scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"), echo=click.echo):
         tree = open_store(store, opts)
+        # metadata as consolidated, every chunk present and in its place: a missing chunk would
+        # read as its fill value (empty fact texts, zero token counts) and a swapped one as data
+        # (after the layout checks: arrays of the wrong type or dims are refused as such first)
+        chosen = select_models(tree, list(models) or None)
+        for m in chosen:
+            model_dataset(tree, m)
+        integrity.check_for_reading(handle, [layout.ITEMS, *(layout.model_path(m) for m in chosen)])
         for line in sample_size_warnings(tree, list(models) or None):
             click.echo(line, err=True)
         result = analyze(tree, models=list(models) or None, items=items, n_items=n_items, layers=layers,

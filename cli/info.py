@@ -34,7 +34,11 @@ def info(store, verify, as_json, storage_options):
     else:
         _print(summary)
     if verify and summary["problems"]:
-        raise StoreError(f"{len(summary['problems'])} corrupt chunk(s) in {store}")
+        n_meta = sum(" metadata: " in p for p in summary["problems"])
+        n_chunks = len(summary["problems"]) - n_meta
+        what = [f"{n_chunks} corrupt chunk(s)"] if n_chunks else []
+        what += [f"{n_meta} node(s) with damaged metadata"] if n_meta else []
+        raise StoreError(f"{' and '.join(what)} in {store}")
 
 
 def _print(s: dict) -> None:
@@ -63,7 +67,8 @@ def _print(s: dict) -> None:
             for p in s["problems"]:
                 click.echo(f"CORRUPT {p}")
         else:
-            click.echo("verify: every chunk read back with a valid checksum")
+            click.echo("verify: every node's metadata matches its consolidated copy; every chunk read back "
+                       "with a valid checksum (and at its place in the manifest, where the store has one)")
 
 
 COMMANDS = [info]

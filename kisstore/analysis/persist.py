@@ -39,6 +39,7 @@ def write_analysis(store: Store, result: xr.DataTree, progress: Callable[[str], 
             start = time.perf_counter()
             path = f"{staging}/{layout.check_group_name(model)}"
             _compute_to_the_end(store.write_dataset(path, ds, compute=False))
+            store.seal(path)  # the chunk manifest, from the bytes just stored (before any consolidation)
             staged[model] = _open(store, path)
             progress(f"      done in {time.perf_counter() - start:.1f} s")
         table = scaling.scaling_dataset(staged).compute()

@@ -19,7 +19,7 @@ from kisstore._version import __version__
 from kisstore.errors import InputError, StoreError
 from kisstore.interop import rome_format as fmt
 from kisstore.layers import parse_layers
-from kisstore.store import layout
+from kisstore.store import integrity, layout
 from kisstore.store.io import Store, storage_errors
 from kisstore.store.urls import redact
 
@@ -101,6 +101,7 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] | None = None) -
     store.validate()
     model_id = pick_model(store, opts.model)
     path = layout.model_path(model_id)
+    integrity.check_for_reading(store, [path])  # metadata as consolidated, every chunk in its place
     attrs = store.group_attrs(path)
     if attrs.get("complete") is not True and attrs.get("cov_source") != "imported":
         raise StoreError(f"model {model_id} in {redact(store.url)} is not complete (extraction unfinished); "

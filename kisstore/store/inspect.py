@@ -63,27 +63,48 @@ def checkpoint_age(store: Store, path: str) -> float | None:
 
 
 def verify(store: Store, progress: bool = True) -> list[str]:
-    """Read every chunk of every array; return the problems found (empty when intact)."""
+    """Check every node's own metadata against its consolidated copy, then read every chunk of
+    every array (checksum, presence, position against the chunk manifest); return the problems
+    found (empty when intact)."""
+    from kisstore.store import integrity
+    from kisstore.store.io import _sync
+
     store.validate()
     problems: list[str] = []
+    meta = integrity.root_metadata(store)
+    nodes = integrity.consolidated(meta)
+    with storage_errors(store.url, store.storage_options):
+        meta_problems, bad = integrity.metadata_problems(store, meta)
+    problems.extend(meta_problems)
     root = store.root()
 
     def walk(group: zarr.Group, prefix: str):
         complete = group.attrs.get(layout.EVERY_CHUNK_WRITTEN) is True
         for name, arr in group.arrays():
             path = f"{prefix}{name}"
-            for sel in _chunk_slices(arr):
-                if complete and not _chunk_exists(store, arr, sel):  # zarr would read the fill value
-                    problems.append(f"{path} chunk {_chunk_index(arr, sel)}: missing (its file is gone)")
+            if path.strip("/") in bad:
+                continue  # its metadata is already reported; its chunks cannot be trusted to it
+            node = nodes.get(path.strip("/")) or arr.metadata.to_dict()
+            manifest = integrity.manifest_of(node) if integrity.has_crc32c(node) else None
+            for idx, key in integrity.chunk_keys(node):
+                raw = _sync(integrity._get(store.zstore, f"{arr.path}/{key}"))
+                if raw is None and complete:  # zarr would read the fill value
+                    problems.append(f"{path} chunk {idx}: missing (its file is gone)")
                     continue
+                sel = tuple(slice(i * c, (i + 1) * c) for i, c in zip(idx, arr.chunks, strict=True))
                 try:
                     arr[sel]
                 except Exception as e:  # checksum mismatch, truncated or missing chunk
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                    problems.append(f"{path} chunk {_chunk_index(arr, sel)}: {first}")
+                    problems.append(f"{path} chunk {idx}: {first}")
+                    continue
+                if manifest is not None and raw is not None and manifest.get(key) != raw[-4:].hex():
+                    problems.append(f"{path} chunk {idx}: does not match its manifest (swapped or replaced)")
         for name, sub in group.groups():
             if prefix == "/" and name == layout.STAGING:
                 continue  # an interrupted analysis's scratch, not part of the store (removed by the next run)
+            if f"{prefix}{name}".strip("/") in bad:
+                continue
             walk(sub, f"{prefix}{name}/")
 
     with storage_errors(store.url, store.storage_options):

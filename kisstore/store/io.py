@@ -149,12 +149,19 @@ class Store:
                 return zarr.open_group(self.zstore, mode="r" if self.read_only else "r+", zarr_format=3)
             except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
                 raise StoreError(f"{self.url} is not a Zarr store (no zarr.json at its root)") from e
+            except (ValueError, TypeError, KeyError, RecursionError) as e:  # metadata zarr cannot parse
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                raise StoreError(f"{redact(self.url)}: the store's metadata is damaged ({first}); "
+                                 "`kisstore info --verify` lists every problem") from None
 
     def validate(self) -> dict[str, Any]:
         """Check that this is a kisstore store this version can read; return root attrs."""
         if not self.exists():
             raise StoreError(f"{redact(self.url)} is not a kisstore store (no Zarr group there)")
-        attrs = dict(self.root().attrs)
+        from kisstore.store import integrity
+
+        meta = integrity.root_metadata(self)  # parsed and checked: damage is one line, not a crash
+        attrs = dict(meta.get("attributes") or {})
         if attrs.get("created_by") != layout.CREATED_BY or "kisstore_schema_version" not in attrs:
             raise StoreError(f"{redact(self.url)} is a Zarr store not written by kisstore (no kisstore attributes)")
         version = attrs["kisstore_schema_version"]
@@ -163,6 +170,7 @@ class Store:
                 f"{redact(self.url)} has kisstore schema version {version!r}; this kisstore "
                 f"({__version__}) reads versions up to {layout.SCHEMA_VERSION}: upgrade kisstore"
             )
+        integrity.check_nodes(self, meta)  # absurd shapes or chunk counts would hang every reader
         return attrs
 
     def has(self, path: str) -> bool:
@@ -223,8 +231,9 @@ class Store:
                       compute: bool = True):
         """Write ``ds`` as the group ``path`` (replacing it), checksummed and chunked per layer.
 
-        With ``compute=False`` only the metadata is written and the Dask work that writes the
-        chunks is returned (``dask.compute`` it)."""
+        Once the chunks are stored each array is sealed (its chunk manifest recorded, see
+        store.integrity). With ``compute=False`` only the metadata is written and the Dask work
+        that writes the chunks is returned: ``dask.compute`` it, then call ``seal(path)``."""
         encoding = {}
         for name, var in ds.variables.items():
             enc = {"compressors": default_compressors()}
@@ -234,13 +243,26 @@ class Store:
         ds = ds.copy()
         for var in ds.variables.values():
             var.encoding = {}
+            # a manifest read along with a dataset describes the chunks it was read from, not these
+            var.attrs = {k: v for k, v in var.attrs.items() if k != layout.CHUNK_MANIFEST}
         # every chunk is written, even one equal to the fill value, so `info --verify` can call a
         # missing chunk file damage (the attribute tells it this group was written that way)
         ds.attrs[layout.EVERY_CHUNK_WRITTEN] = True
         self.check_links(path)
         with storage_errors(self.url, self.storage_options):
-            return ds.to_zarr(self.zstore, group=path, mode="w", consolidated=False, zarr_format=3,
+            work = ds.to_zarr(self.zstore, group=path, mode="w", consolidated=False, zarr_format=3,
                               encoding=encoding, write_empty_chunks=True, compute=compute)
+            if compute:
+                self.seal(path)
+            return work
+
+    def seal(self, path: str) -> None:
+        """Record each array's chunk manifest in the group ``path`` (see store.integrity); call it
+        after computing the work of ``write_dataset(compute=False)``, before consolidating."""
+        from kisstore.store import integrity
+
+        with storage_errors(self.url, self.storage_options):
+            integrity.seal(self, path)
 
     def set_attrs(self, path: str, attrs: Mapping[str, Any]) -> None:
         self.check_links(f"{path}/zarr.json" if path else "zarr.json")

@@ -15,6 +15,7 @@ CHECKPOINTS = "_checkpoints"
 STAGING = "_staging"  # results written in full here first, then moved into place (never consolidated)
 LOCKS = ".kisstore-locks"  # writer leases (kisstore.store.lock)
 EVERY_CHUNK_WRITTEN = "kisstore_every_chunk_written"  # group attribute: a missing chunk file is damage
+CHUNK_MANIFEST = "kisstore_chunk_manifest"  # array attribute: each chunk key's stored crc32c (store.integrity)
 ITEM_FIELDS = ("subject", "prompt", "relation_id", "target_true", "target_new")
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
