@@ -14,7 +14,8 @@ kisstore/failpoints.py). For n = 1, 2, … until the command runs to its end:
 5. the arrays it produced must equal those of an uninterrupted run, bit for bit.
 
 SPEC: {"argv": [...], "store": URL, "baseline": DIR or null, "storage_options": {...},
-"compare": [group paths], "s3": {"bucket", "prefix", "endpoint"} or null, "max_positions": N}.
+"compare": [group paths], "s3": {"bucket", "prefix", "endpoint"} or null, "max_positions": N,
+"workers": W, "stride": K, "tail": T} (stride: every K-th position and each of the last T only).
 Prints one JSON line: {"positions": N, "failures": [...]} .
 """
 
@@ -241,6 +242,9 @@ def main(spec_path: str) -> None:
     reference = json.loads((work / "ref.json").read_text())
     _restore({**spec, "baseline": None})
     positions = list(range(1, min(total, spec.get("max_positions") or total) + 1))
+    if spec.get("stride"):  # every stride-th position, and every one of the last `tail` (a commit's)
+        stride, tail = spec["stride"], spec.get("tail", 0)
+        positions = [n for n in positions if n % stride == 1 or n > total - tail]
     workers = max(1, int(spec.get("workers") or os.cpu_count() or 1))
     pids = []
     for w in range(workers):  # side by side, each with its own store and its own share of positions
