@@ -114,7 +114,7 @@ def test_a_kill_at_every_write_of_a_local_copy_is_completed_by_the_same_command(
 def test_a_kill_at_every_write_to_s3_is_completed_by_the_same_command(command, world, tmp_path, monkeypatch):
     """On S3 a position costs seconds against the moto server: every 4th write, and for analyze
     (about 400 writes: its staged groups, their manifests, then the commit's copy into place)
-    every write of its last 120, the commit. KISSTORE_KILL_ALL=1: every position."""
+    every one of its last 120 writes (where its commit runs). KISSTORE_KILL_ALL=1: every position."""
     s3 = s3_environment(monkeypatch)
     prefix = "kill/s.zarr"
     url = s3.url(prefix)
