@@ -40,6 +40,7 @@ class Corpus:
         Local files are checked by :func:`resolve_corpus` already; a Hub dataset is opened here
         (one request), and an unreachable Hub or an unknown name raises :class:`InputError`."""
         if self.kind == "hf":
+            _refuse_offline(self.spec)
             next(iter(self.documents()), None)
 
     def documents(self) -> Iterator[str]:
@@ -171,8 +172,21 @@ def _saved_dataset(path: Path, spec: str):
     return ds
 
 
+def _refuse_offline(spec: str) -> None:
+    """A Hub dataset (streamed, so never from a cache) with the Hub unreachable: one line now,
+    not after the datasets client's retries."""
+    if _hub_source(spec)[2] is not None:
+        return  # a local dataset folder
+    from kisstore.models.loading import hub_offline
+
+    if why := hub_offline():
+        raise InputError(f"corpus {spec!r} is streamed from the Hugging Face Hub, which cannot be reached "
+                         f"({why}); use a local file, a local dataset folder (hf:DIR) or --corpus embedded")
+
+
 def _hub(spec: str) -> Iterator[str]:
     name, config, local = _hub_source(spec)
+    _refuse_offline(spec)
     where = f"the local dataset {local}" if local else (
         f"{name}{':' + config if config else ''} from the Hugging Face Hub")
     try:

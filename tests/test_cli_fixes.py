@@ -1,0 +1,62 @@
+"""Issue #17 item 6: command-line fixes, each tested through the real command line."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import run_cli
+
+_NO_HUB = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_TELEMETRY": "1"}  # a port that refuses at once
+
+
+def _timed(*args, env=None):
+    start = time.perf_counter()
+    proc = run_cli(*args, env=env)
+    return proc, time.perf_counter() - start
+
+
+def _one_error_line(proc) -> str:
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, proc.stderr
+    assert "retry" not in proc.stderr.lower() and "Traceback" not in proc.stderr, proc.stderr
+    return errors[0]
+
+
+def test_alias_typo_is_refused_at_once_with_a_suggestion(tmp_path):
+    proc, wall = _timed("extract", "--model", "smolm2-135m", "--corpus", "embedded",
+                        "--store", str(tmp_path / "s.zarr"), env=_NO_HUB)
+    assert proc.returncode == 2
+    assert "did you mean smollm2-135m?" in _one_error_line(proc)
+    assert wall < 10, wall
+    assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, _NO_HUB], ids=["HF_HUB_OFFLINE", "unreachable"])
+def test_offline_hub_model_fails_fast_naming_the_offline_state(tmp_path, env):
+    proc, wall = _timed("extract", "--model", "someone/some-model", "--corpus", "embedded",
+                        "--store", str(tmp_path / "s.zarr"), env=env)
+    assert proc.returncode == 2
+    assert "offline" in _one_error_line(proc).lower()
+    assert wall < 10, wall
+
+
+def test_offline_wikipedia_corpus_fails_fast(tmp_path):
+    proc, wall = _timed("extract", "--model", "smollm2-135m", "--corpus", "wikipedia", "--n-items", "4",
+                        "--store", str(tmp_path / "s.zarr"), env=_NO_HUB)
+    assert proc.returncode == 2
+    assert "offline" in _one_error_line(proc).lower()
+    assert wall < 10, wall
+
+
+def test_hub_model_in_the_local_cache_is_not_refused_offline(tmp_path, monkeypatch):
+    from kisstore.models import loading
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(loading, "hub_cached", lambda *a, **k: True)
+    source = loading.resolve_source("gpt2")
+    assert source.kind == "hub"
+    with pytest.raises(Exception) as e:  # AutoConfig is asked (and fails: nothing is really cached)
+        loading.load_config(source)
+    assert "not in the local Hugging Face cache" not in str(e.value)
