@@ -15,11 +15,12 @@ from kisstore_cli.common import (
     scheduler_option,
     storage_option,
     storage_options_from,
+    store_argument,
 )
 
 
 @click.command("analyze")
-@click.argument("store")
+@store_argument
 @click.option("--model", "models", multiple=True, metavar="M",
               help="Model group under /models to analyse (repeatable; default: every complete model).")
 @click.option("--items", type=click.Choice(["all", "known", "intersect"]), default="all", show_default=True,

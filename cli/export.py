@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from kisstore_cli.common import handle_errors, storage_option, storage_options_from
+from kisstore_cli.common import handle_errors, storage_option, storage_options_from, store_argument
 
 _PRECISIONS = ["float32", "float64", "float16"]
 
 
 @click.command("export")
-@click.argument("store")
+@store_argument
 @click.option("--model", default=None, metavar="M",
               help="Model group under /models (or its model name) [default: the store's only model].")
 @click.option("--format", "fmt", type=click.Choice(["rome"]), default="rome", show_default=True,

@@ -6,13 +6,13 @@ import json
 
 import click
 
-from kisstore_cli.common import handle_errors, storage_option, storage_options_from
+from kisstore_cli.common import handle_errors, storage_option, storage_options_from, store_argument
 
 _SKIP = {"complete", "versions", "storage_options", "layers"}
 
 
 @click.command()
-@click.argument("store")
+@store_argument
 @click.option("--verify", is_flag=True, help="Read every chunk and check its checksum.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @storage_option

@@ -59,4 +59,42 @@ def test_hub_model_in_the_local_cache_is_not_refused_offline(tmp_path, monkeypat
     assert source.kind == "hub"
     with pytest.raises(Exception) as e:  # AutoConfig is asked (and fails: nothing is really cached)
         loading.load_config(source)
-    assert "not in the local Hugging Face cache" not in str(e.value)
+    assert "the Hub cannot be reached" not in str(e.value)
+
+
+_STORE_COMMANDS = {
+    "info": [],
+    "analyze": [],
+    "export": ["--stats-dir", "STATS"],
+    "edit": ["--model", "m", "--layer", "0", "--edits", "1"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(_STORE_COMMANDS))
+def test_store_option_and_positional_are_both_accepted(command, tmp_path):
+    extra = [str(tmp_path / "stats") if a == "STATS" else a for a in _STORE_COMMANDS[command]]
+    missing = str(tmp_path / "none.zarr")
+    for form in (["--store", missing], [missing]):
+        proc = run_cli(command, *form, *extra)
+        assert proc.returncode != 0
+        line = _one_error_line(proc)
+        assert "none.zarr" in line and "No such option" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("command", sorted(_STORE_COMMANDS))
+def test_both_or_neither_store_is_a_one_line_error(command, tmp_path):
+    extra = [str(tmp_path / "stats") if a == "STATS" else a for a in _STORE_COMMANDS[command]]
+    for form in (["a.zarr", "--store", "b.zarr"], []):
+        proc = run_cli(command, *form, *extra)
+        assert proc.returncode == 2
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "store" in proc.stderr.lower()
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_debug_anywhere_on_the_line_shows_the_traceback(where, tmp_path):
+    args = ["info", str(tmp_path / "none.zarr")]
+    args = ["--debug", *args] if where == "first" else [*args, "--debug"]
+    proc = run_cli(*args)
+    assert proc.returncode != 0
+    assert "Traceback (most recent call last)" in proc.stderr and "StoreError" in proc.stderr, proc.stderr

@@ -207,8 +207,8 @@ def load_config(source: ModelSource, trust_remote_code: bool = False):
             raise InputError(f"{source.location}/config.json has no model_type")
     if source.kind == "hub" and not hub_cached(source.location, source.revision) and (why := hub_offline()):
         raise InputError(
-            f"model {source.name!r} ({source.location}) is not in the local Hugging Face cache and the Hub "
-            f"cannot be reached ({why}); download it first or pass a local path"
+            f"model {source.name!r} could not be loaded from the Hugging Face Hub or its local cache: it is "
+            f"not in the cache and the Hub cannot be reached ({why}); download it first or pass a local path"
         )
     try:
         return AutoConfig.from_pretrained(
