@@ -98,3 +98,27 @@ def test_debug_anywhere_on_the_line_shows_the_traceback(where, tmp_path):
     proc = run_cli(*args)
     assert proc.returncode != 0
     assert "Traceback (most recent call last)" in proc.stderr and "StoreError" in proc.stderr, proc.stderr
+
+
+def test_info_lists_analyses_and_edit_runs_in_text_and_json(tmp_path):
+    import json
+
+    import zarr
+
+    from kisstore.analysis.synthetic import write_synthetic_store
+
+    path = str(tmp_path / "store.zarr")
+    write_synthetic_store(path, {"a": {"n_layers": 3, "d_ff": 10}}, n_items=24)
+    run_cli("analyze", path, "--layers", "0-1", "--n-items", "20", "--ridge", "0.1", check=True)
+    run = zarr.open_group(path, mode="a").require_group("edits").require_group("a-direct-layer1-e5-seed0")
+    run.attrs.update({"model_id": "a", "method": "direct", "layer": 1, "edits": 5, "tracked": 7,
+                      "complete": True})
+    zarr.consolidate_metadata(path)  # as kisstore edit does after writing a run
+    summary = json.loads(run_cli("info", path, "--json", check=True).stdout)
+    a = summary["analysis"]["a"]
+    assert a["layers"] == [0, 1] and a["n_items"] == 20 and a["ridge"] == 0.1 and a["items"] == "all"
+    assert summary["edits"]["a-direct-layer1-e5-seed0"] == {
+        "model": "a", "method": "direct", "layer": 1, "steps": 5, "tracked": 7, "complete": True}
+    text = run_cli("info", path, check=True).stdout
+    assert "/analysis/a  layers 0,1, 20 items (all), ridge 0.1" in text, text
+    assert "/edits/a-direct-layer1-e5-seed0  [complete] direct on a layer 1, 5 steps, 7 tracked" in text, text
