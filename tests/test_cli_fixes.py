@@ -122,3 +122,37 @@ def test_info_lists_analyses_and_edit_runs_in_text_and_json(tmp_path):
     text = run_cli("info", path, check=True).stdout
     assert "/analysis/a  layers 0,1, 20 items (all), ridge 0.1" in text, text
     assert "/edits/a-direct-layer1-e5-seed0  [complete] direct on a layer 1, 5 steps, 7 tracked" in text, text
+
+
+def _synthetic_store_on_corpus(path, corpus):
+    from kisstore.analysis.synthetic import write_synthetic_store
+    from kisstore.store.io import Store
+
+    write_synthetic_store(str(path), {"m": {"n_layers": 2, "d_ff": 6}}, n_items=8)
+    store = Store(str(path))
+    store.set_attrs("models/m", {"corpus": corpus, "corpus_documents": 7, "name_or_path": "org/m",
+                                 "hooked_module": "model.layers.{i}.mlp.down_proj"})
+    store.consolidate()
+    return str(path)
+
+
+@pytest.mark.parametrize(("corpus", "ds_name", "folder", "warns"), [
+    ("embedded", None, "python_docs_stats", True),
+    ("/data/my corpus.jsonl", None, "my_corpus_stats", True),
+    ("hf:someone/code-docs:en", None, "code-docs_stats", True),
+    ("embedded", "wikipedia", "wikipedia_stats", True),
+    ("wikipedia", None, "wikipedia_stats", False),
+])
+def test_rome_export_names_the_folder_after_the_real_corpus_and_warns(tmp_path, corpus, ds_name, folder, warns):
+    store = _synthetic_store_on_corpus(tmp_path / "s.zarr", corpus)
+    stats = tmp_path / "stats"
+    proc = run_cli("export", store, "--stats-dir", str(stats), *(["--ds-name", ds_name] if ds_name else []))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (stats / "org_m").iterdir()) == [folder]
+    assert len(list((stats / "org_m" / folder).iterdir())) == 2
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    if warns:
+        assert len(warnings) == 1 and "not Wikipedia" in warnings[0] and folder in warnings[0], proc.stderr
+        assert f"mom2_dataset   {folder.removesuffix('_stats')}" in proc.stdout
+    else:
+        assert not warnings, proc.stderr
