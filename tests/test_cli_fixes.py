@@ -156,3 +156,19 @@ def test_rome_export_names_the_folder_after_the_real_corpus_and_warns(tmp_path, 
         assert f"mom2_dataset   {folder.removesuffix('_stats')}" in proc.stdout
     else:
         assert not warnings, proc.stderr
+
+
+def _last_bar(stderr: str, desc: str) -> str:
+    frames = [f.strip() for f in stderr.replace("\r", "\n").splitlines() if f.strip().startswith(f"{desc}:")]
+    assert frames, stderr
+    return frames[-1]
+
+
+def test_copy_progress_bar_ends_at_100_percent(tmp_path):
+    from kisstore.analysis.synthetic import write_synthetic_store
+
+    write_synthetic_store(str(tmp_path / "a.zarr"), {"m": {"n_layers": 3, "d_ff": 50}}, n_items=200)
+    proc = run_cli("copy", str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr"), check=True)
+    assert "100%" in _last_bar(proc.stderr, "copy"), proc.stderr
+    quiet = run_cli("copy", str(tmp_path / "a.zarr"), str(tmp_path / "c.zarr"), "--quiet", check=True)
+    assert "copy:" not in quiet.stderr
