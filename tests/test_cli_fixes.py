@@ -172,3 +172,15 @@ def test_copy_progress_bar_ends_at_100_percent(tmp_path):
     assert "100%" in _last_bar(proc.stderr, "copy"), proc.stderr
     quiet = run_cli("copy", str(tmp_path / "a.zarr"), str(tmp_path / "c.zarr"), "--quiet", check=True)
     assert "copy:" not in quiet.stderr
+
+
+def test_analyze_shows_a_progress_bar_that_ends_at_100_percent_and_quiet_hides_it(tmp_path):
+    from kisstore.analysis.synthetic import write_synthetic_store
+
+    path = str(tmp_path / "store.zarr")
+    write_synthetic_store(path, {"a": {"n_layers": 3, "d_ff": 10}}, n_items=24)
+    proc = run_cli("analyze", path, check=True)
+    assert "100%" in _last_bar(proc.stderr, "analyze"), proc.stderr
+    assert "analyze:" not in proc.stdout  # the bar is on stderr; stdout keeps its lines
+    quiet = run_cli("analyze", "--store", path, "--quiet", check=True)
+    assert "analyze:" not in quiet.stderr and "analysed 1 model(s)" in quiet.stdout
