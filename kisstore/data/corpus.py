@@ -175,13 +175,15 @@ def _saved_dataset(path: Path, spec: str):
 def _refuse_offline(spec: str) -> None:
     """A Hub dataset (streamed, so never from a cache) with the Hub unreachable: one line now,
     not after the datasets client's retries."""
-    if _hub_source(spec)[2] is not None:
+    name, config, local = _hub_source(spec)
+    if local is not None:
         return  # a local dataset folder
     from kisstore.models.loading import hub_offline
 
     if why := hub_offline():
-        raise InputError(f"corpus {spec!r} is streamed from the Hugging Face Hub, which cannot be reached "
-                         f"({why}); use a local file, a local dataset folder (hf:DIR) or --corpus embedded")
+        raise InputError(f"corpus {spec!r}: cannot read {name}{':' + config if config else ''} from the Hugging "
+                         f"Face Hub, which cannot be reached ({why}); use a local file, a local dataset folder "
+                         "(hf:DIR) or --corpus embedded")
 
 
 def _hub(spec: str) -> Iterator[str]:
