@@ -15,11 +15,12 @@ from kisstore_cli.common import (
     scheduler_option,
     storage_option,
     storage_options_from,
+    store_argument,
 )
 
 
 @click.command("analyze")
-@click.argument("store")
+@store_argument
 @click.option("--model", "models", multiple=True, metavar="M",
               help="Model group under /models to analyse (repeatable; default: every complete model).")
 @click.option("--items", type=click.Choice(["all", "known", "intersect"]), default="all", show_default=True,
@@ -34,11 +35,12 @@ from kisstore_cli.common import (
               help="Write a self-contained HTML report, PNG figures and the scaling table to DIR.")
 @click.option("--table-out", default=None, metavar="PREFIX",
               help="Also write the scaling table to PREFIX.csv and PREFIX.parquet.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @scheduler_option
 @storage_option
 @handle_errors
 def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: int | None, layers: str | None,
-                    ridge: float, top_k: int, report_dir: str | None, table_out: str | None,
+                    ridge: float, top_k: int, report_dir: str | None, table_out: str | None, quiet: bool,
                     scheduler: str | None, storage_options: tuple[str, ...]) -> None:
     """Derive gram, P, whitened/activation cosines, statistics, KDEs, convergence and top
     pairs for every model and layer of STORE, and write them to /analysis/<model>."""
@@ -76,7 +78,8 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
             click.echo(line, err=True)
         result = analyze(tree, models=list(models) or None, items=items, n_items=n_items, layers=layers,
                          ridge=ridge, top_k=top_k)
-        with lease(handle, ANALYSIS_LEASE, wait_s=0):  # one analysis of a store at a time
+        # one analysis of a store at a time
+        with lease(handle, ANALYSIS_LEASE, wait_s=0), _progress_bar(enabled=not quiet):
             stored = write_analysis(handle, result, progress=click.echo)
         table = scaling_table(read_scaling(handle))
     click.echo(f"analysed {len(stored)} model(s) in {time.perf_counter() - start:.1f} s; "
@@ -90,6 +93,40 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
         click.echo(f"building report in {report_dir} …")
         paths = build_report(stored, table, Path(report_dir), progress=click.echo)
         click.echo(f"wrote {paths[0]} and {len(paths) - 1} more file(s)")
+
+
+def _progress_bar(enabled: bool):
+    """A tqdm bar over the Dask tasks of each model's pass (and of the scaling table), on stderr.
+
+    Local threads only (a --scheduler cluster has its own dashboard). On a terminal it redraws
+    every 0.5 s; into a file or pipe every 10 s, so a log gets a few frames and each pass's
+    final 100 % rather than thousands of carriage returns."""
+    import contextlib
+    import sys
+
+    import dask
+    import dask.threaded
+
+    if not enabled or dask.base.get_scheduler() not in (None, dask.threaded.get):
+        return contextlib.nullcontext()
+    from dask.callbacks import Callback
+    from tqdm.auto import tqdm
+
+    class _Bar(Callback):
+        def _start_state(self, dsk, state):
+            n = sum(len(state[k]) for k in ("ready", "waiting", "running", "finished"))
+            self._bar = tqdm(total=n, desc="analyze", unit="task", file=sys.stderr, leave=True,
+                             mininterval=0.5 if sys.stderr.isatty() else 10.0)
+
+        def _posttask(self, key, result, dsk, state, worker_id):
+            self._bar.update(1)
+
+        def _finish(self, dsk, state, errored):
+            if not errored:
+                self._bar.refresh()  # tqdm draws at most every mininterval: show the finished state
+            self._bar.close()
+
+    return _Bar()
 
 
 COMMANDS = [analyze_command]

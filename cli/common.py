@@ -105,6 +105,30 @@ def output_prefix(prefix: str | None, flag: str) -> None:
     output_dir(os.path.dirname(os.path.abspath(prefix)), flag)
 
 
+def store_argument(f: Callable) -> Callable:
+    """STORE as the positional argument or as ``--store URL`` (as extract takes it): exactly one.
+
+    The command receives it as ``store``; both or neither is a one-line error, exit code 2."""
+
+    @functools.wraps(f)
+    def wrapper(*args, store_pos: str | None = None, store_opt: str | None = None, **kwargs):
+        if store_pos is not None and store_opt is not None:
+            if store_pos == store_opt:
+                store_pos = None
+            else:
+                click.echo(f"Error: two stores given ({store_pos} and --store {store_opt}); give one", err=True)
+                sys.exit(2)
+        store = store_opt if store_opt is not None else store_pos
+        if store is None:
+            click.echo("Error: no store given: pass STORE or --store URL", err=True)
+            sys.exit(2)
+        return f(*args, store=store, **kwargs)
+
+    wrapper = click.option("--store", "store_opt", default=None, metavar="URL",
+                           help="The store (path or fsspec URL), instead of the positional STORE.")(wrapper)
+    return click.argument("store_pos", metavar="STORE", required=False)(wrapper)
+
+
 def handle_errors(f: Callable) -> Callable:
     """Turn library errors into one-line messages and exit codes; tracebacks only with --debug."""
 

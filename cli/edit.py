@@ -6,11 +6,17 @@ from pathlib import Path
 
 import click
 
-from kisstore_cli.common import handle_errors, output_dir, storage_option, storage_options_from
+from kisstore_cli.common import (
+    handle_errors,
+    output_dir,
+    storage_option,
+    storage_options_from,
+    store_argument,
+)
 
 
 @click.command("edit")
-@click.argument("store")
+@store_argument
 @click.option("--model", required=True, metavar="M",
               help="Model in the store: its group name or what was passed to extract (alias, Hub id, path).")
 @click.option("--layer", type=int, required=True, metavar="L", help="Layer whose MLP down-projection is edited (-1 = last).")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from kisstore_cli.common import handle_errors, storage_option, storage_options_from
+from kisstore_cli.common import handle_errors, storage_option, storage_options_from, store_argument
 
 _PRECISIONS = ["float32", "float64", "float16"]
 
 
 @click.command("export")
-@click.argument("store")
+@store_argument
 @click.option("--model", default=None, metavar="M",
               help="Model group under /models (or its model name) [default: the store's only model].")
 @click.option("--format", "fmt", type=click.Choice(["rome"]), default="rome", show_default=True,
@@ -18,8 +18,9 @@ _PRECISIONS = ["float32", "float64", "float16"]
 @click.option("--stats-dir", required=True, type=click.Path(file_okay=False), metavar="DIR",
               help="The tools' stats directory (STATS_DIR in ROME/MEMIT/AlphaEdit globals.yml, stats_dir in "
                    "EasyEdit hparams).")
-@click.option("--ds-name", default="wikipedia", show_default=True, metavar="NAME",
-              help="Dataset name in the path ({ds_name}_stats); must equal the tool's mom2_dataset.")
+@click.option("--ds-name", default=None, metavar="NAME",
+              help="Dataset name in the path ({ds_name}_stats); must equal the tool's mom2_dataset "
+                   "[default: the store's corpus: wikipedia, python_docs, wordnet, the file's name, …].")
 @click.option("--sample-size", default=None, metavar="N|all",
               help="Sample size in the file name; must equal the tool's mom2_n_samples "
                    "[default: documents the store's covariance was computed over].")
@@ -47,7 +48,7 @@ def export_command(store: str, model: str | None, fmt: str, stats_dir: str, ds_n
                          storage_options=storage_options_from(storage_options), ds_name=ds_name,
                          sample_size=sample_size, precision=precision, model_name=model_name, layers=layers,
                          overwrite=overwrite)
-    r = run_export(opts, echo=lambda p: click.echo(f"  {p}"))
+    r = run_export(opts, echo=lambda p: click.echo(f"  {p}"), warn=lambda line: click.echo(line, err=True))
     size = "all" if r.sample_size is None else r.sample_size
     click.echo(f"wrote {len(r.files)} file(s) for {r.model_id} into {r.folder}")
     click.echo(f"These are ROME layer_stats caches, read by {', '.join(READERS)}.")

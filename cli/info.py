@@ -6,13 +6,13 @@ import json
 
 import click
 
-from kisstore_cli.common import handle_errors, storage_option, storage_options_from
+from kisstore_cli.common import handle_errors, storage_option, storage_options_from, store_argument
 
 _SKIP = {"complete", "versions", "storage_options", "layers"}
 
 
 @click.command()
-@click.argument("store")
+@store_argument
 @click.option("--verify", is_flag=True, help="Read every chunk and check its checksum.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @storage_option
@@ -57,8 +57,15 @@ def _print(s: dict) -> None:
                 click.echo(f"    {k}: {v}")
         if "versions" in m["provenance"]:
             click.echo(f"    versions: {m['provenance']['versions']}")
-    for name in s["analysis"]:
-        click.echo(f"/analysis/{name}")
+    for name, g in s["analysis"].items():
+        if g.get("kind") == "scaling table":
+            click.echo(f"/analysis/{name}  scaling table, {g['rows']} rows")
+            continue
+        click.echo(f"/analysis/{name}  layers {_layers(g['layers'])}, {g['n_items']} items ({g['items']}), "
+                   f"ridge {g['ridge']}")
+    for name, e in s.get("edits", {}).items():
+        click.echo(f"/edits/{name}  [{'complete' if e['complete'] else 'incomplete'}] {e['method']} on "
+                   f"{e['model']} layer {e['layer']}, {e['steps']} steps, {e['tracked']} tracked")
     for name, p in s["in_progress"].items():
         click.echo(f"/_checkpoints/{name}  [{p['status']}] items done: {p['items_done']}, layers done: "
                    f"{p['layers_done']}, last checkpoint {p['seconds_since_checkpoint']} s ago")
@@ -69,6 +76,15 @@ def _print(s: dict) -> None:
         else:
             click.echo("verify: every node's metadata matches its consolidated copy; every chunk read back "
                        "with a valid checksum (and at its place in the manifest, where the store has one)")
+
+
+def _layers(layers: list | None) -> str:
+    """0-11 for a contiguous run, else the list (short)."""
+    if not layers:
+        return "?"
+    if layers == list(range(layers[0], layers[0] + len(layers))) and len(layers) > 2:
+        return f"{layers[0]}-{layers[-1]} ({len(layers)})"
+    return ",".join(str(v) for v in layers)
 
 
 COMMANDS = [info]

@@ -7,9 +7,19 @@ import click
 from kisstore._version import __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """``--debug`` anywhere on the line (``kisstore analyze STORE --debug``) means ``kisstore --debug``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[:end]:
+            args = ["--debug", *(a for i, a in enumerate(args) if not (i < end and a == "--debug"))]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="kisstore")
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors (accepted anywhere on the line).")
 def cli(debug: bool) -> None:
     """Measure knowledge superposition in language models into labeled Zarr stores."""
 

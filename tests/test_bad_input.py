@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from kisstore_cli.main import cli
-from tests.conftest import tree_digest
+from tests.conftest import run_cli, tree_digest
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +146,13 @@ def test_unlisted_architecture_works_with_module_override(opt_model, tiny_items,
 
 
 def test_debug_flag_shows_the_traceback(tiny_models, tiny_items, tmp_path):
-    res = CliRunner().invoke(cli, ["--debug", "extract", "--model", str(tiny_models["llama"]), "--store",
-                                   str(tmp_path / "s.zarr"), "--items", str(tiny_items), "--corpus", "/no/such.txt"])
-    assert res.exit_code != 0 and res.exception is not None
+    # in a subprocess: CliRunner records the SystemExit of any non-zero exit as `exception`, so only
+    # the real stderr tells a traceback from the one-line error
+    args = ["extract", "--model", str(tiny_models["llama"]), "--store", str(tmp_path / "s.zarr"),
+            "--items", str(tiny_items), "--corpus", "/no/such.txt"]
+    for line in (["--debug", *args], [*args, "--debug"]):
+        proc = run_cli(*line)
+        assert proc.returncode != 0
+        assert "Traceback (most recent call last)" in proc.stderr and "InputError" in proc.stderr, proc.stderr
+    plain = run_cli(*args)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr

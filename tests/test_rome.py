@@ -132,7 +132,8 @@ def test_float16_that_cannot_hold_the_sum_is_refused():
 
 def test_export_command_prints_paths_tools_and_hyperparameters(store, tmp_path):
     res = CliRunner().invoke(cli, ["export", str(store), "--model", "gpt_neox", "--stats-dir", str(tmp_path),
-                                   "--sample-size", "100000", "--model-name", "EleutherAI_pythia-tiny"])
+                                   "--sample-size", "100000", "--model-name", "EleutherAI_pythia-tiny",
+                                   "--ds-name", "wikipedia"])  # the store's corpus is a file
     assert res.exit_code == 0, res.output
     for text in ("gpt_neox.layers.2.mlp.dense_4h_to_h_float32_mom2_100000.npz", "ROME", "MEMIT", "EasyEdit",
                  "AlphaEdit", "mom2_n_samples 100000", "mom2_dataset   wikipedia", "mom2_dtype     float32",

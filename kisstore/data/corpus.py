@@ -44,6 +44,7 @@ class Corpus:
         is opened here (one request) and its first document checked; an unreachable Hub or an
         unknown name raises :class:`InputError`."""
         if self.kind == "hf":
+            _refuse_offline(self.spec)
             first = next(iter(self.documents()), None)
             if first is not None and not isinstance(first, str):
                 raise InputError(f"corpus {_quote(self.spec)}: the text column holds {type(first).__name__} "
@@ -297,8 +298,23 @@ def _saved_dataset(path: Path, spec: str):
     return ds
 
 
+def _refuse_offline(spec: str) -> None:
+    """A Hub dataset (streamed, so never from a cache) with the Hub unreachable: one line now,
+    not after the datasets client's retries."""
+    name, config, local = _hub_source(spec)
+    if local is not None:
+        return  # a local dataset folder
+    from kisstore.models.loading import hub_offline
+
+    if why := hub_offline():
+        raise InputError(f"corpus {spec!r}: cannot read {name}{':' + config if config else ''} from the Hugging "
+                         f"Face Hub, which cannot be reached ({why}); use a local file, a local dataset folder "
+                         "(hf:DIR) or --corpus embedded")
+
+
 def _hub(spec: str) -> Iterator[str]:
     name, config, local = _hub_source(spec)
+    _refuse_offline(spec)
     where = f"the local dataset {local}" if local else (
         f"{name}{':' + config if config else ''} from the Hugging Face Hub")
     try:

@@ -32,7 +32,7 @@ class ExportOptions:
     stats_dir: str
     model: str | None = None  # group under /models (or the model name it was sanitised from)
     storage_options: dict[str, Any] = field(default_factory=dict)
-    ds_name: str = "wikipedia"
+    ds_name: str | None = "wikipedia"  # None: named after the store's corpus (corpus_ds_name)
     sample_size: int | str | None = None  # None: the store's corpus_documents; "all": no size suffix
     precision: str = "float32"
     model_name: str | None = None  # None: name_or_path with "/" → "_"
@@ -72,6 +72,32 @@ def _sanitized(name: str) -> str | None:
         return None
 
 
+def corpus_ds_name(corpus: Any) -> str:
+    """The ``{ds_name}_stats`` name for a store's recorded corpus spec: ``wikipedia`` for Wikipedia
+    (or an unrecorded corpus), else a folder-safe name of the real corpus (``python_docs``, ``wordnet``,
+    the Hub dataset's or the file's name)."""
+    import re
+
+    if not isinstance(corpus, str) or not corpus.strip() or _is_wikipedia(corpus):
+        return "wikipedia"
+    spec = corpus.strip()
+    if spec in ("embedded", "python-docs"):
+        return "python_docs"
+    if spec.startswith("hf:"):
+        spec = spec[3:].rstrip("/").split(":", 1)[0] if not Path(spec[3:]).is_dir() else spec[3:].rstrip("/")
+        spec = spec.rsplit("/", 1)[-1]
+    else:
+        spec = Path(spec).name
+        for suffix in (".txt", ".jsonl", ".parquet"):
+            spec = spec.removesuffix(suffix)
+    name = re.sub(r"[^A-Za-z0-9.-]+", "_", spec).strip("._-")
+    return name or "corpus"
+
+
+def _is_wikipedia(corpus: str) -> bool:
+    return corpus == "wikipedia" or corpus.startswith("hf:wikimedia/wikipedia") or corpus.startswith("hf:wikipedia")
+
+
 def _sample_size(opts: ExportOptions, attrs: dict[str, Any]) -> int | None:
     s = opts.sample_size
     if isinstance(s, str):
@@ -91,11 +117,12 @@ def _sample_size(opts: ExportOptions, attrs: dict[str, Any]) -> int | None:
     return int(s)
 
 
-def run_export(opts: ExportOptions, echo: Callable[[str], None] | None = None) -> ExportResult:
+def run_export(opts: ExportOptions, echo: Callable[[str], None] | None = None,
+               warn: Callable[[str], None] | None = None) -> ExportResult:
     """Write one cache file per layer; every check happens before the first file is written."""
     if opts.precision not in fmt.PRECISIONS:
         raise InputError(f"unknown --precision {opts.precision!r}: use one of {', '.join(fmt.PRECISIONS)}")
-    if not opts.ds_name or "/" in opts.ds_name:
+    if opts.ds_name is not None and (not opts.ds_name or "/" in opts.ds_name):
         raise InputError(f"bad --ds-name {opts.ds_name!r}")
     store = Store(opts.store, opts.storage_options, read_only=True)
     store.validate()
@@ -103,6 +130,13 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] | None = None) -
     path = layout.model_path(model_id)
     integrity.check_for_reading(store, [path])  # metadata as consolidated, every chunk in its place
     attrs = store.group_attrs(path)
+    corpus = attrs.get("corpus")
+    ds_name = opts.ds_name or corpus_ds_name(corpus)
+    if isinstance(corpus, str) and corpus.strip() and not _is_wikipedia(corpus.strip()) and warn:
+        # the tools' mom2_dataset names a corpus: a cache from another one must not pass for Wikipedia
+        warn(f"warning: {model_id}'s covariance was computed on corpus {corpus!r}, not Wikipedia; writing "
+             f"{ds_name}_stats/" + (" as --ds-name asks" if opts.ds_name else
+                                    " (pass --ds-name wikipedia if your tool must find it there anyway)"))
     if attrs.get("complete") is not True and attrs.get("cov_source") != "imported":
         raise StoreError(f"model {model_id} in {redact(store.url)} is not complete (extraction unfinished); "
                          "finish it with `kisstore extract` first")
@@ -128,7 +162,7 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] | None = None) -
     missing = [x for x in wanted if x not in n_tokens]
     if missing:
         raise InputError(f"layers {missing} are not in the store (it has {stored_layers})")
-    folder = Path(opts.stats_dir) / model_name / fmt.stats_folder_name(opts.ds_name)
+    folder = Path(opts.stats_dir) / model_name / fmt.stats_folder_name(ds_name)
     targets = {layer: folder / fmt.file_name(template.format(i=layer), opts.precision, sample_size)
                for layer in wanted}
     existing = [p for p in targets.values() if p.exists()]
@@ -157,4 +191,4 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] | None = None) -
         fmt.write_stats_file(target, arrays)
         if echo:
             echo(str(target))
-    return ExportResult(model_id, model_name, folder, targets, sample_size, opts.precision, opts.ds_name, template)
+    return ExportResult(model_id, model_name, folder, targets, sample_size, opts.precision, ds_name, template)

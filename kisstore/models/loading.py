@@ -81,7 +81,52 @@ def resolve_source(name: str) -> ModelSource:
         raise InputError(
             f"unknown model {name!r}: not an alias ({', '.join(ALIASES)}), a local path or a Hub id"
         )
+    if "/" not in name and not hub_cached(name):
+        # not an alias, not a path, not a file: most likely a typo of an alias. Refused now, with
+        # the close matches, rather than after the Hub client's retries (a Hub id has an owner/)
+        import difflib
+
+        close = difflib.get_close_matches(name.lower(), list(ALIASES), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"aliases: {', '.join(ALIASES)}"
+        raise InputError(f"unknown model {name!r}: not an alias, a local path or an owner/name Hub id; {hint}")
     return ModelSource(name, "hub", name, "")
+
+
+def hub_cached(repo_id: str, revision: str | None = None, filename: str = "config.json") -> bool:
+    """Whether the local Hugging Face cache holds ``filename`` of ``repo_id`` (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str)
+    except Exception:  # a malformed id, an unreadable cache: not cached
+        return False
+
+
+_OFFLINE: dict[str, str | None] = {}
+
+
+def hub_offline(timeout: float = 1.0) -> str | None:
+    """Why the Hugging Face Hub cannot be reached now (a short sentence), or None when it can.
+
+    Cheap: ``HF_HUB_OFFLINE``, else one TCP connect to the endpoint's port with a ``timeout``
+    (a DNS failure or a refused connection fails at once), remembered for the process. Checked
+    before the Hub client, whose retry loop takes ~30 s to give up."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    import socket
+    from urllib.parse import urlsplit
+
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    key = f"{host}:{port}"
+    if key not in _OFFLINE:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            _OFFLINE[key] = None
+        except OSError as e:
+            _OFFLINE[key] = f"offline: cannot reach {key} ({type(e).__name__}: {e})"
+    return _OFFLINE[key]
 
 
 
@@ -171,6 +216,11 @@ def load_config(source: ModelSource, trust_remote_code: bool = False):
             raise InputError(f"{source.location}/config.json is not valid JSON") from e
         if not isinstance(declared, dict) or "model_type" not in declared:
             raise InputError(f"{source.location}/config.json has no model_type")
+    if source.kind == "hub" and not hub_cached(source.location, source.revision) and (why := hub_offline()):
+        raise InputError(
+            f"model {source.name!r} could not be loaded from the Hugging Face Hub or its local cache: it is "
+            f"not in the cache and the Hub cannot be reached ({why}); download it first or pass a local path"
+        )
     try:
         return AutoConfig.from_pretrained(
             source.location, revision=source.revision, trust_remote_code=trust_remote_code

@@ -322,6 +322,11 @@ def copy_store(src: str, dst: str, *, src_options: Mapping[str, Any] | None = No
                 done(*f.result())
         for key in meta:  # sequential: deepest first, the root last
             done(*one(key))
+        if bar is not None:
+            # tqdm redraws at most every 0.1 s, so the last updates (the metadata keys) were counted
+            # but never drawn; with leave=False the bar was then erased, leaving 0-99 % on screen or
+            # in a log. Draw the finished state and keep it.
+            bar.refresh()
     finally:
         if bar is not None:
             bar.close()
@@ -472,7 +477,7 @@ def _progress(total: int, enabled: bool):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="copy", leave=False)
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="copy", leave=True)
 
 
 def _human(n: float) -> str:

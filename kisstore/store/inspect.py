@@ -12,14 +12,15 @@ from kisstore.store import layout
 from kisstore.store.io import Store, storage_errors
 
 STALE_AFTER_S = 3600.0
+EDITS = "edits"  # kisstore.edit.run.EDITS (not imported: it pulls in the editing code)
 
 
 def describe(store: Store) -> dict[str, Any]:
     """A JSON-able summary: root attrs, items, each model's status, arrays and provenance."""
     attrs = store.validate()
     root = store.root()
-    out: dict[str, Any] = {"url": store.url, "attrs": attrs, "items": None, "models": {}, "analysis": [],
-                           "in_progress": {}}
+    out: dict[str, Any] = {"url": store.url, "attrs": attrs, "items": None, "models": {}, "analysis": {},
+                           "edits": {}, "in_progress": {}}
     with storage_errors(store.url, store.storage_options):
         if layout.ITEMS in root:
             g = root[layout.ITEMS]
@@ -31,7 +32,9 @@ def describe(store: Store) -> dict[str, Any]:
                 status = "complete" if a.get("complete") is True else "incomplete"
                 out["models"][name] = {"status": status, "arrays": arrays, "provenance": a}
         if layout.ANALYSIS in root:
-            out["analysis"] = sorted(n for n, _ in root[layout.ANALYSIS].groups())
+            out["analysis"] = {name: _analysis_summary(g) for name, g in sorted(root[layout.ANALYSIS].groups())}
+        if EDITS in root:
+            out["edits"] = {name: _edit_summary(g) for name, g in sorted(root[EDITS].groups())}
         if layout.CHECKPOINTS in root:
             for name, g in sorted(root[layout.CHECKPOINTS].groups()):
                 state = dict(g.attrs.get("state") or {})
@@ -45,6 +48,30 @@ def describe(store: Store) -> dict[str, Any]:
                     "tokens_in_running_pass": state.get("tokens", 0),
                 }
     return out
+
+
+def _coord(group: zarr.Group, name: str) -> list | None:
+    if name in group and isinstance(group[name], zarr.Array) and group[name].ndim == 1:
+        return [v.item() if hasattr(v, "item") else v for v in group[name][:]]
+    return None
+
+
+def _analysis_summary(g: zarr.Group) -> dict[str, Any]:
+    """One /analysis/<model>: its layers and the settings kisstore.analysis.core._attrs recorded."""
+    a = dict(g.attrs)
+    if "model" not in a:  # /analysis/scaling: the table over models
+        n = next((int(arr.shape[0]) for _, arr in g.arrays() if arr.ndim), 0)
+        return {"kind": "scaling table", "rows": n}
+    return {"kind": "model", "model": a.get("model"), "layers": _coord(g, "layer"), "n_items": a.get("n_items"),
+            "items": a.get("items"), "ridge": a.get("ridge"), "top_k": a.get("top_k"),
+            "source": a.get("source")}
+
+
+def _edit_summary(g: zarr.Group) -> dict[str, Any]:
+    """One /edits/<run>: method, layer, number of sequential edits and whether it was finished."""
+    a = dict(g.attrs)
+    return {"model": a.get("model_id"), "method": a.get("method"), "layer": a.get("layer"),
+            "steps": a.get("edits"), "tracked": a.get("tracked"), "complete": a.get("complete") is True}
 
 
 def checkpoint_age(store: Store, path: str) -> float | None:
