@@ -40,6 +40,34 @@ def run_cli(*args: str, env: dict | None = None, check: bool = False) -> subproc
     return proc
 
 
+@pytest.fixture(scope="session")
+def tiny_store(tiny_models, tiny_items, tiny_corpus, tmp_path_factory):
+    """``tiny_store(arch)``: a complete store with that tiny model extracted from the tiny items
+    and corpus, made once per session and shared by every module that needs one. Tests read it
+    or copy it (``copy_store``) before they change anything."""
+    made: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in made:
+            path = tmp_path_factory.mktemp(f"tiny-store-{arch}") / "s.zarr"
+            run_cli("extract", "--model", str(tiny_models[arch]), "--store", str(path), "--items", str(tiny_items),
+                    "--corpus", str(tiny_corpus), "--quiet", check=True)
+            made[arch] = path
+        return made[arch]
+
+    return get
+
+
+def copy_store(template: Path, folder: Path) -> Path:
+    """A copy of the store ``template`` at ``folder/s.zarr``, for a test to change."""
+    import shutil
+
+    dst = Path(folder) / "s.zarr"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(template, dst)
+    return dst
+
+
 def tree_digest(path: Path) -> str:
     """Hash of every file's relative path and bytes under ``path`` (to prove a store unchanged)."""
     h = hashlib.sha256()

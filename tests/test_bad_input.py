@@ -14,12 +14,8 @@ from tests.conftest import run_cli, tree_digest
 
 
 @pytest.fixture(scope="module")
-def good_store(tiny_models, tiny_items, tiny_corpus, tmp_path_factory):
-    store = tmp_path_factory.mktemp("good") / "s.zarr"
-    res = CliRunner().invoke(cli, ["extract", "--model", str(tiny_models["gpt2"]), "--store", str(store),
-                                   "--items", str(tiny_items), "--corpus", str(tiny_corpus), "--quiet"])
-    assert res.exit_code == 0, res.output
-    return store
+def good_store(tiny_store):
+    return tiny_store("gpt2")  # shared with other modules: the tests here prove it unchanged
 
 
 @pytest.fixture(scope="module")

@@ -14,24 +14,18 @@ import pytest
 from click.testing import CliRunner
 
 from kisstore_cli.main import cli
-from tests.conftest import tree_digest
+from tests.conftest import copy_store, tree_digest
 
 
 @pytest.fixture(scope="module")
-def good_store(tiny_models, tiny_items, tiny_corpus, tmp_path_factory):
+def good_store(tiny_store):
     """A store with gpt2 complete (not analysed); each test works on a copy."""
-    store = tmp_path_factory.mktemp("good") / "s.zarr"
-    res = CliRunner().invoke(cli, ["extract", "--model", str(tiny_models["gpt2"]), "--store", str(store),
-                                   "--items", str(tiny_items), "--corpus", str(tiny_corpus), "--quiet"])
-    assert res.exit_code == 0, res.output
-    return store
+    return tiny_store("gpt2")
 
 
 @pytest.fixture
 def store(good_store, tmp_path) -> Path:
-    copy = tmp_path / "copy" / "s.zarr"
-    shutil.copytree(good_store, copy)
-    return copy
+    return copy_store(good_store, tmp_path / "copy")
 
 
 def _refused(res, needle: str) -> str:

@@ -5,13 +5,12 @@ shapes that hung readers, and damaged metadata that crashed them."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli, tree_digest
+from tests.conftest import copy_store, run_cli, tree_digest
 
 
 def _extract_args(model, store, items, corpus):
@@ -20,17 +19,13 @@ def _extract_args(model, store, items, corpus):
 
 
 @pytest.fixture(scope="module")
-def store_template(tiny_models, tiny_items, tiny_corpus, tmp_path_factory):
-    store = tmp_path_factory.mktemp("tpl") / "s.zarr"
-    run_cli(*_extract_args(tiny_models["llama"], store, tiny_items, tiny_corpus), check=True)
-    return store
+def store_template(tiny_store):
+    return tiny_store("llama")
 
 
 @pytest.fixture
 def store(store_template, tmp_path):
-    dst = tmp_path / "s.zarr"
-    shutil.copytree(store_template, dst)
-    return dst
+    return copy_store(store_template, tmp_path)
 
 
 def _root(store: Path) -> dict:

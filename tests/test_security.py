@@ -18,7 +18,7 @@ import pytest
 from kisstore.errors import StoreError
 from kisstore.store.io import Store
 from kisstore.store.lock import LOCK_DIR, ModelLock
-from tests.conftest import run_cli, tree_digest
+from tests.conftest import copy_store, run_cli, tree_digest
 from tests.s3server import assert_one_line_error, s3_server  # noqa: F401
 
 
@@ -28,18 +28,14 @@ def _extract_args(model, store, items, corpus, *extra):
 
 
 @pytest.fixture(scope="module")
-def template(tiny_models, tiny_items, tiny_corpus, tmp_path_factory) -> Path:
+def template(tiny_store) -> Path:
     """A complete local store with the tiny gpt2 (group models/gpt2)."""
-    store = tmp_path_factory.mktemp("security-tpl") / "s.zarr"
-    run_cli(*_extract_args(tiny_models["gpt2"], store, tiny_items, tiny_corpus), check=True)
-    return store
+    return tiny_store("gpt2")
 
 
 @pytest.fixture
 def store(template, tmp_path) -> Path:
-    dst = tmp_path / "store" / "s.zarr"
-    shutil.copytree(template, dst)
-    return dst
+    return copy_store(template, tmp_path / "store")
 
 
 def _files(path: Path) -> dict[str, bytes]:
