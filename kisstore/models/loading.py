@@ -81,14 +81,16 @@ def resolve_source(name: str) -> ModelSource:
         raise InputError(
             f"unknown model {name!r}: not an alias ({', '.join(ALIASES)}), a local path or a Hub id"
         )
-    if "/" not in name and not hub_cached(name):
-        # not an alias, not a path, not a file: most likely a typo of an alias. Refused now, with
-        # the close matches, rather than after the Hub client's retries (a Hub id has an owner/)
+    if "/" not in name and not hub_cached(name) and (offline := hub_offline()):
+        # not an alias, not a path, not a file, and no Hub to ask: most likely a typo of an
+        # alias. Refused now, with the close matches, rather than after the Hub client's
+        # retries. Online, a bare name goes to the Hub (legacy ids such as gpt2-xl live there)
         import difflib
 
         close = difflib.get_close_matches(name.lower(), list(ALIASES), n=3, cutoff=0.6)
         hint = f"did you mean {' or '.join(close)}?" if close else f"aliases: {', '.join(ALIASES)}"
-        raise InputError(f"unknown model {name!r}: not an alias, a local path or an owner/name Hub id; {hint}")
+        raise InputError(f"unknown model {name!r}: not an alias, a local path or an owner/name Hub id, "
+                         f"and the Hub cannot be asked ({offline}); {hint}")
     return ModelSource(name, "hub", name, "")
 
 
