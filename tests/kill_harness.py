@@ -15,7 +15,7 @@ kisstore/failpoints.py). For n = 1, 2, … until the command runs to its end:
 
 SPEC: {"argv": [...], "store": URL, "baseline": DIR or null, "storage_options": {...},
 "compare": [group paths], "s3": {"bucket", "prefix", "endpoint"} or null, "max_positions": N,
-"workers": W, "stride": K, "tail": T} (stride: every K-th position and each of the last T only).
+"workers": W, "stride": K, "tail": T, "ignore": [variables not compared]} (stride: every K-th position and each of the last T only).
 Prints one JSON line: {"positions": N, "failures": [...]} .
 """
 
@@ -133,6 +133,8 @@ def _digest(spec: dict, out: str) -> int:
     for path in spec["compare"]:
         ds = tree[path].ds
         for name in sorted(ds.variables):
+            if name in (spec.get("ignore") or ()):
+                continue  # a wall-clock measurement, different in every run
             v = ds[name].values
             d = hashlib.sha256(str(v.dtype).encode() + str(v.shape).encode())
             numeric = v.dtype.kind in "biufcmM"  # text (StringDType, object) by value: its bytes are pointers

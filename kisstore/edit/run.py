@@ -14,6 +14,7 @@ failed or interrupted run leaves the store as it was.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -78,6 +79,7 @@ class EditPlan:
     keys: np.ndarray  # (item, d_ff) float64, the stored keys at the layer, same order as items
     cov: np.ndarray  # (d_ff, d_ff) float64
     n_tokens: int
+    done: bool = False  # the store already holds this very run, complete (the same command again)
 
     @property
     def case_ids(self) -> np.ndarray:
@@ -198,11 +200,29 @@ def plan_edit(opts: EditOptions) -> EditPlan:
     tracked = np.sort(rng.choice(pool, size=n_tracked, replace=False))
     sel = np.concatenate([edited, tracked]).astype(int)
     run = opts.run or f"{model_id}-{opts.method}-layer{layer}-e{opts.edits}-seed{opts.seed}"
-    if Store(opts.store, opts.storage_options, read_only=True).has(edit_path(run)) and not opts.overwrite:
-        raise InputError(f"run {run!r} already exists in the store; pass --overwrite or another --run")
+    done = False
+    handle = Store(opts.store, opts.storage_options, read_only=True)
+    if handle.has(edit_path(run)) and not opts.overwrite:
+        stored = handle.group_attrs(edit_path(run))
+        done = stored.get("complete") is True and _same_run(stored, opts, model_id, layer)
+        if not done:
+            raise InputError(f"run {run!r} already exists in the store with other settings (or unfinished); "
+                             "pass --overwrite or another --run")
     keys = np.asarray(ds["keys"].sel(layer=layer).values[sel], dtype=np.float64)
     cov = np.asarray(ds["cov"].sel(layer=layer).values, dtype=np.float64)
-    return EditPlan(model_id, attrs, layer, run, [items[i] for i in sel], opts.edits, keys, cov, n_tokens)
+    return EditPlan(model_id, attrs, layer, run, [items[i] for i in sel], opts.edits, keys, cov, n_tokens, done)
+
+
+def _same_run(stored: dict[str, Any], opts: EditOptions, model_id: str, layer: int) -> bool:
+    """Whether a stored run was made with these settings (those that change its arrays)."""
+    want = {"model_id": model_id, "layer": layer, "edits": opts.edits, "tracked_from": opts.tracked_from,
+            "method": opts.method, "seed": opts.seed, "nullspace_threshold": opts.nullspace_threshold,
+            "alphaedit_l2": opts.alphaedit_l2, "nullspace_rule": "relative" if opts.nullspace_relative else "absolute",
+            "ridge": opts.ridge, "direct_scale": opts.direct_scale, "vectors": opts.vectors,
+            "rome": json.loads(json.dumps({**asdict(opts.rome), "prefixes": list(opts.rome.prefixes)}))}
+    if opts.tracked is not None:
+        want["tracked"] = opts.tracked
+    return all(stored.get(k) == v for k, v in want.items())
 
 
 def _subject_key(item: Item) -> str:
@@ -272,9 +292,19 @@ def check_same_model(plan: EditPlan, stored_values: np.ndarray, live_values: np.
 
 
 def run_edit(opts: EditOptions, progress: Callable[[str], None] | None = None) -> tuple[str, xr.Dataset]:
-    """Plan, edit, measure and write ``/edits/<run>``; returns (run name, dataset)."""
+    """Plan, edit, measure and write ``/edits/<run>``; returns (run name, dataset).
+
+    The same command again, once the run is complete in the store, does nothing and returns
+    the stored run (so a run killed at any write is completed by running it again)."""
+    commit.recover(Store(opts.store, opts.storage_options))  # a commit a kill interrupted, first
     plan = plan_edit(opts)
     say = progress or (lambda _msg: None)
+    if plan.done:
+        say(f"[{plan.model_id}] /{edit_path(plan.run)} is already complete in the store with these settings; "
+            "nothing to do (pass --overwrite to redo it)")
+        stored = Store(opts.store, opts.storage_options, read_only=True)
+        return plan.run, xr.open_zarr(stored.zstore, group=edit_path(plan.run), zarr_format=3,
+                                      consolidated=False).load()
     say(f"[{plan.model_id}] layer {plan.layer}: {plan.n_edits} {opts.method} edits, "
         f"{len(plan.items) - plan.n_edits} tracked facts → /{edit_path(plan.run)}")
     t0 = time.perf_counter()
@@ -284,7 +314,6 @@ def run_edit(opts: EditOptions, progress: Callable[[str], None] | None = None) -
     ds = sequential_edits(lm, plan, opts, say)
     ds.attrs.update(run_attrs(opts, plan, lm, time.perf_counter() - t0))
     store = Store(opts.store, opts.storage_options)
-    commit.recover(store)
     path = edit_path(plan.run)
     chunks = {v: (1, *ds[v].shape[1:]) for v in ("predicted_change", "measured_change") if v in ds}
     # staged in full, then moved into place in one commit: an earlier run of the same name is
