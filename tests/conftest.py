@@ -68,6 +68,19 @@ def copy_store(template: Path, folder: Path) -> Path:
     return dst
 
 
+def small_tmpfs(tmp_path: Path, size: str):
+    """Yield a tmpfs of ``size`` mounted under ``tmp_path`` (a disk that fills up); skip without root."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
 def tree_digest(path: Path) -> str:
     """Hash of every file's relative path and bytes under ``path`` (to prove a store unchanged)."""
     h = hashlib.sha256()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from kisstore_cli.main import cli
-from tests.conftest import copy_store, tree_digest
+from tests.conftest import copy_store, small_tmpfs, tree_digest
 
 
 @pytest.fixture(scope="module")
@@ -245,14 +244,7 @@ def test_npz_with_a_huge_header_is_refused_before_allocating(case, store, tiny_m
 # -- full disk ----------------------------------------------------------------------------
 @pytest.fixture
 def small_fs(tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    yield from small_tmpfs(tmp_path, "4m")
 
 
 @pytest.mark.parametrize("slack_kib", [16, 120, 200])

@@ -18,7 +18,7 @@ import xarray as xr
 
 from kisstore.errors import InputError
 from kisstore.store.layout import sanitize_model_id
-from tests.conftest import copy_store, run_cli, tree_digest
+from tests.conftest import copy_store, run_cli, small_tmpfs, tree_digest
 
 
 def _extract_args(model, store, items, corpus, *extra):
@@ -133,14 +133,7 @@ def test_two_simultaneous_writers_leave_one_correct_model(store_template, tiny_m
 # -- full disk ---------------------------------------------------------------------------------
 @pytest.fixture
 def small_fs(tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    yield from small_tmpfs(tmp_path, "2m")
 
 
 def test_full_disk_is_a_clear_error_and_the_rerun_completes(small_fs, store_template, tiny_models, tiny_items,
