@@ -33,6 +33,10 @@ from kisstore_cli.common import (
               help="Keep the K largest off-diagonal P entries per layer with both facts' text.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Write a self-contained HTML report, PNG figures and the scaling table to DIR.")
+@click.option("--report-layers", default=None, metavar="SPEC",
+              help="Layers whose per-layer report figures are drawn (--layers syntax; default first, middle, last).")
+@click.option("--dpi", type=click.IntRange(20, 1200), default=200, show_default=True,
+              help="Resolution of the report's PNG figures.")
 @click.option("--table-out", default=None, metavar="PREFIX",
               help="Also write the scaling table to PREFIX.csv and PREFIX.parquet.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -40,7 +44,7 @@ from kisstore_cli.common import (
 @storage_option
 @handle_errors
 def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: int | None, layers: str | None,
-                    ridge: float, top_k: int, report_dir: str | None, table_out: str | None, quiet: bool,
+                    ridge: float, top_k: int, report_dir: str | None, report_layers: str | None, dpi: int, table_out: str | None, quiet: bool,
                     scheduler: str | None, storage_options: tuple[str, ...]) -> None:
     """Derive gram, P, whitened/activation cosines, statistics, KDEs, convergence and top
     pairs for every model and layer of STORE, and write them to /analysis/<model>."""
@@ -78,6 +82,12 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
             click.echo(line, err=True)
         result = analyze(tree, models=list(models) or None, items=items, n_items=n_items, layers=layers,
                          ridge=ridge, top_k=top_k)
+        if report_dir:  # a bad --report-layers fails before the work, not after it
+            from kisstore.analysis.report_data import report_layers as check_report_layers
+
+            for m in result[layout.ANALYSIS].children:
+                if m != "scaling":
+                    check_report_layers(result[f"{layout.ANALYSIS}/{m}"].to_dataset(), report_layers, m)
         # one analysis of a store at a time
         with lease(handle, ANALYSIS_LEASE, wait_s=0), _progress_bar(enabled=not quiet):
             stored = write_analysis(handle, result, progress=click.echo)
@@ -91,7 +101,8 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
         from kisstore.analysis.report import build_report
 
         click.echo(f"building report in {report_dir} …")
-        paths = build_report(stored, table, Path(report_dir), progress=click.echo)
+        paths = build_report(stored, table, Path(report_dir), progress=click.echo, layers=report_layers, dpi=dpi,
+                             items=open_store(store, opts)[layout.ITEMS].to_dataset())
         click.echo(f"wrote {paths[0]} and {len(paths) - 1} more file(s)")
 
 
