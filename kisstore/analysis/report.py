@@ -404,6 +404,7 @@ table.pairs, table.scaling { border-collapse: collapse; font-size: 13px; width: 
 table.pairs th, table.pairs td, table.scaling th, table.scaling td {
   border-bottom: 1px solid #e4e4e4; padding: 3px 6px; text-align: left; vertical-align: top; }
 table.pairs tr[data-tip]:hover { background: #fff4d6; }
+.wrap { overflow-x: auto; max-width: 1360px; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 select.layer-select { font-size: 15px; padding: 2px 6px; }
 #tip { position: fixed; display: none; z-index: 10; background: #fffbe8; border: 1px solid #aa9;
@@ -498,7 +499,7 @@ class _Page:
     def scaling_table(self, table: pd.DataFrame) -> None:
         keep = [c for c in ("model", "family", "n_params", "layer", "relative_depth") if c in table]
         keep += [c for c in table.columns if c.endswith(("_mean", "_std", "kurtosis")) and c not in keep]
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in keep)
+        head = "".join(f"<th>{html.escape(c).replace('_', '_<wbr>')}</th>" for c in keep)
         rows = []
         for _, r in table[keep].iterrows():
             cells = []
@@ -512,7 +513,7 @@ class _Page:
                     cells.append(f"<td>{html.escape(str(v))}</td>")
             rows.append("<tr>" + "".join(cells) + "</tr>")
         self.blocks.append("<h2>Scaling table</h2><p class=\"note\">Full precision in scaling.csv and scaling.parquet."
-                           f'</p><table class="scaling"><tr>{head}</tr>{"".join(rows)}</table>')
+                           f'</p><div class="wrap"><table class="scaling"><tr>{head}</tr>{"".join(rows)}</table></div>')
 
     def render(self) -> str:
         from bokeh.embed import components
