@@ -175,7 +175,8 @@ def test_report_draws_new_variables_and_two_analyses_side_by_side(made, tmp_path
     a = made["arrays"]["small"]
     pos = {int(c): i for i, c in enumerate(a["case_ids"])}
     for tname, ridge, ds in (("ridge-0", 0.0, main["small"]), ("ridge-0.5", 0.5, other["small"])):
-        block = re.search(rf'<div data-group="g0" data-layer="2" class="pairs-{tname}">(.*?)</table>', text, re.S)
+        slug = re.escape(re.sub(r"[^A-Za-z0-9_-]", "-", tname))
+        block = re.search(rf'<div data-group="g0" data-layer="2" class="pairs-{slug}">(.*?)</table>', text, re.S)
         assert block, tname
         rows = re.findall(r'data-tip="P = (-?[\d.]+) \(layer 2, rank \d+\).*?\[case (\d+)\].*?\[case (\d+)\]"',
                           block.group(1), re.S)

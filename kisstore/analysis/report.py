@@ -111,7 +111,7 @@ def build_report(
             pngs.append(report_png.kde_png(rd.kde_curves(ds, lay), model, lay, out / f"kde_{stem}.png", dpi))
             pngs.append(report_png.angles_png(hists, model, lay, out / f"angles_{stem}.png",
                                               dpi))
-        page.figure_row(group, [_stack(heat), _stack([*kde, *ang], cols=1)],
+        page.figure_row(group, [_stack(heat), _stack([*kde, *ang])],
                         note=f"P heatmap of the first {ds.sizes['item']} items (row i = fact edited, column j = "
                         "fact disturbed; hover a cell for both facts); right: Gaussian KDE (Scott) of the "
                         "off-diagonal entries on a log density axis, and the whitened vs activation angle "
@@ -319,7 +319,14 @@ def _angles_figure(hists, model: str, layer: int, name: str):
 
 
 def _convergence_figure(layers: np.ndarray, sizes: np.ndarray, kurt: np.ndarray, model: str):
-    from bokeh.models import ColorBar, ColumnDataSource, FixedTicker, HoverTool, LinearColorMapper
+    from bokeh.models import (
+        BasicTicker,
+        ColorBar,
+        ColumnDataSource,
+        FixedTicker,
+        HoverTool,
+        LinearColorMapper,
+    )
     from bokeh.plotting import figure
 
     pal = _palette("viridis")
@@ -335,7 +342,7 @@ def _convergence_figure(layers: np.ndarray, sizes: np.ndarray, kurt: np.ndarray,
         fig.line("x", "y", source=s, color=color, line_width=2)
         rends.append(fig.scatter("x", "y", source=s, color=color, size=5))
     fig.xaxis.ticker = FixedTicker(ticks=[int(s) for s in sizes])
-    fig.add_layout(ColorBar(color_mapper=mapper, title="layer", width=14), "right")
+    fig.add_layout(ColorBar(color_mapper=mapper, title="layer", width=14, ticker=BasicTicker(min_interval=1)), "right")
     fig.add_tools(HoverTool(renderers=rends, tooltips=[("layer", "@layer"), ("n items", "@x"),
                                                        ("excess kurtosis", "@value{0.00}")]))
     _symlog_y(fig, kurt)
@@ -355,7 +362,7 @@ def _scaling_section(page: _Page, table: pd.DataFrame, out: Path, dpi: int, pngs
                "(extract several models into one store, then analyze it).")
         page.sentence("Scaling with model size", why)
         return
-    from bokeh.models import ColumnDataSource, CustomJSTickFormatter, HoverTool
+    from bokeh.models import ColumnDataSource, CustomJSTickFormatter, HoverTool, LabelSet
     from bokeh.palettes import Category10_10
     from bokeh.plotting import figure
 
@@ -367,6 +374,10 @@ def _scaling_section(page: _Page, table: pd.DataFrame, out: Path, dpi: int, pngs
         s = ColumnDataSource({"x": grp["n_params"], "y": grp["mean_kurtosis"], "model": grp["model"],
                               "params": [rd.param_label(v) for v in grp["n_params"]]})
         rends.append(fig.scatter("x", "y", source=s, size=12, color=Category10_10[i % 10], legend_label=str(family)))
+        fig.add_layout(LabelSet(x="x", y="y", text="model", source=s, x_offset=8, y_offset=4, text_font_size="12px"))
+    fig.x_range.range_padding = 0.4
+    fig.y_range.range_padding = 0.3
+    fig.legend.location = "top_left"
     fig.xaxis.formatter = CustomJSTickFormatter(code="""
         const a = Math.abs(tick);
         for (const [s, u] of [[1e12, 'T'], [1e9, 'B'], [1e6, 'M'], [1e3, 'k']]) {
@@ -381,7 +392,7 @@ def _scaling_section(page: _Page, table: pd.DataFrame, out: Path, dpi: int, pngs
     pngs.append(report_png.scaling_png(per_model, out / "scaling_params.png", dpi))
 
 
-def _stack(figs, cols: int = 1):
+def _stack(figs):
     """One column of per-layer figures of which the first layer's show (the selector swaps)."""
     from bokeh.layouts import column
 
@@ -490,7 +501,7 @@ class _Page:
                     body = f'<p class="note">layer {lay} is not in this analysis</p>'
                 else:
                     body = _pairs_table(sub)
-                parts.append(f'<div data-group="{group}" data-layer="{lay}" class="pairs-{tname_slug(tname)}">{body}</div>')
+                parts.append(f'<div data-group="{group}" data-layer="{lay}" class="pairs-{_slug(tname)}">{body}</div>')
             cols.append(f'<div>{"".join(parts)}</div>')
         self.blocks.append(f"<h2>{html.escape(title)}</h2><p class=\"note\">P<sub>ij</sub>: editing fact i (row) "
                            "moves fact j's value by P<sub>ij</sub> times the edit. Hover a row for both facts.</p>"
@@ -531,7 +542,7 @@ class _Page:
                 f"<script>const KISS_LAYERS = {json.dumps(self.layers)};{_JS}</script></body></html>")
 
 
-def tname_slug(name: str) -> str:
+def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", name)
 
 

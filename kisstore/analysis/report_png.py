@@ -126,7 +126,11 @@ def convergence_png(layers: np.ndarray, sizes: np.ndarray, kurt: np.ndarray, mod
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [str(s) for s in sizes])
     _symlog_axis(ax, kurt)
+    from matplotlib.ticker import MaxNLocator
+
     cb = fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax)
+    cb.locator = MaxNLocator(integer=True)
+    cb.update_ticks()
     cb.set_label("layer")
     ax.set_xlabel("number of items n (the first n)")
     ax.set_ylabel("excess kurtosis of P (symlog)")
