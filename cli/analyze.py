@@ -66,6 +66,10 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
     handle.validate()
     handle.check_links()  # a link inside the store (a linked analysis/) is refused before any work
     recover(handle)  # a write that a kill interrupted is completed before anything is read
+    if report_layers is not None and not report_dir:
+        from kisstore.errors import InputError
+
+        raise InputError("--report-layers needs --report DIR (it picks the report's per-layer figures)")
     output_dir(report_dir, "--report")  # an unwritable destination fails before the work, not after
     output_prefix(table_out, "--table-out")
     start = time.perf_counter()

@@ -100,6 +100,8 @@ def test_report_layers_option_draws_those_layers_and_refuses_unanalysed_ones(mad
     assert "--report-layers" in r.output and "not analysed" in r.output and len(r.output.strip().splitlines()) == 1
     r = CliRunner().invoke(cli, ["analyze", store, "--report", str(tmp_path / "bad2"), "--dpi", "5"])
     assert r.exit_code == 2
+    r = CliRunner().invoke(cli, ["analyze", store, "--report-layers", "0"])
+    assert r.exit_code == 2 and "needs --report" in r.output
 
 
 def test_kurtosis_curve_is_scipys_excess_kurtosis_of_numpy_p(made):

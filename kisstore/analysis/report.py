@@ -116,11 +116,12 @@ def build_report(
                         "fact disturbed; hover a cell for both facts); right: Gaussian KDE (Scott) of the "
                         "off-diagonal entries on a log density axis, and the whitened vs activation angle "
                         "histograms (translucent; 90° = orthogonal).")
-        lays, sizes, kurt = rd.convergence_curves(ds)
-        page.section(f"{model}: convergence of P's excess kurtosis with the number of items",
-                     _convergence_figure(lays, sizes, kurt, model),
-                     note="Each line is one layer, coloured by depth (colour bar); hover a line for its layer.")
-        pngs.append(report_png.convergence_png(lays, sizes, kurt, model, out / f"convergence_{model}.png", dpi))
+        if "convergence" in ds:
+            lays, sizes, kurt = rd.convergence_curves(ds)
+            page.section(f"{model}: convergence of P's excess kurtosis with the number of items",
+                         _convergence_figure(lays, sizes, kurt, model),
+                         note="Each line is one layer, coloured by depth (colour bar); hover a line for its layer.")
+            pngs.append(report_png.convergence_png(lays, sizes, kurt, model, out / f"convergence_{model}.png", dpi))
         tables = [(name, rd.top_pairs_frame(ds))]
         if other_ds is not None:
             tables.append((compare_name, rd.top_pairs_frame(other_ds)))

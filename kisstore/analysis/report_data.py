@@ -91,7 +91,8 @@ def kurtosis_curve(ds: xr.Dataset, quantity: str = "p_matrix") -> pd.DataFrame:
     stat = kurtosis_stat(ds)
     value = ds["stats"].sel(quantity=quantity, stat=stat).values.astype(np.float64)
     low = high = np.full_like(value, np.nan)
-    if "stats_ci" in ds and quantity in ds["stats_ci"]["quantity"].values:
+    if ("stats_ci" in ds and quantity in ds["stats_ci"]["quantity"].values
+            and stat in ds["stats_ci"]["stat"].values):
         ci = ds["stats_ci"].sel(quantity=quantity, stat=stat)
         low, high = ci.sel(bound="low").values.astype(np.float64), ci.sel(bound="high").values.astype(np.float64)
     layers = ds["layer"].values.astype(int)
@@ -127,10 +128,12 @@ def item_facts(ds: xr.Dataset, items: xr.Dataset | None = None) -> pd.DataFrame:
     appear in a top pair then show only their case id)."""
     case_ids = np.asarray(ds["item"].values)
     fields = ("subject", "prompt", "relation_id", "target_true")
+    aliases = {"relation_id": ("relation_id", "relation"), "target_true": ("target_true", "target")}
     cols: dict[str, list[str]] = {}
     for f in fields:
-        if f in ds.coords and ds[f].dims == ("item",):
-            cols[f] = [str(v) for v in ds[f].values]
+        for name in aliases.get(f, (f,)):
+            if f not in cols and name in ds.coords and ds[name].dims == ("item",):
+                cols[f] = [str(v) for v in ds[name].values]
     if items is not None and len(cols) < len(fields):
         present = set(np.asarray(items["item"].values).tolist())
         if all(c in present for c in case_ids.tolist()):
