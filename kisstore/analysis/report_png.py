@@ -76,6 +76,10 @@ def heatmap_png(p: np.ndarray, model: str, layer: int, path: Path, dpi: int) -> 
     im = ax.imshow(p, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
     cb = fig.colorbar(im, ax=ax, shrink=0.85)
     cb.set_label("P (dimensionless; colour clipped at the 99th percentile of |P|)", fontsize=7)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("column item j (fact disturbed), position")
     ax.set_ylabel("row item i (fact edited), position")
     ax.set_title(f"{model}: P, layer {layer} ({p.shape[0]} items)")
@@ -101,9 +105,9 @@ def kde_png(curves, model: str, layer: int, path: Path, dpi: int) -> Path:
 def angles_png(hists, model: str, layer: int, path: Path, dpi: int) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=WIDE)
-    for label, edges, dens in hists:
-        ax.stairs(dens, edges, fill=True, alpha=0.35, label=label)
-        ax.stairs(dens, edges, lw=1.2)
+    for i, (label, edges, dens) in enumerate(hists):
+        ax.stairs(dens, edges, fill=True, alpha=0.3, color=f"C{i}", label=label)
+        ax.stairs(dens, edges, lw=1.2, color=f"C{i}")
     ax.axvline(90, color="0.3", lw=0.8, ls="--")
     ax.set_xlim(0, 180)
     ax.set_xlabel("angle between keys (degrees; 90° = orthogonal)")
