@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from kisstore.analysis import analyze, scaling_table
 from kisstore.analysis import report_data as rd
-from kisstore.analysis.report import build_report
+from kisstore.analysis.report import PARAM_TICK_JS, build_report
 from kisstore.analysis.synthetic import write_synthetic_store
 from kisstore.store import open_store
 from kisstore_cli.main import cli
@@ -295,6 +295,9 @@ def test_report_in_headless_chromium_selectors_hovers_and_1400px_layout(made):
         assert ink.mean() > 0.05
         cols = np.flatnonzero(ink.any(axis=0))
         assert cols[-1] - cols[0] >= 0.9 * 1400
+        # the scaling plot's tick formatter, run by the browser, writes parameters as param_label does
+        for n in (10_000, 134_515_008, 1.3e9, 6.05e9, 2.7e9, 350e6, 1e12):
+            assert driver.execute_script(f"const tick = arguments[0];{PARAM_TICK_JS}", n) == rd.param_label(n), n
         logs = driver.get_log("browser")
     finally:
         driver.quit()

@@ -24,6 +24,14 @@ from kisstore.analysis import report_png
 MAX_HEATMAP_ITEMS = 256
 PAGE = 1320  # px: the figure area of a 1400 px window (20 px margins, room for a scroll bar)
 DEFAULT_DPI = 200
+# parameter-count ticks (135M, 1.3B) in the browser: report_data.param_label's rule in JavaScript
+PARAM_TICK_JS = """
+const a = Math.abs(tick);
+for (const [s, u] of [[1e12, 'T'], [1e9, 'B'], [1e6, 'M'], [1e3, 'k']]) {
+  if (a >= s) { const v = tick / s;
+    return (v < 10 && Math.abs(v - Math.round(v)) > 0.05 ? v.toFixed(1) : v.toFixed(0)) + u; }
+}
+return tick.toFixed(0);"""
 
 
 def _quiet(_: str) -> None:
@@ -379,13 +387,7 @@ def _scaling_section(page: _Page, table: pd.DataFrame, out: Path, dpi: int, pngs
     fig.x_range.range_padding = 0.4
     fig.y_range.range_padding = 0.3
     fig.legend.location = "top_left"
-    fig.xaxis.formatter = CustomJSTickFormatter(code="""
-        const a = Math.abs(tick);
-        for (const [s, u] of [[1e12, 'T'], [1e9, 'B'], [1e6, 'M'], [1e3, 'k']]) {
-          if (a >= s) { const v = tick / s;
-            return (v < 10 && Math.abs(v - Math.round(v)) > 0.05 ? v.toFixed(1) : v.toFixed(0)) + u; }
-        }
-        return tick.toFixed(0);""")
+    fig.xaxis.formatter = CustomJSTickFormatter(code=PARAM_TICK_JS)
     fig.add_tools(HoverTool(renderers=rends, tooltips=[("model", "@model"), ("parameters", "@params"),
                                                        ("mean excess kurtosis", "@y{0.00}")]))
     page.section("Scaling with model size", fig, note="One point per model; relative depth curves are in the "
