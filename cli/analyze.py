@@ -35,7 +35,7 @@ from kisstore_cli.common import (
               help="Write a self-contained HTML report, PNG figures and the scaling table to DIR.")
 @click.option("--report-layers", default=None, metavar="SPEC",
               help="Layers whose per-layer report figures are drawn (--layers syntax; default first, middle, last).")
-@click.option("--dpi", type=click.IntRange(20, 1200), default=200, show_default=True,
+@click.option("--dpi", type=click.IntRange(20, 1200), default=200, show_default=True, metavar="DPI",
               help="Resolution of the report's PNG figures.")
 @click.option("--table-out", default=None, metavar="PREFIX",
               help="Also write the scaling table to PREFIX.csv and PREFIX.parquet.")
