@@ -111,7 +111,7 @@ def _export_projector(store: str, model: str | None, layers: str | None, thresho
     click.echo(f"wrote {r.path} (P: {len(r.layers)} x {r.d_ff} x {r.d_ff}, float32) and {r.sidecar} for {r.model_id}")
     click.echo("AlphaEdit and EasyEdit load it (torch.load(hparams.P_loc)) instead of recomputing when the "
                "hparams say:")
-    click.echo(f"  P_loc               {r.path}")
+    click.echo(f"  P_loc               {r.path.resolve()}")
     click.echo(f"  layers              {r.layers}")
     click.echo(f"  nullspace_threshold {r.threshold:g}")
     click.echo(f"  null-space dims     {r.null_dims}")

@@ -141,7 +141,7 @@ def run_projector_export(opts: ProjectorOptions, echo: Callable[[str], None] | N
                           "nullspace_threshold, P = U0 U0^T, as AlphaEdit's get_project",
         "computed_with": "numpy.linalg.eigh in float64 on the store's C, then cast to float32",
         "per_layer": per_layer,
-        "hparams": {"layers": layers, "nullspace_threshold": threshold, "P_loc": str(out),
+        "hparams": {"layers": layers, "nullspace_threshold": threshold, "P_loc": str(out.resolve()),
                     "rewrite_module_tmp": template.replace("{i}", "{}")},
         "C": {"store": redact(opts.store), "model_group": model_id, "name_or_path": attrs.get("name_or_path"),
               "definition": "E[k k^T] over the corpus's non-padding tokens (uncentered), k the input of the "
