@@ -57,6 +57,33 @@ def test_extract_writes_what_the_command_line_writes(api_store, tiny_store):
         assert a.attrs.get(key) == b.attrs.get(key), key
 
 
+def test_extract_defaults_are_the_commands_defaults():
+    import dataclasses
+
+    from kisstore import api
+    from kisstore.extract import ExtractOptions
+    from kisstore_cli.extract import extract as command
+
+    import click
+
+    ctx = click.Context(command)
+    fields = {f.name: f for f in dataclasses.fields(ExtractOptions)}
+    rename = {"compile_": "compile"}
+    checked = 0
+    for param in command.params:
+        name = rename.get(param.name, param.name)
+        if name in ("models", "store", "storage_options", "quiet") or name not in fields:
+            continue
+        f = fields[name]
+        default = api._CLI_DEFAULTS.get(name, f.default)
+        want = param.get_default(ctx)
+        assert default == want, f"kisstore.extract's {name}={default!r}, the command's {want!r}"
+        checked += 1
+    assert checked >= 20
+    quiet = next(p for p in command.params if p.name == "quiet")
+    assert api._CLI_DEFAULTS["progress"] is (not quiet.get_default(ctx))
+
+
 def test_extract_again_on_a_complete_store_does_nothing(api_store, tiny_models, tiny_items, tiny_corpus):
     path, _ = api_store
     assert kisstore.extract([str(tiny_models["gpt2"])], str(path), items=str(tiny_items), corpus=str(tiny_corpus),

@@ -199,3 +199,16 @@ def test_export_bad_input_is_one_line_and_exit_2(args, message, store, tmp_path,
     lines = [x for x in res.output.splitlines() if x.strip()]
     assert len(lines) == 1 and message in lines[0], res.output
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("fmt", ["easyedit", "memit"])
+def test_import_rome_reads_back_each_format_from_the_stats_root(fmt, store, model_ds, tiny_models, tmp_path):
+    from kisstore.interop import ImportOptions, run_import
+
+    run_export(ExportOptions(store=str(store), stats_dir=str(tmp_path / "stats"), format=fmt, ds_name="wikipedia"))
+    r = run_import(ImportOptions(source=str(tmp_path / "stats"), model=str(tiny_models["llama"]),
+                                 store=str(tmp_path / "back.zarr")))
+    back = xr.open_datatree(tmp_path / "back.zarr", engine="zarr")[f"models/{r.model_id}"].ds
+    np.testing.assert_allclose(back["cov"].values, model_ds["cov"].values, rtol=1e-6,
+                               atol=1e-6 * np.abs(model_ds["cov"].values).max())
+    assert back.attrs["corpus"] == model_ds.attrs["corpus"]  # from the files' kisstore record
