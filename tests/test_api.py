@@ -60,11 +60,11 @@ def test_extract_writes_what_the_command_line_writes(api_store, tiny_store):
 def test_extract_defaults_are_the_commands_defaults():
     import dataclasses
 
+    import click
+
     from kisstore import api
     from kisstore.extract import ExtractOptions
     from kisstore_cli.extract import extract as command
-
-    import click
 
     ctx = click.Context(command)
     fields = {f.name: f for f in dataclasses.fields(ExtractOptions)}
