@@ -36,7 +36,7 @@ class ExportOptions:
     ds_name: str | None = "wikipedia"  # None: named after the store's corpus (corpus_ds_name)
     sample_size: int | str | None = None  # None: the store's corpus_documents; "all": no size suffix
     precision: str = "float32"
-    model_name: str | None = None  # None: name_or_path with "/" → "_"
+    model_name: str | None = None  # None: from name_or_path, as the format's rule names the folder
     layers: str | None = None
     overwrite: bool = False
     format: str = "rome"  # a naming rule of kisstore.interop.layouts.FORMATS (all: every one)
