@@ -1,4 +1,5 @@
-"""``kisstore export`` and ``kisstore import-rome``: ROME-style covariance caches, both ways."""
+"""``kisstore export`` and ``kisstore import-rome``: the editing tools' files (covariance caches both
+ways, AlphaEdit's projector out)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,22 @@ import click
 from kisstore_cli.common import handle_errors, storage_option, storage_options_from, store_argument
 
 _PRECISIONS = ["float32", "float64", "float16"]
+_FORMATS = ["rome", "memit", "easyedit", "all", "alphaedit"]
 
 
 @click.command("export")
 @store_argument
 @click.option("--model", default=None, metavar="M",
               help="Model group under /models (or its model name) [default: the store's only model].")
-@click.option("--format", "fmt", type=click.Choice(["rome"]), default="rome", show_default=True,
-              help="File format: rome = layer_stats .npz caches read by ROME, MEMIT, EasyEdit, AlphaEdit.")
-@click.option("--stats-dir", required=True, type=click.Path(file_okay=False), metavar="DIR",
+@click.option("--format", "fmt", type=click.Choice(_FORMATS), default="rome", show_default=True,
+              help="rome: layer_stats caches where ROME/MEMIT look (model folder _name_or_path with '/' -> '_'); "
+                   "memit: the same with the literal _t{batch_tokens} infix layer_stats writes for a "
+                   "batch_tokens below the context; easyedit: model folder = last component of the model id "
+                   "(EasyEdit, AlphaEdit); all: every one of these; alphaedit: AlphaEdit's null-space projector "
+                   "null_space_project.pt for --layers.")
+@click.option("--stats-dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="The tools' stats directory (STATS_DIR in ROME/MEMIT/AlphaEdit globals.yml, stats_dir in "
-                   "EasyEdit hparams).")
+                   "EasyEdit hparams); required for the covariance formats.")
 @click.option("--ds-name", default=None, metavar="NAME",
               help="Dataset name in the path ({ds_name}_stats); must equal the tool's mom2_dataset "
                    "[default: the store's corpus: wikipedia, python_docs, wordnet, the file's name, …].")
@@ -27,40 +33,88 @@ _PRECISIONS = ["float32", "float64", "float16"]
 @click.option("--precision", type=click.Choice(_PRECISIONS), default="float32", show_default=True,
               help="dtype of the stored sum; must equal the tool's mom2_dtype.")
 @click.option("--model-name", default=None, metavar="NAME",
-              help="Model folder name [default: the model's _name_or_path with '/' -> '_'].")
-@click.option("--layers", default=None, metavar="SPEC", help="Layers to export: all, 17, 13-17, 0,3,7 [default: all].")
-@click.option("--overwrite", is_flag=True, help="Replace cache files that already exist.")
+              help="Model folder name [default: per --format, from the model's _name_or_path].")
+@click.option("--layers", default=None, metavar="SPEC",
+              help="Layers to export: all, 17, 13-17, 0,3,7 [default: all; alphaedit: required, the hparams' layers].")
+@click.option("--threshold", default=None, type=float, metavar="T",
+              help="alphaedit: nullspace_threshold, the eigenvalue of C below which a direction is kept [default: 0.02].")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="alphaedit: the projector file, hparams' P_loc [default: ./null_space_project.pt].")
+@click.option("--overwrite", is_flag=True, help="Replace files that already exist.")
 @storage_option
 @handle_errors
-def export_command(store: str, model: str | None, fmt: str, stats_dir: str, ds_name: str, sample_size: str | None,
-                   precision: str, model_name: str | None, layers: str | None, overwrite: bool,
-                   storage_options: tuple[str, ...]) -> None:
-    """Write a model's covariances as ROME-style layer_stats caches, where ROME, MEMIT,
-    EasyEdit, AlphaEdit and the knowledge-superposition code look them up.
+def export_command(store: str, model: str | None, fmt: str, stats_dir: str | None, ds_name: str | None,
+                   sample_size: str | None, precision: str, model_name: str | None, layers: str | None,
+                   threshold: float | None, out: str | None, overwrite: bool, storage_options: tuple[str, ...]) -> None:
+    """Write a model's covariances where ROME, MEMIT, EasyEdit, AlphaEdit and the
+    knowledge-superposition code look them up, or AlphaEdit's null-space projector.
 
     \b
-    Example:
+    Examples:
       kisstore export demo.zarr --model gpt2-xl --stats-dir data/stats
+      kisstore export demo.zarr --format all --stats-dir data/stats
+      kisstore export demo.zarr --format alphaedit --layers 13-17 --out null_space_project.pt
     """
+    from kisstore.errors import InputError
+
+    if fmt == "alphaedit":
+        for flag, value in (("--stats-dir", stats_dir), ("--ds-name", ds_name), ("--sample-size", sample_size),
+                            ("--model-name", model_name)):
+            if value is not None:
+                raise InputError(f"{flag} names a covariance cache; --format alphaedit writes the projector "
+                                 "(use --out, --layers, --threshold)")
+        _export_projector(store, model, layers, threshold, out, overwrite, storage_options)
+        return
+    if threshold is not None or out is not None:
+        raise InputError(f"--threshold and --out belong to --format alphaedit, not --format {fmt}")
+    if stats_dir is None:
+        raise InputError(f"--format {fmt} needs --stats-dir DIR (the tools' stats directory)")
     from kisstore.interop.rome_export import READERS, ExportOptions, run_export
 
     opts = ExportOptions(store=store, stats_dir=stats_dir, model=model,
                          storage_options=storage_options_from(storage_options), ds_name=ds_name,
                          sample_size=sample_size, precision=precision, model_name=model_name, layers=layers,
-                         overwrite=overwrite)
+                         overwrite=overwrite, format=fmt)
     r = run_export(opts, echo=lambda p: click.echo(f"  {p}"), warn=lambda line: click.echo(line, err=True))
     size = "all" if r.sample_size is None else r.sample_size
-    click.echo(f"wrote {len(r.files)} file(s) for {r.model_id} into {r.folder}")
+    n_files = len({p for lf in r.layouts for p in lf.files.values()})
+    where = r.folder if len(r.layouts) == 1 else r.folder.parent.parent
+    click.echo(f"wrote {n_files} file(s) for {r.model_id} into {where}")
     click.echo(f"These are ROME layer_stats caches, read by {', '.join(READERS)}.")
     click.echo("They load them instead of recomputing when the hyperparameters name the same file:")
     click.echo(f"  stats dir      {r.folder.parent.parent}   (ROME/MEMIT/AlphaEdit: STATS_DIR in globals.yml; "
                "EasyEdit: stats_dir)")
-    click.echo(f"  model folder   {r.model_name}   (the model's _name_or_path with '/' -> '_'; "
-               "some EasyEdit versions use its last component: re-export with --model-name)")
+    for lf in r.layouts:
+        click.echo(f"  [{lf.rule.name}] model folder {lf.model_name}/   read by {lf.rule.readers}")
+    if fmt == "rome":  # the line earlier versions printed
+        click.echo(f"  model folder   {r.model_name}   (the model's _name_or_path with '/' -> '_'; "
+                   "EasyEdit and AlphaEdit use its last component: --format easyedit)")
     click.echo(f"  mom2_dataset   {r.ds_name}")
     click.echo(f"  mom2_n_samples {size}")
     click.echo(f"  mom2_dtype     {r.precision}")
     click.echo(f"  layers         {r.hooked_module.replace('{i}', '{}')} for {sorted(r.files)}  (rewrite_module_tmp)")
+
+
+def _export_projector(store: str, model: str | None, layers: str | None, threshold: float | None, out: str | None,
+                      overwrite: bool, storage_options: tuple[str, ...]) -> None:
+    from kisstore.interop.alphaedit import (
+        DEFAULT_FILE,
+        DEFAULT_THRESHOLD,
+        ProjectorOptions,
+        run_projector_export,
+    )
+
+    opts = ProjectorOptions(store=store, layers=layers, out=out or DEFAULT_FILE, model=model,
+                            threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+                            storage_options=storage_options_from(storage_options), overwrite=overwrite)
+    r = run_projector_export(opts, echo=click.echo)
+    click.echo(f"wrote {r.path} (P: {len(r.layers)} x {r.d_ff} x {r.d_ff}, float32) and {r.sidecar} for {r.model_id}")
+    click.echo("AlphaEdit and EasyEdit load it (torch.load(hparams.P_loc)) instead of recomputing when the "
+               "hparams say:")
+    click.echo(f"  P_loc               {r.path.resolve()}")
+    click.echo(f"  layers              {r.layers}")
+    click.echo(f"  nullspace_threshold {r.threshold:g}")
+    click.echo(f"  null-space dims     {r.null_dims}")
 
 
 @click.command("import-rome")

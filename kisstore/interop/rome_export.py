@@ -17,6 +17,7 @@ import xarray as xr
 
 from kisstore._version import __version__
 from kisstore.errors import InputError, StoreError
+from kisstore.interop import layouts
 from kisstore.interop import rome_format as fmt
 from kisstore.layers import parse_layers
 from kisstore.store import integrity, layout
@@ -35,21 +36,33 @@ class ExportOptions:
     ds_name: str | None = "wikipedia"  # None: named after the store's corpus (corpus_ds_name)
     sample_size: int | str | None = None  # None: the store's corpus_documents; "all": no size suffix
     precision: str = "float32"
-    model_name: str | None = None  # None: name_or_path with "/" → "_"
+    model_name: str | None = None  # None: from name_or_path, as the format's rule names the folder
     layers: str | None = None
     overwrite: bool = False
+    format: str = "rome"  # a naming rule of kisstore.interop.layouts.FORMATS (all: every one)
+
+
+@dataclass
+class LayoutFiles:
+    """The files written under one naming rule."""
+
+    rule: layouts.NamingRule
+    model_name: str
+    folder: Path
+    files: dict[int, Path]
 
 
 @dataclass
 class ExportResult:
     model_id: str
-    model_name: str
+    model_name: str  # the first rule's (for --format rome: the only one)
     folder: Path
     files: dict[int, Path]
     sample_size: int | None
     precision: str
     ds_name: str
     hooked_module: str
+    layouts: list[LayoutFiles] = field(default_factory=list)
 
 
 def pick_model(store: Store, requested: str | None) -> str:
@@ -119,7 +132,8 @@ def _sample_size(opts: ExportOptions, attrs: dict[str, Any]) -> int | None:
 
 def run_export(opts: ExportOptions, echo: Callable[[str], None] | None = None,
                warn: Callable[[str], None] | None = None) -> ExportResult:
-    """Write one cache file per layer; every check happens before the first file is written."""
+    """Write one cache file per layer and naming rule; every check happens before the first file is written."""
+    rules = layouts.rules_for(opts.format)
     if opts.precision not in fmt.PRECISIONS:
         raise InputError(f"unknown --precision {opts.precision!r}: use one of {', '.join(fmt.PRECISIONS)}")
     if opts.ds_name is not None and (not opts.ds_name or "/" in opts.ds_name):
@@ -143,11 +157,13 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] | None = None,
     template = attrs.get("hooked_module")
     if not isinstance(template, str) or "{i}" not in template:
         raise StoreError(f"model {model_id} records no hooked_module template; cannot name the files")
-    model_name = opts.model_name or fmt.model_dir_name(str(attrs.get("name_or_path") or attrs.get("model_id") or ""))
-    if not model_name or model_name in (".", "..") or "/" in model_name:
-        if opts.model_name:
-            raise InputError(f"--model-name {model_name!r} is not a folder name (no '/', not '.' or '..')")
-        raise InputError(f"cannot name the model folder ({model_name!r}); pass --model-name")
+    name_or_path = str(attrs.get("name_or_path") or attrs.get("model_id") or "")
+    names = {rule.name: opts.model_name or rule.model_folder(name_or_path) for rule in rules}
+    for model_name in names.values():
+        if not model_name or model_name in (".", "..") or "/" in model_name:
+            if opts.model_name:
+                raise InputError(f"--model-name {model_name!r} is not a folder name (no '/', not '.' or '..')")
+            raise InputError(f"cannot name the model folder ({model_name!r}); pass --model-name")
     sample_size = _sample_size(opts, attrs)
 
     with storage_errors(store.url, store.storage_options):
@@ -162,10 +178,16 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] | None = None,
     missing = [x for x in wanted if x not in n_tokens]
     if missing:
         raise InputError(f"layers {missing} are not in the store (it has {stored_layers})")
-    folder = Path(opts.stats_dir) / model_name / fmt.stats_folder_name(ds_name)
-    targets = {layer: folder / fmt.file_name(template.format(i=layer), opts.precision, sample_size)
-               for layer in wanted}
-    existing = [p for p in targets.values() if p.exists()]
+    written: list[LayoutFiles] = []
+    for rule in rules:
+        folder = Path(opts.stats_dir) / names[rule.name] / fmt.stats_folder_name(ds_name)
+        written.append(LayoutFiles(rule, names[rule.name], folder, {
+            layer: folder / rule.file_name(template.format(i=layer), opts.precision, sample_size) for layer in wanted}))
+    targets: dict[Path, int] = {}  # rules that name the same file write it once
+    for lf in written:
+        for layer, p in lf.files.items():
+            targets.setdefault(p, layer)
+    existing = [p for p in targets if p.exists()]
     if existing and not opts.overwrite:
         raise InputError(f"{existing[0]} already exists ({len(existing)} of {len(targets)} files); "
                          "pass --overwrite to replace them")
@@ -181,14 +203,19 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] | None = None,
     provenance = {"written_by": f"kisstore {__version__}", "store": redact(opts.store), "model_group": model_id,
                   "corpus": attrs.get("corpus"), "corpus_documents": attrs.get("corpus_documents"),
                   "corpus_tokens": attrs.get("corpus_tokens"), "max_length": attrs.get("max_length"),
-                  "cov_source": attrs.get("cov_source"), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    for layer, target in targets.items():
+                  "cov_source": attrs.get("cov_source"),
+                  "naming_rules": [rule.name for rule in rules], "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    for layer in wanted:
         with storage_errors(store.url, store.storage_options):
             cov = np.asarray(ds["cov"].sel(layer=layer).values, dtype=np.float64)
         total = cov * n_tokens[layer]
         arrays = fmt.mom2_payload(total, n_tokens[layer], opts.precision, sample_size,
                                   {**provenance, "layer": layer})
-        fmt.write_stats_file(target, arrays)
-        if echo:
-            echo(str(target))
-    return ExportResult(model_id, model_name, folder, targets, sample_size, opts.precision, ds_name, template)
+        del cov, total
+        for target in (p for p, at in targets.items() if at == layer):
+            fmt.write_stats_file(target, arrays)
+            if echo:
+                echo(str(target))
+    first = written[0]
+    return ExportResult(model_id, first.model_name, first.folder, first.files, sample_size, opts.precision, ds_name,
+                        template, written)
