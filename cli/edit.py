@@ -59,7 +59,7 @@ from kisstore_cli.common import (
               help="Forecast: the step where fewer than F of the tracked facts are still known (collapse).")
 @click.option("--dpi", type=int, default=150, show_default=True, help="Resolution of the --report PNGs.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="Write the forgetting curve and interference figures (PNG) to DIR.")
+              help="Write the figures (PNG) and report.html (offline; every run of the store on this model and layer) to DIR.")
 @click.option("--overwrite", is_flag=True, help="Replace a run of the same name.")
 @click.option("--quiet", is_flag=True, help="No per-step lines.")
 @storage_option
@@ -104,10 +104,12 @@ def edit_command(store, model, layer, edits, tracked, tracked_from, method, seed
                f"{ds.attrs['max_live_relative_error']:.1e} in the live model's forward "
                f"(max relative errors), {ds.attrs['seconds']:.0f} s")
     if report_dir:
+        from kisstore.edit.html import store_runs, write_html
         from kisstore.edit.report import write_report
 
-        paths = write_report(ds, Path(report_dir))
-        click.echo(f"wrote {len(paths)} figures to {report_dir}")
+        paths = write_report(ds, Path(report_dir), dpi=dpi)
+        page = write_html(store_runs(store, run, storage_options_from(storage_options)) or [ds], Path(report_dir))
+        click.echo(f"wrote {len(paths)} figures and {page.name} to {report_dir}")
 
 
 COMMANDS = [edit_command]

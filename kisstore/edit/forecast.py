@@ -12,7 +12,7 @@ norm (``predicted_norm``). Relative to the fact's own value ``|W_0 k|`` this is 
   alone, which extends past the last edit.
 
 The measured loss is the drop in ``log p(target_true)`` and whether the fact is still known
-(greedy top-1); only tracked facts the unedited model knows are followed. The fit (R², Spearman's ρ, the AUC of drift for "forgotten") says how well the
+(greedy top-1; "still known" concerns the tracked facts the unedited model knows). The fit (R², Spearman's ρ, the AUC of drift for "forgotten") says how well the
 drift explains it. A fact counts as forgotten in the forecast once its drift exceeds a critical
 drift ``d_c``, fitted on half of the tracked facts (the other half checks it); the forecast's
 collapse step is the first where fewer than ``threshold`` of the tracked facts are still known.
@@ -114,8 +114,7 @@ def add_forecast(ds: xr.Dataset, threshold: float = 0.5, horizon: int = 10) -> x
     ``horizon``: the statistical forecast runs to ``horizon ×`` the run's number of edits.
     """
     known = ds["top1"].values.astype(bool)
-    # the facts followed: tracked facts the unedited model knows (all of them with --tracked-from known)
-    tracked = (ds["role"].values == "tracked") & known[0]
+    tracked = ds["role"].values == "tracked"
     steps = ds["step"].values
     n_e = int(steps[-1])
     drift = _drift(ds)
@@ -123,7 +122,8 @@ def add_forecast(ds: xr.Dataset, threshold: float = 0.5, horizon: int = 10) -> x
           if ds["coefficient"].dims == ("step", "item") and ds["residual_norm"].dims == ("step",)
           else np.full_like(drift, np.nan))
     drop = np.where(tracked[None, :], logp_drop(ds["p_true"].values), np.nan)
-    measured = known[:, tracked].mean(axis=1) if tracked.any() else np.full(len(steps), np.nan)
+    followed = tracked & known[0]  # "still known" concerns the tracked facts the unedited model knows
+    measured = known[:, followed].mean(axis=1) if followed.any() else np.full(len(steps), np.nan)
 
     fit: dict[str, float | int] = {"collapse_threshold": threshold}
     x = drift[1:, tracked].ravel()
@@ -135,7 +135,8 @@ def add_forecast(ds: xr.Dataset, threshold: float = 0.5, horizon: int = 10) -> x
     rho = stats.spearmanr(x[ok], y[ok]) if ok.sum() >= 3 else None
     fit["spearman_logp_drop"] = float(rho.statistic) if rho is not None else float("nan")
     fit["spearman_logp_drop_p"] = float(rho.pvalue) if rho is not None else float("nan")
-    fit["auc_forgotten"] = auc(x[ok], ~kn[ok])
+    was = np.broadcast_to(known[0, tracked], drift[1:, tracked].shape).ravel()
+    fit["auc_forgotten"] = auc(x[ok & was], ~kn[ok & was])
     xr_ = rw[1:, tracked].ravel()
     okr = np.isfinite(xr_) & np.isfinite(y)
     fit["r2_logp_drop_random_walk"] = linear_r2(xr_[okr], y[okr])
@@ -143,24 +144,24 @@ def add_forecast(ds: xr.Dataset, threshold: float = 0.5, horizon: int = 10) -> x
                                              if okr.sum() >= 3 else float("nan"))
 
     # the critical drift from half of the tracked facts; the other half checks it
-    idx = np.flatnonzero(tracked)
+    idx = np.flatnonzero(followed)
     calib, check = idx[0::2], idx[1::2]
     d_c = critical_drift(drift[1:, calib].ravel(), known[1:, calib].ravel()) if len(calib) else float("nan")
     fit["critical_drift"] = d_c
     if len(check):
         fit["heldout_accuracy"] = float(np.mean((drift[1:, check] < d_c) == known[1:, check]))
-    predicted = (drift[:, tracked] < d_c).mean(axis=1) if tracked.any() else np.full(len(steps), np.nan)
+    predicted = (drift[:, followed] < d_c).mean(axis=1) if followed.any() else np.full(len(steps), np.nan)
     fit["predicted_collapse_step"] = collapse_step(predicted, steps, threshold)
     fit["measured_collapse_step"] = collapse_step(measured, steps, threshold)
 
     # the P statistics alone, extended past the run
-    p_off = ds["coefficient"].values[1:][:, tracked] if ds["coefficient"].dims == ("step", "item") else None
+    p_off = ds["coefficient"].values[1:][:, followed] if ds["coefficient"].dims == ("step", "item") else None
     r = ds["residual_norm"].values[1:] if ds["residual_norm"].dims == ("step",) else None
     horizon_steps = np.arange(horizon * n_e + 1)
     if p_off is not None and r is not None and p_off.size and np.isfinite(r).any():
         mean_p2 = float(np.nanmean(p_off**2))
         r_rms = float(np.sqrt(np.nanmean(r**2)))
-        stat = statistical_drift(mean_p2, r_rms, ds["value_norm"].values[tracked], horizon_steps)
+        stat = statistical_drift(mean_p2, r_rms, ds["value_norm"].values[followed], horizon_steps)
         stat_retention = (stat < d_c).mean(axis=1)
         fit["mean_p2"], fit["r_rms"] = mean_p2, r_rms
         fit["predicted_collapse_step_statistical"] = collapse_step(stat_retention, horizon_steps, threshold)
@@ -180,7 +181,7 @@ def add_forecast(ds: xr.Dataset, threshold: float = 0.5, horizon: int = 10) -> x
         "long_name": "forecast share of tracked facts still known (drift below the critical drift)", "units": "1"})
     out["forecast_retention_statistical"] = ("forecast_step", stat_retention, {
         "long_name": "forecast share still known from the P statistics alone (E[P²], r_rms)", "units": "1"})
-    fit["n_facts"] = int(tracked.sum())
+    fit["n_facts"], fit["n_known_facts"] = int(tracked.sum()), int(followed.sum())
     out.attrs["forecast"] = {k: (float(v) if isinstance(v, float) else v) for k, v in fit.items()}
     out.attrs["forecast_method"] = ("critical drift fitted on every other tracked fact (balanced accuracy), "
                                     "checked on the rest; collapse step -1: not reached")
