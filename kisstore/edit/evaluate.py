@@ -200,8 +200,9 @@ class CounterFactEvaluator:
         rows = list(range(len(self.edited) if step == 0 else min(step, len(self.edited))))
         s = self.rewrite.score(rows)
         self.p["rewrite_p_true"][e, rows], self.p["rewrite_p_new"][e, rows] = s.p_true[rows], s.p_new[rows]
+        wanted = set(rows)
         for name, (cells, probe) in self._probes.items():
-            chosen = [i for i, (r, _c) in enumerate(cells) if r in set(rows)]
+            chosen = [i for i, (r, _c) in enumerate(cells) if r in wanted]
             if probe is None or not chosen:
                 continue
             s = probe.score(chosen)
