@@ -122,6 +122,8 @@ class _Axes:
 
     def legend(self, entries: Sequence[tuple[str, str, bool]]) -> None:
         t, r, b, left = _M
+        self.parts.append(f'<rect x="{self.w - r - 196}" y="{t - 2}" width="194" height="{14 * len(entries) + 6}" '
+                          'fill="#fff" fill-opacity="0.85" stroke="#ddd"/>')
         for i, (label, color, dash) in enumerate(entries):
             y = t + 8 + 14 * i
             style = ' stroke-dasharray="5,3"' if dash else ""
