@@ -50,15 +50,24 @@ from kisstore_cli.common import (
 @click.option("--threads", type=int, default=None, metavar="N",
               help="CPU threads for torch [default: torch's]; 1 is fastest on a machine shared with other jobs.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--eval-every", type=int, default=1, show_default=True, metavar="N",
+              help="CounterFact's evaluation (efficacy, paraphrase, neighborhood, fluency) every N steps; 0: none.")
+@click.option("--items", "items_file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Items file with the CounterFact prompts (paraphrase_prompts, …) [default: the embedded "
+                   "facts, when the store was extracted from them].")
+@click.option("--collapse-threshold", type=float, default=0.5, show_default=True, metavar="F",
+              help="Forecast: the step where fewer than F of the tracked facts are still known (collapse).")
+@click.option("--dpi", type=int, default=150, show_default=True, help="Resolution of the --report PNGs.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="Write the forgetting curve and interference figures (PNG) to DIR.")
+              help="Write the figures (PNG) and report.html (offline; every run of the store on this model and layer) to DIR.")
 @click.option("--overwrite", is_flag=True, help="Replace a run of the same name.")
 @click.option("--quiet", is_flag=True, help="No per-step lines.")
 @storage_option
 @handle_errors
 def edit_command(store, model, layer, edits, tracked, tracked_from, method, seed, run_name, nullspace_threshold,
                  nullspace_relative, alphaedit_l2, ridge,
-                 direct_scale, rome_steps, rome_lr, kl_factor, weight_decay, vectors, threads, device, report_dir,
+                 direct_scale, rome_steps, rome_lr, kl_factor, weight_decay, vectors, threads, device, eval_every,
+                 items_file, collapse_threshold, dpi, report_dir,
                  overwrite, quiet, storage_options):
     """Apply E sequential rank-one edits W ← W + Λ(C⁻¹k*)ᵀ to one layer of a model whose keys and C
     are in STORE; record predicted and measured interference, efficacy and the forgetting curve
@@ -68,6 +77,10 @@ def edit_command(store, model, layer, edits, tracked, tracked_from, method, seed
     Example:
       kisstore edit demo.zarr --model smollm2-135m --layer 4 --edits 50 --method rome --report edit-report
     """
+    if dpi < 20 or dpi > 1200:
+        from kisstore.errors import InputError
+
+        raise InputError(f"--dpi must lie between 20 and 1200, got {dpi}")
     output_dir(report_dir, "--report")  # an unwritable destination fails before the edits, not after
     from kisstore.edit import EditOptions, RomeOptions, run_edit
     from kisstore.edit.report import forgetting_table
@@ -77,7 +90,8 @@ def edit_command(store, model, layer, edits, tracked, tracked_from, method, seed
         run=run_name, nullspace_threshold=nullspace_threshold, nullspace_relative=nullspace_relative,
         alphaedit_l2=alphaedit_l2, ridge=ridge, direct_scale=direct_scale,
         rome=RomeOptions(steps=rome_steps, lr=rome_lr, kl_factor=kl_factor, weight_decay=weight_decay),
-        vectors=vectors, threads=threads, overwrite=overwrite, device=device, storage_options=storage_options_from(storage_options),
+        vectors=vectors, threads=threads, eval_every=eval_every, items=items_file,
+        collapse_threshold=collapse_threshold, overwrite=overwrite, device=device, storage_options=storage_options_from(storage_options),
     )
     run, ds = run_edit(opts, progress=None if quiet else click.echo)
     rows = forgetting_table(ds, every=max(1, edits // 10))
@@ -90,10 +104,12 @@ def edit_command(store, model, layer, edits, tracked, tracked_from, method, seed
                f"{ds.attrs['max_live_relative_error']:.1e} in the live model's forward "
                f"(max relative errors), {ds.attrs['seconds']:.0f} s")
     if report_dir:
+        from kisstore.edit.html import store_runs, write_html
         from kisstore.edit.report import write_report
 
-        paths = write_report(ds, Path(report_dir))
-        click.echo(f"wrote {len(paths)} figures to {report_dir}")
+        paths = write_report(ds, Path(report_dir), dpi=dpi)
+        page = write_html(store_runs(store, run, storage_options_from(storage_options)) or [ds], Path(report_dir))
+        click.echo(f"wrote {len(paths)} figures and {page.name} to {report_dir}")
 
 
 COMMANDS = [edit_command]

@@ -67,7 +67,7 @@ def cli_run(gpt2_store, tiny_models, tmp_path_factory):
 
 def test_predicted_equals_measured_interference_over_20_edits(cli_run):
     ds, _, _ = cli_run
-    assert ds.sizes == {"step": 21, "item": 32, "d_model": 32}
+    assert {d: ds.sizes[d] for d in ("step", "item", "d_model")} == {"step": 21, "item": 32, "d_model": 32}
     pred, meas = ds["predicted_change"].values, ds["measured_change"].values
     for s in range(1, 21):
         assert np.linalg.norm(pred[s] - meas[s]) <= 1e-8 * np.linalg.norm(meas[s])

@@ -132,3 +132,134 @@ class FactProbe:
             else:
                 out.p_true[i], out.top1[i] = np.exp(lp), gr
         return out
+
+
+def greedy_generations(lm, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    """Greedy continuations (the new text only) of each prompt, one prompt at a time (no padding)."""
+    import torch
+
+    tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out = []
+    for text in prompts:
+        ids = torch.tensor([tok(text, add_special_tokens=True)["input_ids"]], device=lm.device)
+        with torch.inference_mode():
+            gen = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                    do_sample=False, pad_token_id=pad)
+        out.append(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
+    return out
+
+
+def _prompt_item(case_id: int, text: str, item: Item) -> Item:
+    """A whole prompt text as an Item (the text is its own "subject") scored on ``item``'s targets."""
+    return Item(case_id, "{}", text, item.relation_id, item.target_true, item.target_new)
+
+
+class CounterFactEvaluator:
+    """CounterFact's evaluation of the edited facts at chosen steps (ROME/MEMIT's metrics).
+
+    At step 0 every edited fact is scored (the unedited model: the baseline); at a later step
+    the facts edited so far. Prompts come from ``prompts`` (by case_id); a fact without them
+    gets NaN there. Fluency is measured on a fixed panel of generation prompts (the first
+    generation prompt of each of the first ``fluency_prompts`` edited facts that have one), so
+    its values are comparable across steps.
+    """
+
+    def __init__(self, lm, edited: Sequence[Item], prompts, steps: Sequence[int], *, neighborhood_max: int = 10,
+                 fluency_prompts: int = 4, generation_tokens: int = 40, batch_tokens: int = 2048):
+        from kisstore.edit import metrics as m
+
+        self.lm, self.edited, self.steps = lm, list(edited), list(steps)
+        self.source = prompts.source
+        self.generation_tokens = generation_tokens
+        got = [prompts.prompts.get(it.case_id, m.CounterFactPrompts()) for it in self.edited]
+        self.paraphrase = m.pad_prompts([g.paraphrase for g in got])
+        self.neighborhood = m.pad_prompts([g.neighborhood for g in got], neighborhood_max)
+        self.generation = [g.generation[0] for g in got if g.generation][:fluency_prompts] or [""]
+        n, s = len(self.edited), len(self.steps)
+        self.rewrite = FactProbe(lm, self.edited, batch_tokens=batch_tokens)
+        self._probes = {}
+        for name, table in (("paraphrase", self.paraphrase), ("neighborhood", self.neighborhood)):
+            cells = [(r, c) for r in range(n) for c in range(table.shape[1]) if table[r, c]]
+            items = [_prompt_item(self.edited[r].case_id, table[r, c], self.edited[r]) for r, c in cells]
+            self._probes[name] = (cells, FactProbe(lm, items, batch_tokens=batch_tokens) if items else None)
+        self.p = {f"{kind}_{t}": np.full((s, n) + (() if kind == "rewrite" else (table.shape[1],)), np.nan)
+                  for kind, table in (("rewrite", None), ("paraphrase", self.paraphrase),
+                                      ("neighborhood", self.neighborhood)) for t in ("p_true", "p_new")}
+        self.texts = np.full((s, len(self.generation)), "", dtype=object)
+        self.entropy = np.full((s, len(self.generation)), np.nan)
+
+    def due(self, step: int) -> bool:
+        return step in self.steps
+
+    def evaluate(self, step: int) -> None:
+        """Score the edited facts (those edited by ``step``; all at step 0) and generate the panel."""
+        from kisstore.edit.metrics import fluency
+
+        e = self.steps.index(step)
+        rows = list(range(len(self.edited) if step == 0 else min(step, len(self.edited))))
+        s = self.rewrite.score(rows)
+        self.p["rewrite_p_true"][e, rows], self.p["rewrite_p_new"][e, rows] = s.p_true[rows], s.p_new[rows]
+        wanted = set(rows)
+        for name, (cells, probe) in self._probes.items():
+            chosen = [i for i, (r, _c) in enumerate(cells) if r in wanted]
+            if probe is None or not chosen:
+                continue
+            s = probe.score(chosen)
+            for i in chosen:
+                r, c = cells[i]
+                self.p[f"{name}_p_true"][e, r, c], self.p[f"{name}_p_new"][e, r, c] = s.p_true[i], s.p_new[i]
+        if any(self.generation):
+            self.texts[e] = greedy_generations(self.lm, self.generation, self.generation_tokens)
+            self.entropy[e] = [fluency(t) for t in self.texts[e]]
+
+    def dataset(self):
+        """The arrays on (eval_step, edit[, paraphrase | neighborhood | generation]), with summaries."""
+        import xarray as xr
+
+        from kisstore.edit.metrics import counterfact_summary
+
+        p = self.p
+        summary = [counterfact_summary(p["rewrite_p_true"][e], p["rewrite_p_new"][e], p["paraphrase_p_true"][e],
+                                       p["paraphrase_p_new"][e], p["neighborhood_p_true"][e],
+                                       p["neighborhood_p_new"][e], self.entropy[e]) for e in range(len(self.steps))]
+        ds = xr.Dataset(coords={
+            "eval_step": np.asarray(self.steps, dtype=np.int64),
+            "edit": np.array([it.case_id for it in self.edited], dtype=np.int64),
+            "paraphrase_prompt": (("edit", "paraphrase"), self.paraphrase),
+            "neighborhood_prompt": (("edit", "neighborhood"), self.neighborhood),
+            "generation_prompt": ("generation", np.array(self.generation, dtype=object)),
+        })
+        what = {"rewrite": "the edited prompt", "paraphrase": "its paraphrase prompts",
+                "neighborhood": "its neighborhood prompts (other subjects)"}
+        for key, values in p.items():
+            kind, target = key.split("_", 1)
+            dims = ("eval_step", "edit") + (() if kind == "rewrite" else (kind,))
+            ds[key] = (dims, values, {"long_name": f"{target.replace('_', '(target_')}) on {what[kind]}",
+                                      "units": "probability"})
+        ds["generation_text"] = (("eval_step", "generation"), self.texts,
+                                 {"long_name": f"greedy continuation ({self.generation_tokens} new tokens)"})
+        ds["generation_entropy"] = (("eval_step", "generation"), self.entropy,
+                                    {"long_name": "weighted bi/tri-gram entropy of the generation (ROME's fluency)",
+                                     "units": "bits"})
+        longs = {"efficacy_score": ("share of edited facts with p(new) > p(true) on the edited prompt", "1"),
+                 "efficacy_magnitude": ("mean p(new) − p(true) on the edited prompt", "probability"),
+                 "paraphrase_score": ("share with p(new) > p(true) on paraphrase prompts", "1"),
+                 "paraphrase_magnitude": ("mean p(new) − p(true) on paraphrase prompts", "probability"),
+                 "neighborhood_score": ("share with p(true) > p(new) on neighborhood prompts", "1"),
+                 "neighborhood_magnitude": ("mean p(true) − p(new) on neighborhood prompts", "probability"),
+                 "fluency": ("mean generation entropy over the panel (ROME's n-gram entropy)", "bits")}
+        for key, (long_name, units) in longs.items():
+            values = np.array([row[key] for row in summary])
+            attrs = {"long_name": long_name, "units": units}
+            if not np.isfinite(values).any():
+                attrs["missing"] = f"no evaluated fact has the prompts for it (prompts: {self.source})"
+            ds[key] = ("eval_step", values, attrs)
+        ds.attrs.update({
+            "counterfact_prompts": self.source,
+            "facts_without_paraphrase_prompts": int(sum(not any(r) for r in self.paraphrase)),
+            "facts_without_neighborhood_prompts": int(sum(not any(r) for r in self.neighborhood)),
+            "generation_tokens": self.generation_tokens,
+            "eval_scope": "step 0: every edited fact (unedited model); step s: the facts edited at steps ≤ s",
+        })
+        return ds

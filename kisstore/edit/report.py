@@ -49,8 +49,9 @@ def forgetting_table(ds: xr.Dataset, every: int = 5) -> list[dict[str, float]]:
     return rows
 
 
-def write_report(ds: xr.Dataset, folder: str | Path) -> list[Path]:
-    """Write ``forgetting_curve.png``, ``predicted_vs_measured.png`` and ``interference_vs_p.png``."""
+def write_report(ds: xr.Dataset, folder: str | Path, dpi: int = 150) -> list[Path]:
+    """Write ``forgetting_curve.png``, ``predicted_vs_measured.png``, ``interference_vs_p.png`` and,
+    where the run has them, ``counterfact_metrics.png`` and ``forecast.png`` (at ``dpi``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,7 +72,7 @@ def write_report(ds: xr.Dataset, folder: str | Path) -> list[Path]:
            title=f"Forgetting curve — {title}")
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
-    paths.append(_save(fig, out / "forgetting_curve.png"))
+    paths.append(_save(fig, out / "forgetting_curve.png", dpi))
 
     fig, ax = plt.subplots(figsize=(5.2, 5))
     pred = ds["predicted_norm"].values[1:].ravel()
@@ -83,7 +84,7 @@ def write_report(ds: xr.Dataset, folder: str | Path) -> list[Path]:
     ax.set(xlabel="predicted |Δ value| (keys, C, Λ)", ylabel="measured |W_n k − W_0 k| (edited weight)",
            title=f"max relative error {ds.attrs.get('max_relative_error', float('nan')):.1e}")
     ax.legend(fontsize=8)
-    paths.append(_save(fig, out / "predicted_vs_measured.png"))
+    paths.append(_save(fig, out / "predicted_vs_measured.png", dpi))
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     steps = slice(1, None)
@@ -99,8 +100,66 @@ def write_report(ds: xr.Dataset, folder: str | Path) -> list[Path]:
     ax.set(xlabel="P value G(k*_j, k_i) / G(k*_j, k*_j)", ylabel="|change of k_i's value| / |intended change r_j|",
            title="Interference of one edit on every other key")
     ax.legend(fontsize=8)
-    paths.append(_save(fig, out / "interference_vs_p.png"))
+    paths.append(_save(fig, out / "interference_vs_p.png", dpi))
+    if "eval_step" in ds.dims:
+        paths.append(_counterfact_figure(ds, title, out / "counterfact_metrics.png", dpi))
+    if "forecast_drift" in ds:
+        paths.append(_forecast_figure(ds, title, out / "forecast.png", dpi))
     return paths
+
+
+def _counterfact_figure(ds: xr.Dataset, title: str, path: Path, dpi: int) -> Path:
+    import matplotlib.pyplot as plt
+
+    s = ds["eval_step"].values
+    fig, (ax, fx) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label, style in (("efficacy_score", "efficacy: p(new) > p(true), edited prompt", "o-"),
+                              ("paraphrase_score", "generalization: p(new) > p(true), paraphrases", "s-"),
+                              ("neighborhood_score", "specificity: p(true) > p(new), neighborhood", "^-")):
+        ax.plot(s, ds[key].values, style, ms=4, label=label)
+    if "measured_retention" in ds:
+        ax.plot(ds["step"].values, ds["measured_retention"].values, "k--", lw=1, label="tracked facts still known")
+    ax.set(xlabel="number of sequential edits", ylabel="share of facts (score, 0–1)", ylim=(-0.02, 1.02),
+           title="CounterFact scores")
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fx.plot(s, ds["fluency"].values, "o-", ms=4, color="C4")
+    fx.set(xlabel="number of sequential edits", ylabel="n-gram entropy (bits)",
+           title="Fluency of greedy generations")
+    fx.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path, dpi)
+
+
+def _forecast_figure(ds: xr.Dataset, title: str, path: Path, dpi: int) -> Path:
+    import matplotlib.pyplot as plt
+
+    fit = ds.attrs.get("forecast", {})
+    followed = ds["role"].values == "tracked"
+    drift = ds["forecast_drift"].values[1:, followed]
+    drop = ds["logp_true_drop"].values[1:, followed]
+    steps = np.broadcast_to(ds["step"].values[1:, None], drift.shape)
+    fig, (ax, rx) = plt.subplots(1, 2, figsize=(10, 4))
+    sc = ax.scatter(drift.ravel(), drop.ravel(), c=steps.ravel(), s=6, cmap="viridis", alpha=0.7)
+    fig.colorbar(sc, ax=ax, label="edit step")
+    ax.set(xlabel="predicted drift |Σ P(k*_j,k) r_j| / |W₀k| (dimensionless)",
+           ylabel="measured drop of log p(target_true) (nats)",
+           title=f"R² {fit.get('r2_logp_drop', float('nan')):.2f}, Spearman ρ {fit.get('spearman_logp_drop', float('nan')):.2f}")
+    ax.grid(alpha=0.3)
+    rx.plot(ds["step"].values, ds["measured_retention"].values, "o-", ms=3, label="measured (top-1)")
+    rx.plot(ds["step"].values, ds["forecast_retention"].values, "--",
+            label=f"forecast: drift < d_c = {fit.get('critical_drift', float('nan')):.2f}")
+    stat = ds["forecast_retention_statistical"]
+    rx.plot(stat["forecast_step"].values, stat.values, ":", label="forecast from P statistics alone")
+    thr = fit.get("collapse_threshold", 0.5)
+    rx.axhline(thr, color="grey", lw=0.8)
+    rx.set(xlabel="number of sequential edits", ylabel="share of tracked facts still known", ylim=(-0.02, 1.02),
+           title=f"collapse (< {thr:g}): predicted {fit.get('predicted_collapse_step')}, "
+                 f"measured {fit.get('measured_collapse_step')}, P-stats {fit.get('predicted_collapse_step_statistical')}")
+    rx.legend(fontsize=7)
+    rx.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path, dpi)
 
 
 def _not_self(ds: xr.Dataset) -> np.ndarray:
@@ -111,9 +170,9 @@ def _not_self(ds: xr.Dataset) -> np.ndarray:
     return mask
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, dpi: int = 150) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     import matplotlib.pyplot as plt
 
     plt.close(fig)

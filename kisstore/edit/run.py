@@ -63,6 +63,9 @@ class EditOptions:
     device: str = "auto"
     batch_tokens: int = 2048
     threads: int | None = None  # torch intra-op threads (1 is fastest on a CPU shared with other jobs)
+    eval_every: int = 1  # CounterFact's evaluation every N steps (0: none); kisstore.edit.metrics
+    collapse_threshold: float = 0.5  # forecast: the share of tracked facts still known that counts as collapse
+    items: str | None = None  # items file with the CounterFact prompts [default: the store's, when embedded]
     storage_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -112,6 +115,11 @@ def validate(opts: EditOptions) -> None:
     from kisstore.limits import check_threads
 
     check_threads(opts.threads)
+    if opts.eval_every < 0:
+        raise InputError(f"--eval-every must be 0 (no evaluation) or a positive number of steps, got {opts.eval_every}")
+    if not 0.0 < opts.collapse_threshold < 1.0:
+        raise InputError(f"--collapse-threshold must lie in (0, 1) (a share of the tracked facts still known), "
+                         f"got {opts.collapse_threshold}")
     if opts.rome.steps < 2:
         raise InputError(f"--rome-steps must be at least 2 (N evaluations of the loss make at most N − 1 Adam "
                          f"updates, as ROME's v_num_grad_steps), got {opts.rome.steps}")
@@ -219,7 +227,8 @@ def _same_run(stored: dict[str, Any], opts: EditOptions, model_id: str, layer: i
             "method": opts.method, "seed": opts.seed, "nullspace_threshold": opts.nullspace_threshold,
             "alphaedit_l2": opts.alphaedit_l2, "nullspace_rule": "relative" if opts.nullspace_relative else "absolute",
             "ridge": opts.ridge, "direct_scale": opts.direct_scale, "vectors": opts.vectors,
-            "rome": json.loads(json.dumps({**asdict(opts.rome), "prefixes": list(opts.rome.prefixes)}))}
+            "rome": json.loads(json.dumps({**asdict(opts.rome), "prefixes": list(opts.rome.prefixes)})),
+            "eval_every": opts.eval_every, "collapse_threshold": opts.collapse_threshold}
     if opts.tracked is not None:
         want["tracked"] = opts.tracked
     return all(stored.get(k) == v for k, v in want.items())
@@ -299,6 +308,12 @@ def run_edit(opts: EditOptions, progress: Callable[[str], None] | None = None) -
     commit.recover(Store(opts.store, opts.storage_options))  # a commit a kill interrupted, first
     plan = plan_edit(opts)
     say = progress or (lambda _msg: None)
+    prompts = None
+    if opts.eval_every and not plan.done:  # a bad --items fails before the model loads
+        from kisstore.edit.metrics import resolve_prompts
+
+        store_ro = Store(opts.store, opts.storage_options, read_only=True)
+        prompts = resolve_prompts(opts.items, store_ro.group_attrs(layout.ITEMS), plan.items[: plan.n_edits])
     if plan.done:
         say(f"[{plan.model_id}] /{edit_path(plan.run)} is already complete in the store with these settings; "
             "nothing to do (pass --overwrite to redo it)")
@@ -311,7 +326,7 @@ def run_edit(opts: EditOptions, progress: Callable[[str], None] | None = None) -
     lm = load_for_plan(opts, plan)
     say(f"[{plan.model_id}] loaded {lm.provenance.get('model_name')} on {lm.device} "
         f"({time.perf_counter() - t0:.1f} s)")
-    ds = sequential_edits(lm, plan, opts, say)
+    ds = sequential_edits(lm, plan, opts, say, prompts=prompts)
     ds.attrs.update(run_attrs(opts, plan, lm, time.perf_counter() - t0))
     store = Store(opts.store, opts.storage_options)
     path = edit_path(plan.run)
@@ -324,7 +339,7 @@ def run_edit(opts: EditOptions, progress: Callable[[str], None] | None = None) -
     return plan.run, ds
 
 
-def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str], None]) -> xr.Dataset:
+def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str], None], prompts=None) -> xr.Dataset:
     """Apply the plan's edits one after another to the live model; measure and predict each step."""
     import torch
 
@@ -381,10 +396,19 @@ def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str],
         p_true[step], p_new[step], top1[step] = s.p_true, s.p_new, s.top1
 
     live = np.zeros((steps, n, d_model))  # W_n k − W_0 k as the live model computes it
+    counterfact = None
+    if opts.eval_every:
+        from kisstore.edit.evaluate import CounterFactEvaluator
+        from kisstore.edit.metrics import PromptSource, eval_steps
+
+        counterfact = CounterFactEvaluator(lm, plan.items[:n_e], prompts or PromptSource(),
+                                           eval_steps(n_e, opts.eval_every), batch_tokens=opts.batch_tokens)
     try:
         live_base = probe.outputs(module)
         check_same_model(plan, base, live_base)
         score(0)
+        if counterfact is not None:
+            counterfact.evaluate(0)
         for j in range(1, steps):
             t = time.perf_counter()
             item, k = plan.items[j - 1], keys[j - 1]
@@ -415,6 +439,8 @@ def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str],
 
             score(j)
             seconds[j] = time.perf_counter() - t
+            if counterfact is not None and counterfact.due(j):
+                counterfact.evaluate(j)  # CounterFact's metrics (not counted in the step's seconds)
             say(f"[step {j}/{n_e}] case {item.case_id} {item.subject!r} → {item.target_new!r}: "
                 f"p_new {p_new[j - 1, j - 1]:.3g} → {p_new[j, j - 1]:.3g} (p_true {p_true[j, j - 1]:.3g}); "
                 f"tracked p_true {np.nanmean(p_true[j, tracked]):.3g}, top-1 {np.mean(top1[j, tracked]):.0%} "
@@ -426,7 +452,7 @@ def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str],
     predicted = np.concatenate([np.zeros((1, n, d_model)), cf.predicted_changes(residual, coeff)])
     coeff_a = np.nan_to_num(coeff_alpha[1:], nan=0.0)
     predicted_alpha = np.concatenate([np.zeros((1, n, d_model)), cf.predicted_changes(residual_alpha, coeff_a)])
-    return build_dataset(
+    ds = build_dataset(
         plan=plan, predicted=predicted, measured=measured, coeff=coeff,
         predicted_alpha=predicted_alpha, measured_alpha=measured_alpha, live=live,
         coeff_alpha=coeff_alpha, lam_norm=lam_norm, update_norm=update_norm, update_norm_alpha=update_norm_alpha,
@@ -434,6 +460,20 @@ def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str],
         key_gram=key_gram, opt_steps=opt_steps, opt_nll=opt_nll, opt_nll_start=opt_nll_start, seconds=seconds,
         p_true=p_true, p_new=p_new, top1=top1, null_rank=null_rank, vectors=opts.vectors,
     )
+    return add_evaluation(ds, counterfact, _norm(base), opts.collapse_threshold)
+
+
+def add_evaluation(ds: xr.Dataset, counterfact, value_norm: np.ndarray, collapse_threshold: float) -> xr.Dataset:
+    """CounterFact's metrics (when evaluated) and the forgetting forecast, added to the run's arrays."""
+    from kisstore.edit.forecast import add_forecast
+
+    ds["value_norm"] = ("item", value_norm, {"long_name": "|W_0 k|: the fact's unedited MLP value at the layer"})
+    if counterfact is not None:
+        extra = counterfact.dataset()
+        attrs = {**ds.attrs, **extra.attrs}
+        ds = ds.merge(extra)
+        ds.attrs = attrs
+    return add_forecast(ds, collapse_threshold)
 
 
 def _since_edit(change: np.ndarray, n_e: int) -> np.ndarray:
@@ -548,6 +588,7 @@ def run_attrs(opts: EditOptions, plan: EditPlan, lm, elapsed: float) -> dict[str
         "token_position": plan.attrs.get("token_position"), "corpus": plan.attrs.get("corpus"),
         "n_tokens": plan.n_tokens, "device": lm.device, "dtype": lm.dtype, "threads": opts.threads,
         "storage_options": public_options(opts.storage_options), "seconds": round(elapsed, 2),
+        "eval_every": opts.eval_every, "collapse_threshold": opts.collapse_threshold,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": {"kisstore": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
         "complete": False,
