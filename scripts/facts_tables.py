@@ -133,7 +133,7 @@ Germany|Q183: Brandenburg Gate; Neuschwanstein Castle; Cologne Cathedral; Munich
 United Kingdom|Q145: Big Ben; Stonehenge; Tower of London; Buckingham Palace; Manchester; Liverpool; Birmingham; Edinburgh; Glasgow; Oxford; Cardiff; Belfast; Leeds
 Spain|Q29: Sagrada Familia; Alhambra; Barcelona; Seville; Valencia; Bilbao; Granada; Malaga; Zaragoza; Toledo Cathedral; Ibiza; Mallorca
 Japan|Q17: Mount Fuji; Osaka; Kyoto; Hiroshima; Nagasaki; Yokohama; Sapporo; Nagoya; Kobe; Okinawa; Fukuoka
-China|Q148: Great Wall of China; Forbidden City; Shanghai; Guangzhou; Shenzhen; Wuhan; Chengdu; Xi'an; Nanjing; Tianjin; Hangzhou; Terracotta Army
+China|Q148: Summer Palace; Forbidden City; Shanghai; Guangzhou; Shenzhen; Wuhan; Chengdu; Xi'an; Nanjing; Tianjin; Hangzhou; Terracotta Army
 India|Q668: Taj Mahal; Mumbai; Bangalore; Kolkata; Chennai; Hyderabad; Jaipur; Agra; Varanasi; Goa; Pune
 Russia|Q159: Kremlin; Red Square; Saint Petersburg; Novosibirsk; Vladivostok; Kazan; Yekaterinburg; Sochi; Siberia; Murmansk
 Brazil|Q155: Christ the Redeemer; Rio de Janeiro; Sao Paulo; Brasilia; Recife; Manaus; Fortaleza; Belo Horizonte
@@ -160,12 +160,12 @@ Ohio: Cleveland; Columbus; Cincinnati; Toledo; Dayton; Akron
 Massachusetts: Boston; Cape Cod; Martha's Vineyard; Lowell; Nantucket
 Pennsylvania: Philadelphia; Pittsburgh; Harrisburg; Gettysburg; Scranton; Liberty Bell
 Michigan: Detroit; Grand Rapids; Ann Arbor; Lansing; Flint
-Georgia: Atlanta; Savannah; Macon; Athens, Georgia
+Georgia: Atlanta; Savannah; Macon; Augusta National Golf Club
 New York|Q1384: Buffalo; Rochester; Albany; Syracuse; Long Island; Ithaca; Brooklyn; Manhattan
-Nevada: Las Vegas; Reno; Carson City; Henderson, Nevada
+Nevada: Las Vegas; Reno; Carson City; Area 51
 Arizona: Phoenix; Tucson; Flagstaff; Scottsdale; Tempe
-Colorado: Denver; Boulder; Aspen; Colorado Springs
-Louisiana: New Orleans; Baton Rouge; Shreveport; Lafayette, Louisiana
+Colorado: Denver; Boulder; Aspen; Pikes Peak
+Louisiana: New Orleans; Baton Rouge; Shreveport; Lake Charles
 Tennessee: Nashville; Memphis; Knoxville; Chattanooga
 """,
     ),
