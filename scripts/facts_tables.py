@@ -62,7 +62,7 @@ Mexico|Q96: Andres Manuel Lopez Obrador; Guillermo del Toro; Alfonso Cuaron; Ale
         meaning="occupation", kind="person",
         prompts=['{} works as a', '{} is a famous'],
         paraphrases=["{}'s occupation is", 'The profession of {} is'],
-        generation=["{} is known for", "{} spent most of his working life as a", "{}'s greatest work"],
+        generation=["{} is known for", "{} made a living as a", "{}'s greatest work"],
         table="""
 actor|Q33999: Leonardo DiCaprio; Brad Pitt; Tom Cruise; Johnny Depp; Robert De Niro; Al Pacino; Denzel Washington; Morgan Freeman; Samuel L. Jackson; Keanu Reeves; Will Smith; Matt Damon; George Clooney; Harrison Ford; Clint Eastwood; Jack Nicholson; Marlon Brando; Dustin Hoffman; Robin Williams; Tom Hardy; Christian Bale; Joaquin Phoenix; Jake Gyllenhaal; Mark Wahlberg; Nicolas Cage
 politician|Q82955: Nancy Pelosi; Bernie Sanders; Mitch McConnell; Kamala Harris; Theresa May; Gordon Brown; David Cameron; Keir Starmer; Jeremy Corbyn; Elizabeth Warren; Ted Cruz; Marco Rubio; Mike Pence; Al Gore; John McCain; Mitt Romney; Dick Cheney; Condoleezza Rice
