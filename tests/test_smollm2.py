@@ -95,6 +95,21 @@ def test_shared_counterfact_known_set_loads():
 
 def test_embedded_facts_file_is_valid_and_large_enough():
     items = load_items(None).items
-    assert len(items) >= 600
-    assert len({it.relation_id for it in items}) >= 20
+    assert len(items) >= 1500
+    assert len({it.relation_id for it in items}) >= 15
     assert embedded_items_path().is_file()
+
+
+def test_smollm2_knows_at_least_300_embedded_facts_and_the_demo_subjects_are_distinct(demo_store):
+    import xarray as xr
+
+    from kisstore.extract.keys import item_pass
+    from kisstore.models.loading import load_model
+
+    items = load_items(None).items
+    known = item_pass(load_model("smollm2-135m"), items, [0], progress=False).known  # the store's `known`
+    assert known.sum() >= 300
+    stored = xr.open_datatree(demo_store, engine="zarr")["items"].ds
+    first = [it for it, k in zip(items, known, strict=True) if k][:128]  # what --n-items 128 --known-only selects
+    assert stored["item"].values.tolist() == [it.case_id for it in first]
+    assert len(set(stored.subject.values.tolist())) == 128
