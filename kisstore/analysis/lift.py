@@ -130,3 +130,123 @@ def take(positions: xr.DataArray, values: xr.DataArray) -> xr.DataArray:
         input_core_dims=[["rank"], ["_v"]], output_core_dims=[["rank"]],
         dask="parallelized", output_dtypes=[dtype],
     )
+
+
+def kde_adaptive(matrices: xr.DataArray, grid: np.ndarray | None = None,
+                 n_points: int = stats.KDE_POINTS) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
+    """KDE of each matrix's off-diagonal entries on a grid of its own (``stats.kde_span``) or on
+    the fixed ``grid``: (density (…, grid), grid values (…, grid), share outside (…))."""
+    g = n_points if grid is None else len(grid)
+    both = xr.apply_ufunc(
+        lambda m: _each_matrix(lambda x: stats.kde_adaptive(x, grid, n_points), m),
+        matrices, input_core_dims=[PAIR], output_core_dims=[["_kde"]],
+        dask="parallelized", output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"_kde": 2 * g + 1}},
+    )
+    pos = np.arange(g, dtype=np.int64)
+    dens = both.isel(_kde=slice(0, g)).rename(_kde="grid").assign_coords(grid=pos)
+    x = both.isel(_kde=slice(g, 2 * g)).rename(_kde="grid").assign_coords(grid=pos)
+    return dens, x, both.isel(_kde=2 * g, drop=True)
+
+
+def pair_stats(matrices: xr.DataArray, masks: np.ndarray, names: list[str]) -> xr.DataArray:
+    """Statistics of each matrix's entries in each pair set (``masks`` (S, N, N)) → (…, pair_set, stat)."""
+    return xr.apply_ufunc(
+        lambda m: _each_matrix(lambda x: stats.describe_sets(x, masks), m),
+        matrices, input_core_dims=[PAIR], output_core_dims=[["pair_set", "stat"]],
+        dask="parallelized", output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"pair_set": len(names), "stat": len(stats.STAT_NAMES)}},
+    ).assign_coords(pair_set=np.array(names, dtype=object), stat=list(stats.STAT_NAMES))
+
+
+def bootstrap_intervals(matrices: xr.DataArray, counts: np.ndarray, masks: np.ndarray, names: list[str],
+                        confidence: float) -> xr.DataArray:
+    """Bootstrap percentile intervals (``bootstrap``) → (…, pair_set, stat, bound)."""
+    from kisstore.analysis import bootstrap
+
+    return xr.apply_ufunc(
+        lambda m: _each_matrix(lambda x: bootstrap.matrix_intervals(x, counts, masks, confidence), m),
+        matrices, input_core_dims=[PAIR], output_core_dims=[["pair_set", "stat", "bound"]],
+        dask="parallelized", output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"pair_set": len(names), "stat": len(stats.STAT_NAMES), "bound": 2}},
+    ).assign_coords(pair_set=np.array(names, dtype=object), stat=list(stats.STAT_NAMES),
+                    bound=np.array(["low", "high"], dtype=object))
+
+
+def cond_2norm(cov: xr.DataArray, ridge: float = 0.0) -> xr.DataArray:
+    """Exact 2-norm condition number λ_max/λ_min of C (+ ridge) from its eigenvalues, per layer."""
+    def block(c):
+        with threadpool_limits(limits=1, user_api="blas"):
+            return np.array([geometry.condition_number_2norm(x, ridge) for x in c], dtype=np.float64)
+
+    cov = cov.chunk({"layer": 1, "d_ff": -1, "d_ff_": -1})
+    return xr.apply_ufunc(block, cov, input_core_dims=[["d_ff", "d_ff_"]], dask="parallelized",
+                          output_dtypes=[np.float64])
+
+
+def ranked_pairs(matrix: xr.DataArray, k: int, by: str, eligible: np.ndarray
+                 ) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
+    """``pairs.rank_pairs`` per layer: (value, row position, column position), dims (layer, rank)."""
+    from kisstore.analysis import pairs
+
+    def block(m):
+        lead = m.shape[:-2]
+        res = [pairs.rank_pairs(x, k, by=by, eligible=eligible) for x in m.reshape(-1, *m.shape[-2:])]
+        return tuple(np.stack([r[j] for r in res]).reshape(*lead, k) for j in range(3))
+
+    outs = xr.apply_ufunc(
+        block, matrix, input_core_dims=[PAIR], output_core_dims=[["rank"]] * 3,
+        dask="parallelized", output_dtypes=[np.float64, np.int64, np.int64],
+        dask_gufunc_kwargs={"output_sizes": {"rank": k}},
+    )
+    return tuple(o.assign_coords(rank=np.arange(k, dtype=np.int64)) for o in outs)
+
+
+def fact_summary(p: xr.DataArray) -> xr.DataArray:
+    """``pairs.fact_summary`` per layer → (layer, summary, item)."""
+    from kisstore.analysis import pairs
+
+    return xr.apply_ufunc(
+        lambda m: _each_matrix(pairs.fact_summary, m), p.rename({ITEM: "_i", ITEM_: "_j"}),
+        input_core_dims=[["_i", "_j"]], output_core_dims=[["summary", ITEM]],
+        dask="parallelized", output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"summary": 6, ITEM: p.sizes[ITEM]}},
+    ).assign_coords({ITEM: p[ITEM].values})
+
+
+def top_facts(score: xr.DataArray, k: int, dim: str) -> tuple[xr.DataArray, xr.DataArray]:
+    """``pairs.top_facts`` of a (layer, item) score → (values, positions) with dims (layer, ``dim``)."""
+    from kisstore.analysis import pairs
+
+    def block(s):
+        res = [pairs.top_facts(x, k) for x in s.reshape(-1, s.shape[-1])]
+        return tuple(np.stack([r[j] for r in res]).reshape(*s.shape[:-1], k) for j in range(2))
+
+    outs = xr.apply_ufunc(
+        block, score.rename({ITEM: "_i"}), input_core_dims=[["_i"]], output_core_dims=[[dim]] * 2,
+        dask="parallelized", output_dtypes=[np.float64, np.int64],
+        dask_gufunc_kwargs={"output_sizes": {dim: k}},
+    )
+    return tuple(o.assign_coords({dim: np.arange(k, dtype=np.int64)}) for o in outs)
+
+
+def take_or(positions: xr.DataArray, values: np.ndarray, dim: str, missing) -> xr.DataArray:
+    """``values[positions]`` for (…, ``dim``) positions into an (item,) numpy array; −1 → ``missing``."""
+    vals = np.asarray(values)
+
+    def block(pos):
+        out = vals[np.where(pos < 0, 0, pos)]
+        if (pos < 0).any():
+            out = np.where(pos < 0, missing, out).astype(vals.dtype)
+        return out
+
+    return xr.apply_ufunc(block, positions, dask="parallelized", output_dtypes=[vals.dtype])
+
+
+def pair_flag(rows: xr.DataArray, cols: xr.DataArray, same: np.ndarray) -> xr.DataArray:
+    """``same[row, col]`` (an (N, N) bool matrix) for each ranked pair; missing pairs → False."""
+    def block(r, c):
+        ok = (r >= 0) & (c >= 0)
+        return np.where(ok, same[np.where(ok, r, 0), np.where(ok, c, 0)], False)
+
+    return xr.apply_ufunc(block, rows, cols, dask="parallelized", output_dtypes=[bool])

@@ -1,0 +1,183 @@
+"""Interference rankings, pair-set statistics, per-fact summaries and bootstrap intervals of one
+model's analysis, as lazy xarray variables (the numeric work is in ``pairs``, ``stats`` and
+``bootstrap``; ``lift`` maps it over layers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from kisstore.analysis import bootstrap, lift, pairs
+from kisstore.errors import InputError
+from kisstore.store import layout
+
+
+@dataclass(frozen=True)
+class RankingOptions:
+    top_k: int = 20
+    rank_by: str = "abs"
+    exclude_same_subject: bool = False
+    exclude_same_token: bool = False
+    n_boot: int = bootstrap.DEFAULT_N_BOOT
+    seed: int = 0
+    confidence: float = bootstrap.DEFAULT_CONFIDENCE
+
+
+def check_options(o: RankingOptions) -> None:
+    """Refuse bad ranking and bootstrap settings before any work (one-line InputErrors)."""
+    if o.rank_by not in pairs.RANK_BY:
+        raise InputError(f"--rank must be one of {', '.join(pairs.RANK_BY)}, got {o.rank_by!r}")
+    if int(o.top_k) < 1:
+        raise InputError(f"--top-k must be ≥ 1, got {o.top_k}")
+    if int(o.n_boot) < 0:
+        raise InputError(f"--bootstrap must be ≥ 0 (0: no intervals), got {o.n_boot}")
+    if not 0 < o.confidence < 1:
+        raise InputError(f"confidence must lie in (0, 1), got {o.confidence}")
+    if not 0 <= int(o.seed) < 2 ** 63:
+        raise InputError(f"--seed must be a non-negative integer, got {o.seed}")
+
+
+_NO_TOKENS = ("unavailable: this model's /models group has no key_token_id (extracted before kisstore "
+              "kept the key token); the same_token/different_token pair sets are NaN and top_same_token is "
+              "absent; extract the model again to have them")
+
+
+def ranking_variables(p: xr.DataArray, wcos: xr.DataArray, quantities: xr.DataArray, case_ids: np.ndarray,
+                      items_ds: xr.Dataset, model_ds: xr.Dataset, o: RankingOptions
+                      ) -> tuple[dict[str, xr.DataArray], dict]:
+    """The variables (and dataset attrs) that rank and summarise the pairs of one model."""
+    check_options(o)
+    text = items_ds.sel(item=case_ids)
+    fields = {f: np.asarray(text[f].values, dtype=object) for f in layout.ITEM_FIELDS if f in text}
+    token_ids = (np.asarray(model_ds["key_token_id"].sel(item=case_ids).values)
+                 if "key_token_id" in model_ds else None)
+    if token_ids is None and o.exclude_same_token:
+        raise InputError("--exclude-same-token needs the key tokens, which this store does not hold "
+                         "(extracted before kisstore kept them): extract the model again")
+    same = {
+        "token": None if token_ids is None else pairs.same_label(token_ids),
+        "subject": pairs.same_label(fields.get("subject", np.arange(case_ids.size))),
+        "relation": pairs.same_label(fields.get("relation_id", np.arange(case_ids.size))),
+    }
+    masks = pairs.pair_set_masks(same["token"], same["subject"], same["relation"])
+    names = list(pairs.PAIR_SETS)
+    n = case_ids.size
+    eligible = ~np.eye(n, dtype=bool)
+    if o.exclude_same_subject:
+        eligible &= ~same["subject"]
+    if o.exclude_same_token:
+        eligible &= ~same["token"]
+    k = min(int(o.top_k), int(eligible.sum()))
+    if k == 0:
+        raise InputError("no pair of facts is left to rank once pairs sharing a subject/token are excluded")
+
+    out: dict[str, xr.DataArray] = {}
+    counts = np.array([int(m.sum()) for m in masks], dtype=np.int64)
+    if token_ids is None:
+        counts[[names.index("same_token"), names.index("different_token")]] = -1
+    out["pair_count"] = xr.DataArray(counts, dims="pair_set", coords={"pair_set": np.array(names, dtype=object)})
+    out["pair_stats"] = lift.pair_stats(quantities, masks, names)
+    out["stats"] = out["pair_stats"].sel(pair_set="all", drop=True)
+    if o.n_boot:
+        draws = bootstrap.draw_counts(n, int(o.n_boot), int(o.seed))
+        ci = lift.bootstrap_intervals(quantities, draws, masks, names, float(o.confidence))
+        out["pair_stats_ci"] = ci
+        out["stats_ci"] = ci.sel(pair_set="all", drop=True)
+        for name in ("pair_stats_ci", "stats_ci"):
+            out[name].attrs.update({"confidence": float(o.confidence), "n_boot": int(o.n_boot),
+                                    "method": bootstrap.METHOD, "seed": int(o.seed)})
+
+    for prefix, value_name, matrix, elig in (("top", "top_p", p, eligible),
+                                              ("top_wcos", "top_wcos", wcos, eligible & np.triu(eligible, 1))):
+        values, rows, cols = lift.ranked_pairs(matrix, k, o.rank_by, elig)
+        out[value_name] = values
+        out[f"{prefix}_item"] = lift.take_or(rows, case_ids.astype(np.int64), "rank", -1)
+        out[f"{prefix}_item_"] = lift.take_or(cols, case_ids.astype(np.int64), "rank", -1)
+        for f, vals in fields.items():
+            out[f"{prefix}_{f}"] = lift.take_or(rows, vals, "rank", "")
+            out[f"{prefix}_{f}_"] = lift.take_or(cols, vals, "rank", "")
+        for what, matrix_same in same.items():
+            if matrix_same is not None:
+                out[f"{prefix}_same_{what}"] = lift.pair_flag(rows, cols, matrix_same)
+
+    summary = lift.fact_summary(p)
+    ids = case_ids.astype(np.int64)
+    out["fact_caused_max_p"] = summary.isel(summary=0, drop=True)
+    out["fact_caused_max_item"] = lift.take_or(summary.isel(summary=1, drop=True).astype(np.int64), ids, "item", -1)
+    out["fact_suffered_max_p"] = summary.isel(summary=2, drop=True)
+    out["fact_suffered_max_item"] = lift.take_or(summary.isel(summary=3, drop=True).astype(np.int64), ids, "item", -1)
+    out["fact_caused_sumsq"] = summary.isel(summary=4, drop=True)
+    out["fact_suffered_sumsq"] = summary.isel(summary=5, drop=True)
+    k_facts = min(int(o.top_k), n)
+    for name, score in (("most_exposed", out["fact_suffered_sumsq"]), ("most_disruptive", out["fact_caused_sumsq"])):
+        values, pos = lift.top_facts(score, k_facts, "fact_rank")
+        out[name] = lift.take_or(pos, ids, "fact_rank", -1)
+        out[f"{name}_sumsq"] = values
+        if "subject" in fields:
+            out[f"{name}_subject"] = lift.take_or(pos, fields["subject"], "fact_rank", "")
+
+    attrs = {
+        "rank_by": o.rank_by,
+        "rank_excludes": [w for w, on in (("same_subject", o.exclude_same_subject),
+                                         ("same_token", o.exclude_same_token)) if on],
+        "top_k": k,
+        "pair_sets": names,
+        "bootstrap_n_boot": int(o.n_boot),
+        "bootstrap_seed": int(o.seed),
+        "bootstrap_confidence": float(o.confidence),
+        "bootstrap_method": bootstrap.METHOD if o.n_boot else "off (--bootstrap 0)",
+    }
+    if token_ids is None:
+        attrs["key_tokens"] = _NO_TOKENS
+    else:
+        attrs["key_tokens"] = "from the model group's key_token_id (the token id at the key position)"
+    return out, attrs
+
+
+DESCRIPTIONS = (
+    ("pair_count", "", "number of off-diagonal (ordered) pairs in each pair set; -1: the set is unavailable"),
+    ("pair_stats", "", "statistics of the off-diagonal entries in each pair set"),
+    ("pair_stats_ci", "", "bootstrap confidence interval (over items) of pair_stats"),
+    ("stats_ci", "", "bootstrap confidence interval (over items) of stats"),
+    ("top_p", "", "P of the strongest off-diagonal pairs, ranked by rank_by (row item edited, column item disturbed)"),
+    ("top_item", "", "case id of the row (edited) fact of each top pair"),
+    ("top_item_", "", "case id of the column (disturbed) fact of each top pair"),
+    ("top_same_token", "", "the two facts' keys sit on the same token id"),
+    ("top_same_subject", "", "the two facts share their subject"),
+    ("top_same_relation", "", "the two facts share their relation_id"),
+    ("top_wcos", "", "whitened cosine of the strongest pairs (each unordered pair once), ranked by rank_by"),
+    ("top_wcos_item", "", "case id of the first fact of each top whitened-cosine pair"),
+    ("top_wcos_item_", "", "case id of the second fact of each top whitened-cosine pair"),
+    ("top_wcos_same_token", "", "the two facts' keys sit on the same token id"),
+    ("top_wcos_same_subject", "", "the two facts share their subject"),
+    ("top_wcos_same_relation", "", "the two facts share their relation_id"),
+    ("fact_caused_max_p", "", "P_ij (signed) of the largest |P_ij| in the fact's row, j != i: the worst "
+                              "interference an edit of fact i causes"),
+    ("fact_caused_max_item", "", "case id j of fact_caused_max_p"),
+    ("fact_suffered_max_p", "", "P_ij (signed) of the largest |P_ij| in the fact's column, i != j: the worst "
+                                "interference fact j suffers from one edit"),
+    ("fact_suffered_max_item", "", "case id i of fact_suffered_max_p"),
+    ("fact_caused_sumsq", "", "sum over j != i of P_ij^2: expected squared interference an edit of fact i spreads"),
+    ("fact_suffered_sumsq", "", "sum over i != j of P_ij^2: expected squared interference fact j takes from "
+                                "one edit of every other fact"),
+    ("most_exposed", "", "case ids of the facts with the largest fact_suffered_sumsq"),
+    ("most_exposed_sumsq", "", "fact_suffered_sumsq of most_exposed"),
+    ("most_exposed_subject", "", "subject of most_exposed"),
+    ("most_disruptive", "", "case ids of the facts with the largest fact_caused_sumsq"),
+    ("most_disruptive_sumsq", "", "fact_caused_sumsq of most_disruptive"),
+    ("most_disruptive_subject", "", "subject of most_disruptive"),
+)
+
+
+def describe_all(ds: xr.Dataset) -> None:
+    """``long_name`` on every ranking variable (and the text fields of the top pairs)."""
+    for name, units, desc in DESCRIPTIONS:
+        if name in ds:
+            ds[name].attrs.update({"long_name": desc, **({"units": units} if units else {})})
+    for prefix, what in (("top", "top pair"), ("top_wcos", "top whitened-cosine pair")):
+        for f in layout.ITEM_FIELDS:
+            for end, side in (("", "first (row)"), ("_", "second (column)")):
+                if f"{prefix}_{f}{end}" in ds:
+                    ds[f"{prefix}_{f}{end}"].attrs.setdefault("long_name", f"{f} of the {side} fact of each {what}")
