@@ -107,31 +107,6 @@ def convergence(matrices: xr.DataArray, sizes: list[int]) -> xr.DataArray:
     ).assign_coords(n_items=np.asarray(sizes, dtype=np.int64), stat=list(stats.STAT_NAMES))
 
 
-def top_pairs(p: xr.DataArray, k: int) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
-    """The k largest off-diagonal entries per layer: (value, row position, column position), dims (layer, rank)."""
-    def block(m):
-        lead = m.shape[:-2]
-        res = [stats.top_pairs(x, k) for x in m.reshape(-1, *m.shape[-2:])]
-        return tuple(np.stack([r[j] for r in res]).reshape(*lead, k) for j in range(3))
-
-    outs = xr.apply_ufunc(
-        block, p, input_core_dims=[PAIR], output_core_dims=[["rank"]] * 3,
-        dask="parallelized", output_dtypes=[np.float64, np.int64, np.int64],
-        dask_gufunc_kwargs={"output_sizes": {"rank": k}},
-    )
-    return tuple(o.assign_coords(rank=np.arange(k, dtype=np.int64)) for o in outs)
-
-
-def take(positions: xr.DataArray, values: xr.DataArray) -> xr.DataArray:
-    """``values[positions]`` for an (item,) array and (…, rank) positions, lazily."""
-    dtype = values.dtype
-    return xr.apply_ufunc(
-        lambda pos, val: np.asarray(val)[pos], positions, values.rename({ITEM: "_v"}),
-        input_core_dims=[["rank"], ["_v"]], output_core_dims=[["rank"]],
-        dask="parallelized", output_dtypes=[dtype],
-    )
-
-
 def kde_adaptive(matrices: xr.DataArray, grid: np.ndarray | None = None,
                  n_points: int = stats.KDE_POINTS) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
     """KDE of each matrix's off-diagonal entries on a grid of its own (``stats.kde_span``) or on
@@ -149,28 +124,45 @@ def kde_adaptive(matrices: xr.DataArray, grid: np.ndarray | None = None,
     return dens, x, both.isel(_kde=2 * g, drop=True)
 
 
-def pair_stats(matrices: xr.DataArray, masks: np.ndarray, names: list[str]) -> xr.DataArray:
-    """Statistics of each matrix's entries in each pair set (``masks`` (S, N, N)) → (…, pair_set, stat)."""
+LABEL = "_l"
+
+
+def _label_inputs(labels: list[xr.DataArray]) -> list[xr.DataArray]:
+    """Per-item label arrays (item,) as whole-chunk inputs of a per-layer task (read lazily)."""
+    out = []
+    for lab in labels:
+        lab = lab.drop_vars([c for c in lab.coords]).rename({ITEM: LABEL})
+        out.append(lab.chunk({LABEL: -1}) if lab.chunks else lab)
+    return out
+
+
+def _flat(labels) -> list[np.ndarray]:
+    return [np.asarray(x).reshape(-1) for x in labels]  # the block adds singleton loop axes
+
+
+def with_labels(func: Callable, matrices: xr.DataArray, labels: list[xr.DataArray], out_dims: list[str],
+                out_sizes: dict[str, int], dtype=np.float64) -> xr.DataArray:
+    """``func(matrix (N, N), *labels (N,))`` for every matrix, the per-item labels (subject,
+    relation, token id) read inside the task, so building the result reads nothing."""
+    def block(m, *labs):
+        labs = _flat(labs)
+        with threadpool_limits(limits=1, user_api="blas"):  # 4× faster than BLAS threads under Dask's
+            return _each_matrix(lambda x: func(x, *labs), m)
+
+    ins = _label_inputs(labels)
     return xr.apply_ufunc(
-        lambda m: _each_matrix(lambda x: stats.describe_sets(x, masks), m),
-        matrices, input_core_dims=[PAIR], output_core_dims=[["pair_set", "stat"]],
-        dask="parallelized", output_dtypes=[np.float64],
-        dask_gufunc_kwargs={"output_sizes": {"pair_set": len(names), "stat": len(stats.STAT_NAMES)}},
-    ).assign_coords(pair_set=np.array(names, dtype=object), stat=list(stats.STAT_NAMES))
+        block, matrices, *ins, input_core_dims=[PAIR] + [[LABEL]] * len(ins), output_core_dims=[out_dims],
+        dask="parallelized", output_dtypes=[dtype], dask_gufunc_kwargs={"output_sizes": out_sizes},
+    )
 
 
-def bootstrap_intervals(matrices: xr.DataArray, counts: np.ndarray, masks: np.ndarray, names: list[str],
-                        confidence: float) -> xr.DataArray:
-    """Bootstrap percentile intervals (``bootstrap``) → (…, pair_set, stat, bound)."""
-    from kisstore.analysis import bootstrap
-
+def labels_only(func: Callable, labels: list[xr.DataArray], out_dim: str, size: int, dtype) -> xr.DataArray:
+    """``func(*labels (N,))`` → (``out_dim``,), lazily."""
+    ins = _label_inputs(labels)
     return xr.apply_ufunc(
-        lambda m: _each_matrix(lambda x: bootstrap.matrix_intervals(x, counts, masks, confidence), m),
-        matrices, input_core_dims=[PAIR], output_core_dims=[["pair_set", "stat", "bound"]],
-        dask="parallelized", output_dtypes=[np.float64],
-        dask_gufunc_kwargs={"output_sizes": {"pair_set": len(names), "stat": len(stats.STAT_NAMES), "bound": 2}},
-    ).assign_coords(pair_set=np.array(names, dtype=object), stat=list(stats.STAT_NAMES),
-                    bound=np.array(["low", "high"], dtype=object))
+        lambda *labs: func(*_flat(labs)), *ins, input_core_dims=[[LABEL]] * len(ins), output_core_dims=[[out_dim]],
+        dask="parallelized", output_dtypes=[dtype], dask_gufunc_kwargs={"output_sizes": {out_dim: size}},
+    )
 
 
 def cond_2norm(cov: xr.DataArray, ridge: float = 0.0) -> xr.DataArray:
@@ -184,19 +176,21 @@ def cond_2norm(cov: xr.DataArray, ridge: float = 0.0) -> xr.DataArray:
                           output_dtypes=[np.float64])
 
 
-def ranked_pairs(matrix: xr.DataArray, k: int, by: str, eligible: np.ndarray
-                 ) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
-    """``pairs.rank_pairs`` per layer: (value, row position, column position), dims (layer, rank)."""
-    from kisstore.analysis import pairs
+def ranked_pairs(matrix: xr.DataArray, k: int, labels: list[xr.DataArray], rank: Callable
+                 ) -> tuple[xr.DataArray, ...]:
+    """``rank(matrix, *labels)`` → (values, rows, cols, flag per label) for each layer, dims (layer, rank)."""
+    n_out = 3 + len(labels)
 
-    def block(m):
+    def block(m, *labs):
+        labs = _flat(labs)
         lead = m.shape[:-2]
-        res = [pairs.rank_pairs(x, k, by=by, eligible=eligible) for x in m.reshape(-1, *m.shape[-2:])]
-        return tuple(np.stack([r[j] for r in res]).reshape(*lead, k) for j in range(3))
+        res = [rank(x, *labs) for x in m.reshape(-1, *m.shape[-2:])]
+        return tuple(np.stack([r[j] for r in res]).reshape(*lead, k) for j in range(n_out))
 
+    ins = _label_inputs(labels)
     outs = xr.apply_ufunc(
-        block, matrix, input_core_dims=[PAIR], output_core_dims=[["rank"]] * 3,
-        dask="parallelized", output_dtypes=[np.float64, np.int64, np.int64],
+        block, matrix, *ins, input_core_dims=[PAIR] + [[LABEL]] * len(ins), output_core_dims=[["rank"]] * n_out,
+        dask="parallelized", output_dtypes=[np.float64, np.int64, np.int64] + [bool] * len(labels),
         dask_gufunc_kwargs={"output_sizes": {"rank": k}},
     )
     return tuple(o.assign_coords(rank=np.arange(k, dtype=np.int64)) for o in outs)
@@ -230,23 +224,19 @@ def top_facts(score: xr.DataArray, k: int, dim: str) -> tuple[xr.DataArray, xr.D
     return tuple(o.assign_coords({dim: np.arange(k, dtype=np.int64)}) for o in outs)
 
 
-def take_or(positions: xr.DataArray, values: np.ndarray, dim: str, missing) -> xr.DataArray:
-    """``values[positions]`` for (…, ``dim``) positions into an (item,) numpy array; −1 → ``missing``."""
-    vals = np.asarray(values)
+def take_or(positions: xr.DataArray, values, dim: str, missing) -> xr.DataArray:
+    """``values[positions]`` for (…, ``dim``) positions into (item,) values (a numpy array or a
+    lazy DataArray, read inside the task); position −1 (no such pair) → ``missing``."""
+    if isinstance(values, xr.DataArray):
+        (lab,) = _label_inputs([values])
+        dtype = values.dtype
+    else:
+        lab, dtype = xr.DataArray(np.asarray(values), dims=LABEL), np.asarray(values).dtype
 
-    def block(pos):
+    def block(pos, vals):
+        vals = np.asarray(vals).reshape(-1)
         out = vals[np.where(pos < 0, 0, pos)]
-        if (pos < 0).any():
-            out = np.where(pos < 0, missing, out).astype(vals.dtype)
-        return out
+        return np.where(pos < 0, missing, out).astype(vals.dtype) if (pos < 0).any() else out
 
-    return xr.apply_ufunc(block, positions, dask="parallelized", output_dtypes=[vals.dtype])
-
-
-def pair_flag(rows: xr.DataArray, cols: xr.DataArray, same: np.ndarray) -> xr.DataArray:
-    """``same[row, col]`` (an (N, N) bool matrix) for each ranked pair; missing pairs → False."""
-    def block(r, c):
-        ok = (r >= 0) & (c >= 0)
-        return np.where(ok, same[np.where(ok, r, 0), np.where(ok, c, 0)], False)
-
-    return xr.apply_ufunc(block, rows, cols, dask="parallelized", output_dtypes=[bool])
+    return xr.apply_ufunc(block, positions, lab, input_core_dims=[[], [LABEL]], dask="parallelized",
+                          output_dtypes=[dtype])

@@ -95,3 +95,39 @@ def top_facts(score: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     s = np.nan_to_num(np.asarray(score, dtype=np.float64), nan=-np.inf)
     idx = np.lexsort((np.arange(s.size), -s))[:k]
     return s[idx], idx
+
+
+def masks_from_labels(subject: np.ndarray, relation: np.ndarray, token: np.ndarray | None = None) -> np.ndarray:
+    """``pair_set_masks`` from the per-item labels (token ids None: not available)."""
+    return pair_set_masks(None if token is None else same_label(token), same_label(subject), same_label(relation))
+
+
+def pair_counts(subject: np.ndarray, relation: np.ndarray, token: np.ndarray | None = None) -> np.ndarray:
+    """Number of pairs in each pair set (PAIR_SETS order); −1 for the token sets without token ids."""
+    counts = masks_from_labels(subject, relation, token).sum(axis=(1, 2)).astype(np.int64)
+    if token is None:
+        counts[[PAIR_SETS.index("same_token"), PAIR_SETS.index("different_token")]] = -1
+    return counts
+
+
+def rank_labelled(matrix: np.ndarray, k: int, subject: np.ndarray, relation: np.ndarray,
+                  token: np.ndarray | None = None, *, by: str = "abs", exclude_same_subject: bool = False,
+                  exclude_same_token: bool = False, unordered: bool = False) -> tuple[np.ndarray, ...]:
+    """``rank_pairs`` with the pairs sharing a subject / key token left out on request, each unordered
+    pair once for a symmetric matrix (``unordered``: i < j); returns (values, rows, cols, same_subject,
+    same_relation[, same_token]) flags of each ranked pair (False for a missing pair)."""
+    same = [same_label(subject), same_label(relation)] + ([] if token is None else [same_label(token)])
+    n = same[0].shape[0]
+    eligible = ~np.eye(n, dtype=bool)
+    if unordered:
+        eligible &= np.triu(eligible, 1)
+    if exclude_same_subject:
+        eligible &= ~same[0]
+    if exclude_same_token:
+        if token is None:
+            raise ValueError("exclude_same_token needs token ids")
+        eligible &= ~same[2]
+    values, rows, cols = rank_pairs(matrix, k, by=by, eligible=eligible)
+    ok = rows >= 0
+    r, c = np.where(ok, rows, 0), np.where(ok, cols, 0)
+    return (values, rows, cols, *[ok & s[r, c] for s in same])

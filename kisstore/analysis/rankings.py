@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-from kisstore.analysis import bootstrap, lift, pairs
+from kisstore.analysis import bootstrap, lift, pairs, stats
 from kisstore.errors import InputError
 from kisstore.store import layout
 
@@ -47,63 +47,63 @@ _NO_TOKENS = ("unavailable: this model's /models group has no key_token_id (extr
 def ranking_variables(p: xr.DataArray, wcos: xr.DataArray, quantities: xr.DataArray, case_ids: np.ndarray,
                       items_ds: xr.Dataset, model_ds: xr.Dataset, o: RankingOptions
                       ) -> tuple[dict[str, xr.DataArray], dict]:
-    """The variables (and dataset attrs) that rank and summarise the pairs of one model."""
+    """The variables (and dataset attrs) that rank and summarise the pairs of one model.
+
+    Everything stays lazy: the per-item labels (subject, relation_id, key token id) are read
+    inside each layer's tasks, like the keys."""
     check_options(o)
     text = items_ds.sel(item=case_ids)
-    fields = {f: np.asarray(text[f].values, dtype=object) for f in layout.ITEM_FIELDS if f in text}
-    token_ids = (np.asarray(model_ds["key_token_id"].sel(item=case_ids).values)
-                 if "key_token_id" in model_ds else None)
-    if token_ids is None and o.exclude_same_token:
+    fields = {f: text[f] for f in layout.ITEM_FIELDS if f in text}
+    has_tokens = "key_token_id" in model_ds
+    if not has_tokens and o.exclude_same_token:
         raise InputError("--exclude-same-token needs the key tokens, which this store does not hold "
                          "(extracted before kisstore kept them): extract the model again")
-    same = {
-        "token": None if token_ids is None else pairs.same_label(token_ids),
-        "subject": pairs.same_label(fields.get("subject", np.arange(case_ids.size))),
-        "relation": pairs.same_label(fields.get("relation_id", np.arange(case_ids.size))),
-    }
-    masks = pairs.pair_set_masks(same["token"], same["subject"], same["relation"])
-    names = list(pairs.PAIR_SETS)
     n = case_ids.size
-    eligible = ~np.eye(n, dtype=bool)
-    if o.exclude_same_subject:
-        eligible &= ~same["subject"]
-    if o.exclude_same_token:
-        eligible &= ~same["token"]
-    k = min(int(o.top_k), int(eligible.sum()))
-    if k == 0:
-        raise InputError("no pair of facts is left to rank once pairs sharing a subject/token are excluded")
+    ids = xr.DataArray(case_ids.astype(np.int64), dims=lift.ITEM)
+    labels = [fields.get("subject", ids), fields.get("relation_id", ids)]
+    if has_tokens:
+        labels.append(model_ds["key_token_id"].sel(item=case_ids))
+    names = list(pairs.PAIR_SETS)
+    sets = {"pair_set": len(names), "stat": len(stats.STAT_NAMES)}
 
     out: dict[str, xr.DataArray] = {}
-    counts = np.array([int(m.sum()) for m in masks], dtype=np.int64)
-    if token_ids is None:
-        counts[[names.index("same_token"), names.index("different_token")]] = -1
-    out["pair_count"] = xr.DataArray(counts, dims="pair_set", coords={"pair_set": np.array(names, dtype=object)})
-    out["pair_stats"] = lift.pair_stats(quantities, masks, names)
-    out["stats"] = out["pair_stats"].sel(pair_set="all", drop=True)
+    set_coord = {"pair_set": np.array(names, dtype=object)}
+    out["pair_count"] = lift.labels_only(pairs.pair_counts, labels, "pair_set", len(names), np.int64
+                                         ).assign_coords(set_coord)
+    out["pair_stats"] = lift.with_labels(
+        lambda m, *lab: stats.describe_sets(m, pairs.masks_from_labels(*lab)), quantities, labels,
+        ["pair_set", "stat"], sets).assign_coords(stat=list(stats.STAT_NAMES), **set_coord)
+    out["stats"] = out["pair_stats"].isel(pair_set=0, drop=True)  # "all"
     if o.n_boot:
         draws = bootstrap.draw_counts(n, int(o.n_boot), int(o.seed))
-        ci = lift.bootstrap_intervals(quantities, draws, masks, names, float(o.confidence))
+        ci = lift.with_labels(
+            lambda m, *lab: bootstrap.matrix_intervals(m, draws, pairs.masks_from_labels(*lab), o.confidence),
+            quantities, labels, ["pair_set", "stat", "bound"], {**sets, "bound": 2},
+        ).assign_coords(stat=list(stats.STAT_NAMES), bound=np.array(["low", "high"], dtype=object), **set_coord)
         out["pair_stats_ci"] = ci
-        out["stats_ci"] = ci.sel(pair_set="all", drop=True)
+        out["stats_ci"] = ci.isel(pair_set=0, drop=True)
         for name in ("pair_stats_ci", "stats_ci"):
             out[name].attrs.update({"confidence": float(o.confidence), "n_boot": int(o.n_boot),
                                     "method": bootstrap.METHOD, "seed": int(o.seed)})
 
-    for prefix, value_name, matrix, elig in (("top", "top_p", p, eligible),
-                                              ("top_wcos", "top_wcos", wcos, eligible & np.triu(eligible, 1))):
-        values, rows, cols = lift.ranked_pairs(matrix, k, o.rank_by, elig)
+    k = min(int(o.top_k), n * (n - 1))
+    flags = ["same_subject", "same_relation"] + (["same_token"] if has_tokens else [])
+    for prefix, value_name, matrix, unordered in (("top", "top_p", p, False), ("top_wcos", "top_wcos", wcos, True)):
+        def rank(m, *lab, _u=unordered):
+            return pairs.rank_labelled(m, k, *lab, by=o.rank_by, exclude_same_subject=o.exclude_same_subject,
+                                       exclude_same_token=o.exclude_same_token, unordered=_u)
+
+        values, rows, cols, *same = lift.ranked_pairs(matrix, k, labels, rank)
         out[value_name] = values
-        out[f"{prefix}_item"] = lift.take_or(rows, case_ids.astype(np.int64), "rank", -1)
-        out[f"{prefix}_item_"] = lift.take_or(cols, case_ids.astype(np.int64), "rank", -1)
+        out[f"{prefix}_item"] = lift.take_or(rows, ids, "rank", -1)
+        out[f"{prefix}_item_"] = lift.take_or(cols, ids, "rank", -1)
         for f, vals in fields.items():
             out[f"{prefix}_{f}"] = lift.take_or(rows, vals, "rank", "")
             out[f"{prefix}_{f}_"] = lift.take_or(cols, vals, "rank", "")
-        for what, matrix_same in same.items():
-            if matrix_same is not None:
-                out[f"{prefix}_same_{what}"] = lift.pair_flag(rows, cols, matrix_same)
+        for flag, arr in zip(flags, same, strict=True):
+            out[f"{prefix}_{flag}"] = arr
 
     summary = lift.fact_summary(p)
-    ids = case_ids.astype(np.int64)
     out["fact_caused_max_p"] = summary.isel(summary=0, drop=True)
     out["fact_caused_max_item"] = lift.take_or(summary.isel(summary=1, drop=True).astype(np.int64), ids, "item", -1)
     out["fact_suffered_max_p"] = summary.isel(summary=2, drop=True)
@@ -124,15 +124,13 @@ def ranking_variables(p: xr.DataArray, wcos: xr.DataArray, quantities: xr.DataAr
                                          ("same_token", o.exclude_same_token)) if on],
         "top_k": k,
         "pair_sets": names,
+        "key_tokens": "from the model group's key_token_id (the token id at the key position)" if has_tokens
+        else _NO_TOKENS,
         "bootstrap_n_boot": int(o.n_boot),
         "bootstrap_seed": int(o.seed),
         "bootstrap_confidence": float(o.confidence),
         "bootstrap_method": bootstrap.METHOD if o.n_boot else "off (--bootstrap 0)",
     }
-    if token_ids is None:
-        attrs["key_tokens"] = _NO_TOKENS
-    else:
-        attrs["key_tokens"] = "from the model group's key_token_id (the token id at the key position)"
     return out, attrs
 
 

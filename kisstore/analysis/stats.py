@@ -32,12 +32,16 @@ def off_diagonal(matrix: np.ndarray, n: int | None = None) -> np.ndarray:
 
 def describe(values: np.ndarray) -> np.ndarray:
     """Statistics in STAT_NAMES order: mean, population std (ddof=0), excess (Fisher)
-    kurtosis and skewness exactly as ``scipy.stats.kurtosis``/``skew`` (bias=True), quantiles."""
+    kurtosis and skewness exactly as ``scipy.stats.kurtosis``/``skew`` (bias=True; NaN when the
+    values are all equal to rounding, where scipy warns of catastrophic cancellation), quantiles."""
     v = np.asarray(values, dtype=np.float64).ravel()
     if v.size == 0:
         return np.full(len(STAT_NAMES), np.nan)
     q = np.quantile(v, list(QUANTILES.values()))
-    return np.concatenate([[v.mean(), v.std(), scipy.stats.kurtosis(v), scipy.stats.skew(v)], q])
+    mean = v.mean()
+    if v.var() <= (np.finfo(np.float64).resolution * mean) ** 2:  # (nearly) all equal: shape undefined
+        return np.concatenate([[mean, v.std(), np.nan, np.nan], q])  # (scipy would warn, per layer)
+    return np.concatenate([[mean, v.std(), scipy.stats.kurtosis(v), scipy.stats.skew(v)], q])
 
 
 def describe_matrix(matrix: np.ndarray) -> np.ndarray:
@@ -163,15 +167,3 @@ def convergence(matrix: np.ndarray, sizes: list[int] | np.ndarray) -> np.ndarray
     normalised by its own diagonal), so this is the paper's Appendix C experiment.
     """
     return np.stack([describe(off_diagonal(matrix, int(n))) for n in sizes])
-
-
-def top_pairs(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The k largest off-diagonal entries: (values, row indices, column indices), largest first."""
-    m = np.asarray(matrix, dtype=np.float64)
-    n = m.shape[0]
-    flat = np.where(np.eye(n, dtype=bool), -np.inf, np.nan_to_num(m, nan=-np.inf)).ravel()
-    k = min(k, n * (n - 1))
-    idx = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
-    idx = idx[np.lexsort((idx, -flat[idx]))][:k]  # by value, ties by position
-    rows, cols = np.divmod(idx, n)
-    return m.ravel()[idx], rows, cols
