@@ -50,6 +50,8 @@ def _moments(total: np.ndarray, raw: np.ndarray, shift: float) -> np.ndarray:
         out[:, 1] = np.sqrt(m2)
         out[:, 2] = m4 / m2 ** 2 - 3.0
         out[:, 3] = m3 / m2 ** 1.5
+        flat = m2 <= (np.finfo(np.float64).resolution * out[:, 0]) ** 2  # all equal: as stats.describe
+        out[flat, 2:] = np.nan
     return out
 
 
