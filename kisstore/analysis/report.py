@@ -72,17 +72,17 @@ def build_report(
         figures.append((f"{model}: top pairs by P (row fact edited, column fact disturbed)", _top_table(hv, ds)))
 
     if not table.empty:
-        kurt = table.hvplot.line(x="layer", y="p_matrix_kurtosis", by="model", title="Excess kurtosis of P by layer",
+        kurt = table.hvplot.line(x="layer", y="p_matrix_excess_kurtosis", by="model", title="Excess kurtosis of P by layer",
                                  ylabel="kurtosis of P", width=700, height=350)
         figures.insert(0, ("Kurtosis of P across layers, per model", kurt))
         pngs.append(("kurtosis_by_layer", kurt))
-        depth = table.hvplot.line(x="relative_depth", y="p_matrix_kurtosis", by="model", width=700, height=350,
+        depth = table.hvplot.line(x="relative_depth", y="p_matrix_excess_kurtosis", by="model", width=700, height=350,
                                   title="Kurtosis of P vs relative depth", xlabel="layer / (n_layers − 1)",
                                   ylabel="kurtosis of P")
         figures.append(("Scaling: kurtosis vs relative depth", depth))
         pngs.append(("scaling_depth", depth))
         per_model = (table[table["n_params"] > 0].groupby(["model", "family"], as_index=False)
-                     .agg(n_params=("n_params", "first"), mean_kurtosis=("p_matrix_kurtosis", "mean")))
+                     .agg(n_params=("n_params", "first"), mean_kurtosis=("p_matrix_excess_kurtosis", "mean")))
         if not per_model.empty:
             params = per_model.hvplot.scatter(x="n_params", y="mean_kurtosis", by="family", logx=True, size=80,
                                               hover_cols=["model"], width=700, height=350,
@@ -105,7 +105,7 @@ def build_report(
 
 def _small(ds: xr.Dataset) -> xr.Dataset:
     """What the figures need, in memory; heatmaps limited to the first MAX_HEATMAP_ITEMS items."""
-    keep = ["p_matrix", "whitened_angle", "activation_angle", "kde", "convergence", "top_p",
+    keep = ["p_matrix", "whitened_angle", "activation_angle", "kde", "kde_x", "convergence", "top_p",
             *[v for v in ds.data_vars if v.startswith("top_")]]
     ds = ds[[v for v in keep if v in ds]]
     n = min(ds.sizes["item"], MAX_HEATMAP_ITEMS)
@@ -126,8 +126,12 @@ def _heatmap(hv, ds: xr.Dataset, layer: int):
 
 
 def _kde(hv, ds: xr.Dataset, layer: int):
-    curves = [hv.Curve((ds["grid"].values, ds["kde"].sel(layer=layer, quantity=q).values), kdims=["value"], vdims=["density"],
-                       label=str(q)) for q in ds["quantity"].values]
+    def x(q):  # a grid per quantity and layer (kde_x); analyses of kisstore 0.1 had one fixed grid
+        return ds["kde_x"].sel(layer=layer, quantity=q).values if "kde_x" in ds else ds["grid"].values
+
+    unitless = [q for q in ds["quantity"].values if not str(q).endswith("_angle")]  # angles: degrees
+    curves = [hv.Curve((x(q), ds["kde"].sel(layer=layer, quantity=q).values), kdims=["value"], vdims=["density"],
+                       label=str(q)) for q in unitless]
     overlay = hv.Overlay(curves).opts(title=f"KDE (Scott), layer {layer}")
     return overlay.opts(width=700, height=350, legend_position="top_right", backend="bokeh")
 
@@ -143,7 +147,7 @@ def _angles(hv, ds: xr.Dataset, layer: int):
 
 
 def _convergence(hv, ds: xr.Dataset):
-    kurt = ds["convergence"].sel(quantity="p_matrix", stat="kurtosis")
+    kurt = ds["convergence"].sel(quantity="p_matrix", stat="excess_kurtosis")
     curves = [hv.Curve((kurt["n_items"].values, kurt.sel(layer=lay).values), kdims=["items n"], vdims=["kurtosis of P"],
                        label=f"layer {int(lay)}") for lay in kurt["layer"].values]
     return hv.Overlay(curves).opts(title="Kurtosis of P for the first n items").opts(
@@ -190,7 +194,7 @@ def _write_html(hv, figures, table: pd.DataFrame, path: Path) -> None:
         items.append(_bokeh(hv, obj))
     if not table.empty:
         cols = ["model", "family", "n_params", "layer", "relative_depth", "p_matrix_mean", "p_matrix_std",
-                "p_matrix_kurtosis", "whitened_cos_kurtosis", "activation_cos_kurtosis"]
+                "p_matrix_excess_kurtosis", "whitened_cos_excess_kurtosis", "activation_cos_excess_kurtosis"]
         items.append(Div(text="<h2>Scaling table (full table: scaling.csv, scaling.parquet)</h2>", width=1000))
         items.append(_bokeh(hv, hv.Table(table[cols].round(4)).opts(width=1000, height=300)))
     text = file_html(column(*items), INLINE, title="kisstore analysis report")
