@@ -30,7 +30,8 @@ from kisstore_cli.common import (
 @click.option("--ridge", type=float, default=0.0, show_default=True, metavar="λ",
               help="Add λ·mean(diag C) to C's diagonal before whitening (for ill-conditioned C).")
 @click.option("--top-k", type=int, default=20, show_default=True, metavar="K",
-              help="Keep the K largest off-diagonal P entries per layer with both facts' text.")
+              help="Keep the K strongest pairs per layer (see --rank) with both facts' text, and the K most "
+                   "exposed facts.")
 @click.option("--rank", "rank_by", default="abs", show_default=True, metavar="abs|signed",
               help="Rank the top pairs by |P| (both signs kept) or by signed P.")
 @click.option("--exclude-same-subject", is_flag=True, help="Leave pairs of facts that share a subject out of the rankings.")
@@ -39,7 +40,7 @@ from kisstore_cli.common import (
                    "both with and without them either way).")
 @click.option("--bootstrap", "n_boot", type=int, default=200, show_default=True, metavar="N",
               help="Bootstrap replicates over items for the statistics' 95 % intervals (0: none).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap's draws.")
+@click.option("--seed", type=int, default=0, show_default=True, metavar="S", help="Seed of the bootstrap's draws.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Write a self-contained HTML report, PNG figures and the scaling table to DIR.")
 @click.option("--table-out", default=None, metavar="PREFIX",

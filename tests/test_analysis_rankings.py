@@ -76,7 +76,7 @@ def test_whitened_cosine_ranking_counts_each_unordered_pair_once(store, result):
         want = _pairs_sorted(w, abs, np.triu(np.ones((N, N), bool), 1))[:15]
         np.testing.assert_allclose(t["top_wcos"].values, [x[0] for x in want], rtol=0, atol=0)
         pos = {c: i for i, c in enumerate(t["item"].values)}
-        assert all(pos[int(a)] < pos[int(b)] for a, b in zip(t["top_wcos_item"].values, t["top_wcos_item_"].values))
+        assert all(pos[int(a)] < pos[int(b)] for a, b in zip(t["top_wcos_item"].values, t["top_wcos_item_"].values, strict=True))
         assert "top_wcos_same_token" in t and "top_wcos_subject" in t
 
 

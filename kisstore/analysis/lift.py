@@ -77,26 +77,6 @@ def key_pairs(func: Callable[[np.ndarray], np.ndarray], keys: xr.DataArray) -> x
     return out.assign_coords({ITEM: items, ITEM_: items})
 
 
-def describe(matrices: xr.DataArray) -> xr.DataArray:
-    """Statistics of each matrix's off-diagonal entries → (…, stat)."""
-    return xr.apply_ufunc(
-        lambda m: _each_matrix(stats.describe_matrix, m),
-        matrices, input_core_dims=[PAIR], output_core_dims=[["stat"]],
-        dask="parallelized", output_dtypes=[np.float64],
-        dask_gufunc_kwargs={"output_sizes": {"stat": len(stats.STAT_NAMES)}},
-    ).assign_coords(stat=list(stats.STAT_NAMES))
-
-
-def kde(matrices: xr.DataArray, grid: np.ndarray) -> xr.DataArray:
-    """Scott's-rule Gaussian KDE of each matrix's off-diagonal entries on ``grid`` → (…, grid)."""
-    return xr.apply_ufunc(
-        lambda m: _each_matrix(lambda x: stats.kde_matrix(x, grid), m),
-        matrices, input_core_dims=[PAIR], output_core_dims=[["grid"]],
-        dask="parallelized", output_dtypes=[np.float64],
-        dask_gufunc_kwargs={"output_sizes": {"grid": len(grid)}},
-    ).assign_coords(grid=np.asarray(grid, dtype=np.float64))
-
-
 def convergence(matrices: xr.DataArray, sizes: list[int]) -> xr.DataArray:
     """Statistics of the first n items' block for each n in ``sizes`` → (…, n_items, stat)."""
     return xr.apply_ufunc(
