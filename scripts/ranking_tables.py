@@ -22,6 +22,15 @@ def _ci(ds, var, **sel) -> str:
     return f"{v:.3g} [{lo:.3g}, {hi:.3g}]"
 
 
+def _pci(d, pair_set, stat) -> str:
+    """P's statistic in a pair set with its interval (pair_stats_ci holds P only)."""
+    v = float(d["pair_stats"].sel(quantity="p_matrix", pair_set=pair_set, stat=stat))
+    if "pair_stats_ci" not in d:
+        return f"{v:.3g}"
+    lo, hi = (float(d["pair_stats_ci"].sel(pair_set=pair_set, stat=stat, bound=b)) for b in ("low", "high"))
+    return f"{v:.3g} [{lo:.3g}, {hi:.3g}]"
+
+
 def summary_table(ds, layers) -> str:
     head = ("| layer | P excess kurtosis [95 % CI] | without same-token pairs | same-token pairs | "
             "top-20 same token / subject / relation | P outside KDE grid | cond (1-norm est.) / cond_2norm |")
@@ -31,8 +40,8 @@ def summary_table(ds, layers) -> str:
         k = "excess_kurtosis"
         tok = f"{int(d['top_same_token'].sum())}" if "top_same_token" in d else "n/a"
         rows.append(
-            f"| {lay} | {_ci(d, 'pair_stats_ci', quantity='p_matrix', pair_set='all', stat=k)} "
-            f"| {_ci(d, 'pair_stats_ci', quantity='p_matrix', pair_set='different_token', stat=k)} "
+            f"| {lay} | {_ci(d, 'stats_ci', quantity='p_matrix', stat=k)} "
+            f"| {_pci(d, 'different_token', k)} "
             f"| {int(ds['pair_count'].sel(pair_set='same_token'))} "
             f"| {tok} / {int(d['top_same_subject'].sum())} / {int(d['top_same_relation'].sum())} "
             f"| {float(d['kde_outside'].sel(quantity='p_matrix')):.2%} "
@@ -45,7 +54,7 @@ def relation_table(ds, layers) -> str:
     for lay in layers:
         d = ds.sel(layer=lay)
         for s in ("same_relation", "different_relation"):
-            cells = [_ci(d, "pair_stats_ci", quantity="p_matrix", pair_set=s, stat=st)
+            cells = [_pci(d, s, st)
                      for st in ("mean", "std", "excess_kurtosis")]
             rows.append(f"| {lay} | {s.replace('_', ' ')} ({int(ds['pair_count'].sel(pair_set=s))}) | "
                         + " | ".join(cells) + " |")

@@ -152,10 +152,17 @@ def test_stored_intervals_match_the_explicit_bootstrap_are_deterministic_and_bra
     ci = result["pair_stats_ci"]
     assert ci.attrs["n_boot"] == 40 and ci.attrs["seed"] == 3 and ci.attrs["confidence"] == 0.95
     assert "percentile bootstrap" in ci.attrs["method"] and result["stats_ci"].attrs["n_boot"] == 40
+    assert ci.attrs["quantity"] == "p_matrix"
     for layer in result["layer"].values:
         m = result["p_matrix"].sel(layer=layer).values
         want = _independent_bootstrap(m, masks, 40, 3, 0.95)
-        np.testing.assert_allclose(ci.sel(layer=layer, quantity="p_matrix").values, want, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(ci.sel(layer=layer).values, want, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(result["stats_ci"].sel(layer=layer, quantity="p_matrix").values, want[0],
+                                   rtol=1e-9, atol=1e-12)
+        a = result["activation_angle"].sel(layer=layer).values
+        want_a = _independent_bootstrap(a, masks[:1], 40, 3, 0.95)[0]
+        np.testing.assert_allclose(result["stats_ci"].sel(layer=layer, quantity="activation_angle").values, want_a,
+                                   rtol=1e-9, atol=1e-9)
     mean = result["stats"].sel(quantity="p_matrix", stat="mean")
     band = result["stats_ci"].sel(quantity="p_matrix", stat="mean")
     assert (band.sel(bound="low") <= mean).all() and (mean <= band.sel(bound="high")).all()
