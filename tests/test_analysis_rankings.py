@@ -266,3 +266,36 @@ def test_cli_bad_rank_or_bootstrap_is_a_one_line_error_exit_2(store, args, text)
     r = CliRunner().invoke(cli, ["analyze", store[0], "--model", "m", *args])
     assert r.exit_code == 2, r.output
     assert text in r.output and r.output.strip().count("\n") == 0, r.output
+
+
+def test_extract_stores_the_key_token_and_analyze_flags_pairs_that_share_it(tiny_store, tiny_models, tmp_path):
+    from transformers import AutoTokenizer
+
+    from tests.conftest import copy_store
+
+    path = copy_store(tiny_store("gpt2"), tmp_path)
+    tree = xr.open_datatree(path, engine="zarr")
+    m = tree["models"][next(iter(tree["models"].children))].to_dataset()
+    items = tree["items"].to_dataset()
+    tok = AutoTokenizer.from_pretrained(tiny_models["gpt2"])
+    assert m["key_token_id"].dtype == np.int64 and m["key_token_id"].attrs["long_name"]
+    for cid in m["item"].values:
+        prompt, subject = str(items["prompt"].sel(item=cid).values), str(items["subject"].sel(item=cid).values)
+        text = prompt.replace("{}", subject)
+        s0 = prompt.index("{}")
+        enc = tok(f"{text} {items['target_true'].sel(item=cid).values}", return_offsets_mapping=True)
+        last = max(j for j, (a, b) in enumerate(enc["offset_mapping"]) if a < b and a < s0 + len(subject) and b > s0)
+        assert int(m["key_token_id"].sel(item=cid)) == enc["input_ids"][last]  # the subject's last token
+        assert str(m["key_token"].sel(item=cid).values) == tok.decode([enc["input_ids"][last]])
+    r = CliRunner().invoke(cli, ["analyze", str(path), "--bootstrap", "0", "--quiet"])
+    assert r.exit_code == 0, r.output
+    an = xr.open_datatree(path, engine="zarr")[f"analysis/{next(iter(tree['models'].children))}"].to_dataset()
+    ids = m["key_token_id"].sel(item=an["item"].values).values
+    pos = {c: i for i, c in enumerate(an["item"].values)}
+    for layer in an["layer"].values:
+        t = an.sel(layer=layer)
+        same = [ids[pos[int(a)]] == ids[pos[int(b)]] for a, b in zip(t["top_item"].values, t["top_item_"].values,
+                                                                      strict=True)]
+        np.testing.assert_array_equal(t["top_same_token"].values, same)
+    off = ~np.eye(ids.size, dtype=bool)
+    assert int(an["pair_count"].sel(pair_set="same_token")) == int((off & (ids[:, None] == ids[None, :])).sum())
