@@ -97,7 +97,10 @@ def replicates(matrix: np.ndarray, counts: np.ndarray, masks: np.ndarray) -> np.
     counts = np.asarray(counts)
     n_boot = counts.shape[0]
     w = counts.astype(np.float64)
-    wi = counts.astype(np.int64 if m.shape[0] > 46000 else np.int32)  # w_i w_j summed over N² pairs
+    # pair weights w_i·w_j in the narrowest exact integer type (int16 while max w² fits: ~6× faster
+    # than int32 here, the quantiles' gathers being memory-bound); their running sums reach N²
+    wi = counts.astype(np.int16 if int(counts.max(initial=0)) <= 181 else np.int64)
+    cum_dtype = np.int32 if m.shape[0] <= 46000 else np.int64
     out = np.full((masks.shape[0], n_boot, len(STAT_NAMES)), np.nan)
     for s, mask in enumerate(masks):
         mask = mask & np.isfinite(m)
@@ -120,7 +123,7 @@ def replicates(matrix: np.ndarray, counts: np.ndarray, masks: np.ndarray) -> np.
         for start in range(0, n_boot, block):
             wb = wi[start:start + block]
             pw = np.take(wb, r, axis=1) * np.take(wb, c, axis=1)  # (block, E) pair weights
-            out[s, start:start + block, 4:] = _quantiles(v, np.cumsum(pw, axis=1))
+            out[s, start:start + block, 4:] = _quantiles(v, np.cumsum(pw, axis=1, dtype=cum_dtype))
     return out
 
 
