@@ -30,7 +30,17 @@ from kisstore_cli.common import (
 @click.option("--ridge", type=float, default=0.0, show_default=True, metavar="λ",
               help="Add λ·mean(diag C) to C's diagonal before whitening (for ill-conditioned C).")
 @click.option("--top-k", type=int, default=20, show_default=True, metavar="K",
-              help="Keep the K largest off-diagonal P entries per layer with both facts' text.")
+              help="Keep the K strongest pairs per layer (see --rank) with both facts' text, and the K most "
+                   "exposed facts.")
+@click.option("--rank", "rank_by", default="abs", show_default=True, metavar="abs|signed",
+              help="Rank the top pairs by |P| (both signs kept) or by signed P.")
+@click.option("--exclude-same-subject", is_flag=True, help="Leave pairs of facts that share a subject out of the rankings.")
+@click.option("--exclude-same-token", is_flag=True,
+              help="Leave pairs whose keys sit on the same token id out of the rankings (statistics are stored "
+                   "both with and without them either way).")
+@click.option("--bootstrap", "n_boot", type=int, default=200, show_default=True, metavar="N",
+              help="Bootstrap replicates over items for the statistics' 95 % intervals (0: none).")
+@click.option("--seed", type=int, default=0, show_default=True, metavar="S", help="Seed of the bootstrap's draws.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Write a self-contained HTML report, PNG figures and the scaling table to DIR.")
 @click.option("--report-layers", default=None, metavar="SPEC",
@@ -44,10 +54,13 @@ from kisstore_cli.common import (
 @storage_option
 @handle_errors
 def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: int | None, layers: str | None,
-                    ridge: float, top_k: int, report_dir: str | None, report_layers: str | None, dpi: int, table_out: str | None, quiet: bool,
+                    ridge: float, top_k: int, rank_by: str, exclude_same_subject: bool, exclude_same_token: bool,
+                    n_boot: int, seed: int, report_dir: str | None, report_layers: str | None, dpi: int,
+                    table_out: str | None, quiet: bool,
                     scheduler: str | None, storage_options: tuple[str, ...]) -> None:
-    """Derive gram, P, whitened/activation cosines, statistics, KDEs, convergence and top
-    pairs for every model and layer of STORE, and write them to /analysis/<model>."""
+    """Derive gram, P, whitened/activation cosines, statistics (with bootstrap intervals, per
+    pair set), KDEs, convergence, top pairs and per-fact summaries for every model and layer of
+    STORE, and write them to /analysis/<model>."""
     from kisstore.analysis import analyze, export_table, scaling_table
     from kisstore.analysis.cluster import dask_client
     from kisstore.analysis.core import sample_size_warnings
@@ -59,6 +72,9 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
     from kisstore.store.urls import split_url
 
     check_ridge(ridge)  # before any work: --ridge inf read as "the stored C is damaged"
+    from kisstore.analysis.rankings import RankingOptions, check_options
+
+    check_options(RankingOptions(top_k=top_k, rank_by=rank_by, n_boot=n_boot, seed=seed))
     if split_url(store)[0] == "file" and not store.startswith("file://"):
         store = os.path.abspath(store)  # Dask workers may run in another directory
     opts = storage_options_from(storage_options)
@@ -85,7 +101,8 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
         for line in sample_size_warnings(tree, list(models) or None):
             click.echo(line, err=True)
         result = analyze(tree, models=list(models) or None, items=items, n_items=n_items, layers=layers,
-                         ridge=ridge, top_k=top_k)
+                         ridge=ridge, top_k=top_k, rank_by=rank_by, exclude_same_subject=exclude_same_subject,
+                         exclude_same_token=exclude_same_token, n_boot=n_boot, seed=seed)
         if report_dir:  # a bad --report-layers fails before the work, not after it
             from kisstore.analysis.report_data import report_layers as check_report_layers
 

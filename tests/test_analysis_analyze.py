@@ -60,15 +60,23 @@ def test_every_derived_array_matches_numpy_on_the_stored_arrays(store):
         np.testing.assert_allclose(sel["activation_angle"].values, np.degrees(np.arccos(np.clip(ac, -1, 1))), atol=1e-5)
         p_off = _off(g / np.diag(g)[:, None])
         st = sel["stats"].sel(quantity="p_matrix")
-        assert float(st.sel(stat="kurtosis")) == pytest.approx(scipy.stats.kurtosis(p_off), rel=1e-8)
+        assert float(st.sel(stat="excess_kurtosis")) == pytest.approx(scipy.stats.kurtosis(p_off), rel=1e-8)
         assert float(st.sel(stat="skewness")) == pytest.approx(scipy.stats.skew(p_off), rel=1e-8)
         assert float(st.sel(stat="mean")) == pytest.approx(p_off.mean(), rel=1e-8)
-        assert float(sel["stats"].sel(quantity="whitened_cos", stat="kurtosis")) == pytest.approx(
+        assert float(sel["stats"].sel(quantity="whitened_cos", stat="excess_kurtosis")) == pytest.approx(
             scipy.stats.kurtosis(_off(wc)), rel=1e-8)
         assert float(sel["stats"].sel(quantity="activation_cos", stat="std")) == pytest.approx(
             _off(ac).std(), rel=1e-8)
-        kde = scipy.stats.gaussian_kde(p_off)(ds["grid"].values)
+        x = sel["kde_x"].sel(quantity="p_matrix").values
+        kde = scipy.stats.gaussian_kde(p_off)(x)
         np.testing.assert_allclose(sel["kde"].sel(quantity="p_matrix").values, kde, atol=1e-10 * kde.max())
+        assert x[0] < p_off.min() and x[-1] > p_off.max()  # no far outliers here: the grid covers all
+        assert float(sel["kde_outside"].sel(quantity="p_matrix")) == 0.0
+        w_ang = _off(np.degrees(np.arccos(np.clip(wc, -1, 1))))
+        assert float(sel["stats"].sel(quantity="whitened_angle", stat="median")) == pytest.approx(
+            np.median(w_ang), rel=1e-8)
+        lam = np.linalg.eigvalsh(raw["cov"][layer].astype(np.float64))
+        assert float(sel["cond_2norm"]) == pytest.approx(lam[-1] / lam[0], rel=1e-8)
     assert ds["item"].values.tolist() == written["b"]["case_ids"].tolist()
     assert ds["item_"].values.tolist() == written["b"]["case_ids"].tolist()
 
@@ -93,7 +101,8 @@ def test_convergence_row_for_all_items_equals_full_statistics(store):
 
 def test_top_pairs_carry_both_facts_text_and_are_the_largest_p_entries(store):
     path, *_ = store
-    ds = analyze(open_store(path), models="a", top_k=5)["analysis/a"].to_dataset().compute()
+    ds = analyze(open_store(path), models="a", top_k=5, rank_by="signed")["analysis/a"].to_dataset().compute()
+    assert ds.attrs["rank_by"] == "signed"
     items = xr.open_datatree(path, engine="zarr")["items"].to_dataset()
     for layer in ds["layer"].values:
         t = ds.sel(layer=layer)
@@ -167,8 +176,8 @@ def test_incomplete_models_are_ignored_and_scaling_table_spans_models(store):
     a = table[table["model"] == "a"]
     assert a["relative_depth"].tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1])
     assert set(table["family"]) == {"fam1", "fam2"} and set(table["n_params"]) == {1000, 50_000}
-    stats_a = res["analysis/a"]["stats"].sel(quantity="p_matrix", stat="kurtosis").values
-    np.testing.assert_allclose(a["p_matrix_kurtosis"].values, stats_a)
+    stats_a = res["analysis/a"]["stats"].sel(quantity="p_matrix", stat="excess_kurtosis").values
+    np.testing.assert_allclose(a["p_matrix_excess_kurtosis"].values, stats_a)
 
 
 @pytest.mark.parametrize("kwargs,error,text", [

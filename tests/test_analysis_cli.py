@@ -40,7 +40,7 @@ def test_analyze_writes_p_matrix_into_the_store_matching_numpy(store, tmp_path):
     csv = pd.read_csv(tmp_path / "tab.csv")
     parquet = pd.read_parquet(tmp_path / "tab.parquet")
     assert len(csv) == len(parquet) == 5
-    assert {"model", "family", "n_params", "layer", "relative_depth", "p_matrix_kurtosis"} <= set(csv.columns)
+    assert {"model", "family", "n_params", "layer", "relative_depth", "p_matrix_excess_kurtosis"} <= set(csv.columns)
 
 
 def test_analyze_options_select_model_layers_items_and_ridge(store):

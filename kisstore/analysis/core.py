@@ -9,11 +9,11 @@ import pandas as pd
 import xarray as xr
 
 from kisstore._version import __version__
-from kisstore.analysis import geometry, lift, scaling, stats, subsets
+from kisstore.analysis import geometry, lift, rankings, scaling, stats, subsets
 from kisstore.errors import InputError, StoreError
 from kisstore.store import layout
 
-QUANTITIES = ("p_matrix", "whitened_cos", "activation_cos")
+QUANTITIES = ("p_matrix", "whitened_cos", "activation_cos", "whitened_angle", "activation_angle")
 PROVENANCE = ("model_id", "model_revision", "architecture", "family", "n_params", "n_layers", "d_ff",
               "corpus", "token_position")
 DEFAULT_TOP_K = 20
@@ -31,6 +31,11 @@ def analyze(
     kde_grid: np.ndarray | None = None,
     convergence_sizes: Sequence[int] | None = None,
     max_cond: float = geometry.DEFAULT_MAX_COND,
+    rank_by: str = "abs",
+    exclude_same_subject: bool = False,
+    exclude_same_token: bool = False,
+    n_boot: int = rankings.bootstrap.DEFAULT_N_BOOT,
+    seed: int = 0,
 ) -> xr.DataTree:
     """Derive the whitened key geometry of each model and layer, lazily.
 
@@ -40,7 +45,9 @@ def analyze(
     computed until asked; each layer is one Dask chunk, so selecting a layer costs
     one layer's work. ``items`` is ``all``, ``known`` or ``intersect`` (items every
     complete model knows); ``n_items`` keeps the first N of them; ``ridge`` adds
-    ``ridge·mean(diag C)`` to C's diagonal.
+    ``ridge·mean(diag C)`` to C's diagonal. Top pairs are ranked by |value| (``rank_by="abs"``)
+    or signed value, optionally without pairs sharing a subject or a key token; ``n_boot``
+    bootstrap replicates over items (0: none, seeded by ``seed``) give every statistic an interval.
     """
     from kisstore.limits import check_ridge
 
@@ -49,7 +56,10 @@ def analyze(
         raise InputError(f"--top-k must be ≥ 1, got {top_k}")
     if not max_cond > 1:
         raise InputError(f"max_cond must be > 1, got {max_cond}")
-    grid = stats.DEFAULT_KDE_GRID if kde_grid is None else np.asarray(kde_grid, dtype=np.float64)
+    grid = None if kde_grid is None else np.asarray(kde_grid, dtype=np.float64)  # None: a grid per layer and quantity
+    ranking = rankings.RankingOptions(top_k=int(top_k), rank_by=rank_by, exclude_same_subject=bool(exclude_same_subject),
+                                      exclude_same_token=bool(exclude_same_token), n_boot=int(n_boot), seed=int(seed))
+    rankings.check_options(ranking)
     model_ids = subsets.select_models(tree, models)
     if scaling.GROUP in model_ids:
         raise StoreError(f"a model group named {scaling.GROUP!r} clashes with /analysis/{scaling.GROUP}")
@@ -61,7 +71,8 @@ def analyze(
         _check_unique(tree[f"{layout.MODELS}/{m}"]["item"].values, f"/{layout.MODELS}/{m}")
     per_model = {
         m: analyze_model(tree, m, items_ds, items=items, n_items=n_items, layers=layers, ridge=float(ridge),
-                         top_k=int(top_k), grid=grid, sizes=convergence_sizes, max_cond=float(max_cond))
+                         top_k=int(top_k), grid=grid, sizes=convergence_sizes, max_cond=float(max_cond),
+                         ranking=ranking)
         for m in model_ids
     }
     nodes: dict[str, xr.Dataset] = {f"{layout.ANALYSIS}/{m}": ds for m, ds in per_model.items()}
@@ -110,9 +121,10 @@ def analyze_model(
     layers: str | Sequence[int] | None,
     ridge: float,
     top_k: int,
-    grid: np.ndarray,
+    grid: np.ndarray | None,
     sizes: Sequence[int] | None,
     max_cond: float,
+    ranking: rankings.RankingOptions | None = None,
 ) -> xr.Dataset:
     """The lazy analysis Dataset of one model (see ``analyze``)."""
     ds = subsets.model_dataset(tree, model)
@@ -129,27 +141,34 @@ def analyze_model(
     wcos = lift.pairwise(geometry.whitened_cos, gram)
     q = lift.key_pairs(geometry.q_matrix, sub["keys"])
     acos = lift.pairwise(geometry.cosine, q)
-    quantities = xr.concat([p, wcos, acos], dim=pd.Index(np.array(QUANTITIES, dtype=object), name="quantity"))
+    wangle, aangle = lift.pairwise(geometry.angle_deg, wcos), lift.pairwise(geometry.angle_deg, acos)
+    quantities = xr.concat([p, wcos, acos, wangle, aangle],
+                           dim=pd.Index(np.array(QUANTITIES, dtype=object), name="quantity"))
     quantities = quantities.transpose("layer", "quantity", lift.ITEM, lift.ITEM_)
+    _missing_items(case_ids, items_ds)
 
-    k = min(top_k, n * (n - 1))
-    top_p, rows, cols = lift.top_pairs(p, k)
+    kde, kde_x, kde_outside = lift.kde_adaptive(quantities, grid)
+    # rankings, pair sets (token, subject, relation), per-fact summaries, bootstrap: kisstore.analysis.rankings
+    ranked, ranking_attrs = rankings.ranking_variables(p, wcos, quantities, case_ids, items_ds, ds,
+                                                       ranking or rankings.RankingOptions(top_k=top_k))
+    k = ranking_attrs["top_k"]
     out = xr.Dataset(
         {
             "gram": gram,
             "cond": cond,
+            "cond_2norm": lift.cond_2norm(sub["cov"], ridge),
             "p_matrix": p,
             "whitened_cos": wcos,
-            "whitened_angle": lift.pairwise(geometry.angle_deg, wcos),
+            "whitened_angle": wangle,
             "activation_cos": acos,
-            "activation_angle": lift.pairwise(geometry.angle_deg, acos),
+            "activation_angle": aangle,
             "q_matrix": q,
-            "stats": lift.describe(quantities),
-            "kde": lift.kde(quantities, grid),
+            "kde": kde,
+            "kde_x": kde_x,
+            "kde_outside": kde_outside,
             "convergence": lift.convergence(quantities, list(sizes)).transpose(
                 "layer", "n_items", "quantity", "stat"),
-            "top_p": top_p,
-            **_top_pair_items(rows, cols, case_ids, items_ds),
+            **ranked,
         }
     )
     # one chunk per layer, whole along every other dim: the store's chunking
@@ -161,26 +180,20 @@ def analyze_model(
         relative_depth=("layer", np.asarray(lay, dtype=np.float64) / max(n_layers - 1, 1)),
     )
     out.attrs.update(_attrs(ds.attrs, model, items, n, ridge, max_cond, top_k, k, sizes))
+    out.attrs.update({key: v for key, v in ranking_attrs.items() if key != "top_k"})
+    if grid is not None:
+        out.attrs["kde_grid"] = "fixed, given to analyze(kde_grid=...)"
     for name, units, desc in _DESCRIPTIONS:
         if name in out:
             out[name].attrs.update({"long_name": desc, **({"units": units} if units else {})})
+    rankings.describe_all(out)
     return out
 
 
-def _top_pair_items(rows: xr.DataArray, cols: xr.DataArray, case_ids: np.ndarray,
-                    items_ds: xr.Dataset) -> dict[str, xr.DataArray]:
-    ids = xr.DataArray(case_ids, dims=lift.ITEM)
-    out = {"top_item": lift.take(rows, ids), "top_item_": lift.take(cols, ids)}
+def _missing_items(case_ids: np.ndarray, items_ds: xr.Dataset) -> None:
     missing = [c for c in case_ids.tolist() if c not in set(items_ds["item"].values.tolist())]
     if missing:
         raise StoreError(f"items {missing[:5]} are in the model's keys but not in /items")
-    text = items_ds.sel(item=case_ids)
-    for field in layout.ITEM_FIELDS:
-        if field in text:
-            values = text[field].chunk({lift.ITEM: -1}) if text[field].chunks else text[field]
-            out[f"top_{field}"] = lift.take(rows, values.drop_vars(lift.ITEM))
-            out[f"top_{field}_"] = lift.take(cols, values.drop_vars(lift.ITEM))
-    return out
 
 
 def _attrs(src: dict, model: str, items: str, n: int, ridge: float, max_cond: float,
@@ -199,6 +212,8 @@ def _attrs(src: dict, model: str, items: str, n: int, ridge: float, max_cond: fl
         "top_k_requested": top_k,
         "convergence_sizes": [int(s) for s in sizes],
         "kde": "scipy.stats.gaussian_kde, Scott's rule, off-diagonal entries",
+        "kde_grid": f"per layer and quantity (kde_x): {stats.KDE_POINTS} points from min to max padded by 3 "
+                    "bandwidths, reaching at most one 0.1-99.9 % quantile width beyond those quantiles",
         "stats_over": "the N(N-1) off-diagonal entries",
         "kisstore_version": __version__,
     })
@@ -207,15 +222,18 @@ def _attrs(src: dict, model: str, items: str, n: int, ridge: float, max_cond: fl
 
 _DESCRIPTIONS = (
     ("gram", "", "k_i^T C^-1 k_j (whitening-space gram)"),
-    ("cond", "", "1-norm condition number of C (+ ridge), LAPACK pocon estimate from the Cholesky factor"),
+    ("cond", "", "1-norm condition number of C (+ ridge), LAPACK pocon estimate from the Cholesky factor "
+                 "(a lower bound of ||C||_1 ||C^-1||_1; not the 2-norm: see cond_2norm)"),
+    ("cond_2norm", "", "2-norm condition number of C (+ ridge), lambda_max / lambda_min from its eigenvalues"),
     ("p_matrix", "", "P_ij = G_ij / G_ii (interference coefficient, row-normalised)"),
     ("whitened_cos", "", "G_ij / sqrt(G_ii G_jj)"),
     ("whitened_angle", "degree", "arccos(whitened_cos)"),
     ("activation_cos", "", "k_i^T k_j / (|k_i| |k_j|)"),
     ("activation_angle", "degree", "arccos(activation_cos)"),
     ("q_matrix", "", "k_i^T k_j"),
-    ("stats", "", "statistics of the off-diagonal entries"),
-    ("kde", "", "Gaussian KDE (Scott) of the off-diagonal entries"),
+    ("stats", "", "statistics of the off-diagonal entries (excess_kurtosis: Fisher's, scipy.stats.kurtosis)"),
+    ("kde", "", "Gaussian KDE (Scott) of the off-diagonal entries, on the grid kde_x"),
+    ("kde_x", "", "grid points of kde (units of the quantity: degree for the angles)"),
+    ("kde_outside", "1", "share of the off-diagonal entries outside kde_x's range"),
     ("convergence", "", "statistics of the first n items' off-diagonal entries"),
-    ("top_p", "", "largest off-diagonal P entries (row item edited, column item disturbed)"),
 )

@@ -31,6 +31,12 @@ def _condition_number(c: np.ndarray) -> tuple[float, float]:
     return (hi / lo if lo > 0 else float("inf")), lo
 
 
+def condition_number_2norm(cov: np.ndarray, ridge: float = 0.0) -> float:
+    """Exact 2-norm condition number ``λ_max / λ_min`` of ``C (+ ridge)`` from its eigenvalues
+    (inf when C is not positive definite). ``whitening``'s κ is LAPACK's cheaper 1-norm estimate."""
+    return _condition_number(regularize(cov, ridge))[0]
+
+
 def whitening(
     cov: np.ndarray,
     ridge: float = 0.0,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import numpy as np
 import xarray as xr
 
-from kisstore.analysis import scaling
+from kisstore.analysis import scaling, stats
 from kisstore.store import Store, layout
 
 
@@ -76,7 +77,16 @@ def _compute_to_the_end(work) -> None:
 
 
 def _open(store: Store, path: str) -> xr.Dataset:
-    return xr.open_dataset(store.zstore, group=path, engine="zarr", chunks={}, zarr_format=3, consolidated=False)
+    ds = xr.open_dataset(store.zstore, group=path, engine="zarr", chunks={}, zarr_format=3, consolidated=False)
+    return canonical(ds)
+
+
+def canonical(ds: xr.Dataset) -> xr.Dataset:
+    """An analysis with this version's stat labels: kisstore 0.1 stored scipy's Fisher kurtosis
+    as ``kurtosis``; it reads as ``excess_kurtosis`` (the values are the same statistic)."""
+    if "stat" in ds.coords and any(str(s) in stats.LEGACY_STAT_NAMES for s in ds["stat"].values):
+        ds = ds.assign_coords(stat=np.array(stats.canonical_stat_names(ds["stat"].values), dtype=object))
+    return ds
 
 
 def read_analysis(store: Store, model: str) -> xr.Dataset:

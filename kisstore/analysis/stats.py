@@ -13,8 +13,11 @@ import scipy.stats
 
 QUANTILES = {"min": 0.0, "q01": 0.01, "q05": 0.05, "q25": 0.25, "median": 0.5,
              "q75": 0.75, "q95": 0.95, "q99": 0.99, "max": 1.0}
-STAT_NAMES = ("mean", "std", "kurtosis", "skewness", *QUANTILES)
-DEFAULT_KDE_GRID = np.linspace(-1.0, 1.0, 401)
+STAT_NAMES = ("mean", "std", "excess_kurtosis", "skewness", *QUANTILES)
+LEGACY_STAT_NAMES = {"kurtosis": "excess_kurtosis"}  # kisstore 0.1 called scipy's Fisher kurtosis "kurtosis"
+DEFAULT_KDE_GRID = np.linspace(-1.0, 1.0, 401)  # the fixed grid of kisstore 0.1 (``analyze(kde_grid=...)``)
+KDE_POINTS = 801
+KDE_TAIL = 0.001  # beyond the 0.1 % / 99.9 % quantiles the grid reaches one central width further
 _KDE_CUTOFF = 9.0  # kernel contributions beyond 9 bandwidths are < 3e-18 of the peak
 _KDE_TERMS = 20  # Taylor terms of exp(s·u), |s·u| < 1.2: remainder < 1e-17
 
@@ -29,17 +32,71 @@ def off_diagonal(matrix: np.ndarray, n: int | None = None) -> np.ndarray:
 
 def describe(values: np.ndarray) -> np.ndarray:
     """Statistics in STAT_NAMES order: mean, population std (ddof=0), excess (Fisher)
-    kurtosis and skewness exactly as ``scipy.stats.kurtosis``/``skew`` (bias=True), quantiles."""
+    kurtosis and skewness exactly as ``scipy.stats.kurtosis``/``skew`` (bias=True; NaN when the
+    values are all equal to rounding, where scipy warns of catastrophic cancellation), quantiles."""
     v = np.asarray(values, dtype=np.float64).ravel()
     if v.size == 0:
         return np.full(len(STAT_NAMES), np.nan)
     q = np.quantile(v, list(QUANTILES.values()))
-    return np.concatenate([[v.mean(), v.std(), scipy.stats.kurtosis(v), scipy.stats.skew(v)], q])
+    mean = v.mean()
+    if v.var() <= (np.finfo(np.float64).resolution * mean) ** 2:  # (nearly) all equal: shape undefined
+        return np.concatenate([[mean, v.std(), np.nan, np.nan], q])  # (scipy would warn, per layer)
+    return np.concatenate([[mean, v.std(), scipy.stats.kurtosis(v), scipy.stats.skew(v)], q])
 
 
 def describe_matrix(matrix: np.ndarray) -> np.ndarray:
     """``describe`` of a matrix's off-diagonal entries."""
     return describe(off_diagonal(matrix))
+
+
+def describe_sets(matrix: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(S, len(STAT_NAMES)): ``describe`` of the entries of each (N, N) bool mask (a pair set)."""
+    m = np.asarray(matrix)
+    return np.stack([describe(m[mask]) for mask in np.asarray(masks, dtype=bool)])
+
+
+def canonical_stat_names(names) -> list[str]:
+    """Stat labels as this version names them (0.1's ``kurtosis`` → ``excess_kurtosis``)."""
+    return [LEGACY_STAT_NAMES.get(str(s), str(s)) for s in names]
+
+
+def kde_span(values: np.ndarray, n_points: int = KDE_POINTS) -> np.ndarray:
+    """A grid for ``values``' KDE that covers their tails: from min to max, padded by three
+    Scott bandwidths, except that it reaches at most one central width (the 0.1 %–99.9 %
+    quantile range) beyond those quantiles, so a handful of far outliers cannot stretch the
+    grid until the bulk of the density falls between two points (they are counted in the
+    share outside instead)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        return np.full(n_points, np.nan)
+    q_lo, q_hi = np.quantile(v, [KDE_TAIL, 1.0 - KDE_TAIL])
+    width = q_hi - q_lo
+    h = scott_bandwidth(v)
+    lo = max(float(v.min()), q_lo - width) - 3 * h
+    hi = min(float(v.max()), q_hi + width) + 3 * h
+    if not hi > lo:
+        lo, hi = float(v.min()) - 1.0, float(v.max()) + 1.0
+    return np.linspace(lo, hi, n_points)
+
+
+def kde_outside(values: np.ndarray, grid: np.ndarray) -> float:
+    """Share of the finite ``values`` outside [grid[0], grid[-1]]."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    g = np.asarray(grid, dtype=np.float64)
+    if v.size == 0 or not np.isfinite(g[[0, -1]]).all():
+        return float("nan")
+    return float(np.mean((v < g[0]) | (v > g[-1])))
+
+
+def kde_adaptive(matrix: np.ndarray, grid: np.ndarray | None = None, n_points: int = KDE_POINTS) -> np.ndarray:
+    """(2·G + 1,): the KDE of a matrix's off-diagonal entries, its grid (``kde_span`` unless
+    ``grid`` is given) and the share of entries outside the grid, concatenated."""
+    v = off_diagonal(matrix)
+    g = kde_span(v, n_points) if grid is None else np.asarray(grid, dtype=np.float64)
+    dens = kde(v, g) if np.isfinite(g).all() else np.full(g.shape, np.nan)
+    return np.concatenate([dens, g, [kde_outside(v, g)]])
 
 
 def scott_bandwidth(values: np.ndarray) -> float:
@@ -110,15 +167,3 @@ def convergence(matrix: np.ndarray, sizes: list[int] | np.ndarray) -> np.ndarray
     normalised by its own diagonal), so this is the paper's Appendix C experiment.
     """
     return np.stack([describe(off_diagonal(matrix, int(n))) for n in sizes])
-
-
-def top_pairs(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The k largest off-diagonal entries: (values, row indices, column indices), largest first."""
-    m = np.asarray(matrix, dtype=np.float64)
-    n = m.shape[0]
-    flat = np.where(np.eye(n, dtype=bool), -np.inf, np.nan_to_num(m, nan=-np.inf)).ravel()
-    k = min(k, n * (n - 1))
-    idx = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
-    idx = idx[np.lexsort((idx, -flat[idx]))][:k]  # by value, ties by position
-    rows, cols = np.divmod(idx, n)
-    return m.ravel()[idx], rows, cols

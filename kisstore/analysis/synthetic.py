@@ -29,11 +29,11 @@ def synthetic_model(
     return {"keys": keys, "cov": cov, "n_tokens": np.full(n_layers, n_samples, np.int64)}
 
 
-def items_dataset(case_ids: Sequence[int]) -> xr.Dataset:
-    """An /items dataset with made-up CounterFact-like text for ``case_ids``."""
+def items_dataset(case_ids: Sequence[int], subjects: Sequence[str] | None = None) -> xr.Dataset:
+    """An /items dataset with made-up CounterFact-like text for ``case_ids`` (``subjects`` may repeat)."""
     ids = np.asarray(case_ids, dtype=np.int64)
     text = {
-        "subject": [f"Subject {c}" for c in ids],
+        "subject": list(subjects) if subjects is not None else [f"Subject {c}" for c in ids],
         "prompt": [f"{{}} was born in {c}" for c in ids],
         "relation_id": [f"P{c % 7}" for c in ids],
         "target_true": [f"City{c}" for c in ids],
@@ -43,10 +43,21 @@ def items_dataset(case_ids: Sequence[int]) -> xr.Dataset:
 
 
 def model_dataset(arrays: dict[str, np.ndarray], case_ids: Sequence[int],
-                  known: np.ndarray | None = None, layers: Sequence[int] | None = None) -> xr.Dataset:
-    """The /models/<id> dataset for arrays from ``synthetic_model``."""
+                  known: np.ndarray | None = None, layers: Sequence[int] | None = None,
+                  key_token_id: Sequence[int] | None = None) -> xr.Dataset:
+    """The /models/<id> dataset for arrays from ``synthetic_model`` (with ``key_token_id`` and a
+    made-up ``key_token`` when given, as extract writes them)."""
     n_layers, n_items, _ = arrays["keys"].shape
     known = np.ones(n_items, bool) if known is None else np.asarray(known, bool)
+    ds = _model_arrays(arrays, case_ids, known, layers, n_items, n_layers)
+    if key_token_id is not None:
+        tok = np.asarray(key_token_id, dtype=np.int64)
+        ds["key_token_id"] = ("item", tok)
+        ds["key_token"] = ("item", np.array([f"tok{t}" for t in tok], dtype=object))
+    return ds
+
+
+def _model_arrays(arrays, case_ids, known, layers, n_items, n_layers) -> xr.Dataset:
     return xr.Dataset(
         {
             "keys": (("layer", "item", "d_ff"), arrays["keys"]),
@@ -65,23 +76,26 @@ def write_synthetic_store(
     models: dict[str, dict[str, Any]] | None = None,
     n_items: int = 40,
     seed: int = 0,
+    subjects: Sequence[str] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Write a store with /items and one /models/<id> per entry of ``models``.
 
     ``models`` maps a model id to options: ``d_ff``, ``n_layers``, ``known`` (bool mask),
-    ``n_params``, ``family``, ``complete`` (default True). Returns the arrays written.
+    ``n_params``, ``family``, ``complete`` (default True), ``key_token_id`` (item,) ints.
+    ``subjects``: the items' subjects (default all distinct). Returns the arrays written.
     """
     models = models or {"tiny": {}}
     rng = np.random.default_rng(seed)
     case_ids = np.arange(1000, 1000 + 3 * n_items, 3, dtype=np.int64)
     store = Store(path)
     store.init()
-    store.write_dataset("items", items_dataset(case_ids))
+    store.write_dataset("items", items_dataset(case_ids, subjects))
     written = {}
     for name, opt in models.items():
         n_layers = int(opt.get("n_layers", 3))
         arrays = synthetic_model(rng, n_items, int(opt.get("d_ff", 12)), n_layers)
-        store.write_dataset(f"models/{name}", model_dataset(arrays, case_ids, opt.get("known")))
+        store.write_dataset(f"models/{name}", model_dataset(arrays, case_ids, opt.get("known"),
+                                                                 key_token_id=opt.get("key_token_id")))
         store.set_attrs(f"models/{name}", {
             "model_id": name, "architecture": opt.get("family", "synthetic"), "family": opt.get("family", "synthetic"),
             "n_params": int(opt.get("n_params", 1000 * n_layers)), "n_layers": n_layers,

@@ -21,6 +21,19 @@ class ItemPass:
     p_true: np.ndarray  # (item,) float32
 
 
+def key_tokens(tokenizer, items: Sequence[Item], position: str = "subject_last") -> tuple[np.ndarray, np.ndarray]:
+    """The token at each item's key position: ids (item,) int64 and their decoded text (item,) object.
+
+    Tokenisation only (no forward pass), the same encoding as the item pass. Two keys on the
+    same token id share the token's embedding at layer 0: their interference is lexical."""
+    ids = []
+    for it in items:
+        enc = encode_item(tokenizer, it, position)
+        ids.append(int(enc.input_ids[enc.key_pos]))
+    text = np.array([tokenizer.decode([i]) for i in ids], dtype=object)
+    return np.asarray(ids, dtype=np.int64), text
+
+
 def item_pass(
     lm,
     items: Sequence[Item],

@@ -30,7 +30,7 @@ from kisstore.extract.covariance import (
 )
 from kisstore.extract.cpu_kernels import check_choice as check_cpu_kernels
 from kisstore.extract.cpu_kernels import resolve as resolve_kernels
-from kisstore.extract.keys import item_pass
+from kisstore.extract.keys import item_pass, key_tokens
 from kisstore.extract.positions import POSITIONS
 from kisstore.extract.prefetch import prefetch
 from kisstore.layers import parse_layers
@@ -346,7 +346,7 @@ class ModelRun:
         }
 
     # -- item pass ----------------------------------------------------------------------
-    def run_items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def run_items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         self.load()
         state = self.ckpt.open(self.layers, self.lm.d_ff)
         want = [it.case_id for it in self.items]
@@ -368,8 +368,9 @@ class ModelRun:
             keys, known, p_true, _ = self.ckpt.load_items()
             found = list(range(len(want)))
         keys, known, p_true = keys[:, found], known[found], p_true[found]
+        token_ids, tokens = key_tokens(self.lm.tokenizer, self.items, self.opts.token)  # tokenizer only
         log(f"[{self.model_id}] knows {int(known.sum())} of {len(self.items)} items")
-        return keys, known, p_true
+        return keys, known, p_true, token_ids, tokens
 
     # -- corpus pass --------------------------------------------------------------------
     def run_corpus(self) -> tuple[np.ndarray, np.ndarray]:
@@ -611,17 +612,22 @@ def items_dataset(items: list[Item]) -> xr.Dataset:
                       coords={"item": np.array([it.case_id for it in items], dtype=np.int64)})
 
 
-def model_dataset(keys, cov, n_tokens, known, p_true, layers, case_ids) -> xr.Dataset:
-    return xr.Dataset(
-        {
-            "keys": (("layer", "item", "d_ff"), keys.astype(np.float32)),
-            "cov": (("layer", "d_ff", "d_ff_"), cov),
-            "n_tokens": ("layer", n_tokens),
-            "known": ("item", known.astype(bool)),
-            "p_true": ("item", p_true.astype(np.float32)),
-        },
-        coords={"layer": np.asarray(layers, dtype=np.int64), "item": np.asarray(case_ids, dtype=np.int64)},
-    )
+def model_dataset(keys, cov, n_tokens, known, p_true, layers, case_ids, key_token_id=None,
+                  key_token=None) -> xr.Dataset:
+    data = {
+        "keys": (("layer", "item", "d_ff"), keys.astype(np.float32)),
+        "cov": (("layer", "d_ff", "d_ff_"), cov),
+        "n_tokens": ("layer", n_tokens),
+        "known": ("item", known.astype(bool)),
+        "p_true": ("item", p_true.astype(np.float32)),
+    }
+    if key_token_id is not None:  # the token at the key position (stores before 0.2 lack it)
+        data["key_token_id"] = ("item", np.asarray(key_token_id, dtype=np.int64),
+                                {"long_name": "token id at the key position"})
+        data["key_token"] = ("item", np.asarray(key_token, dtype=object),
+                             {"long_name": "decoded token at the key position"})
+    return xr.Dataset(data, coords={"layer": np.asarray(layers, dtype=np.int64),
+                                    "item": np.asarray(case_ids, dtype=np.int64)})
 
 
 def store_items(store: Store) -> list[Item] | None:
@@ -811,10 +817,10 @@ def _extract_locked(opts: ExtractOptions, store: Store, runs: list[ModelRun], ca
     written = []
     for run in reversed(runs):  # the last model of phase 1 is still loaded
         cov, n_tokens = run.run_corpus()
-        keys, known, p_true = results[run.model_id]
+        keys, known, p_true, token_ids, tokens = results[run.model_id]
         sel = np.asarray(selected)
         ds = model_dataset(keys[:, sel], cov, n_tokens, known[sel], p_true[sel], run.layers,
-                           [candidates[i].case_id for i in selected])
+                           [candidates[i].case_id for i in selected], token_ids[sel], tokens[sel])
         ds.attrs = {**run.provenance(), "complete": False}
         path = layout.model_path(run.model_id)
         # a complete model being overwritten stays readable until the new one replaces it whole;
