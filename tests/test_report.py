@@ -114,7 +114,11 @@ def test_kurtosis_curve_is_scipys_excess_kurtosis_of_numpy_p(made):
         want = scipy.stats.kurtosis(p[~np.eye(N_ITEMS, dtype=bool)], fisher=True)
         assert curve["value"][lay] == pytest.approx(want, rel=1e-6)
         assert curve["relative_depth"][lay] == pytest.approx(lay / 4)
-    assert curve["low"].isna().all()  # no stats_ci in this analysis
+    # the band is the stored bootstrap interval (analyze's default --bootstrap 200), around the value
+    ci = ds["stats_ci"].sel(quantity="p_matrix", stat="excess_kurtosis").values
+    np.testing.assert_allclose(curve["low"].to_numpy(), ci[:, 0])
+    np.testing.assert_allclose(curve["high"].to_numpy(), ci[:, 1])
+    assert (curve["low"] <= curve["high"]).all()
 
 
 def test_symlog_param_labels_and_representative_layers():
