@@ -16,7 +16,6 @@ from tests.conftest import run_cli, tree_digest
 from tests.test_edit import _store
 
 
-
 def _spd(rng, d, evals):
     q = np.linalg.qr(rng.normal(size=(d, d)))[0]
     return (q * evals) @ q.T, q
@@ -178,3 +177,11 @@ def test_a_run_killed_mid_way_resumes_from_its_checkpoint_bit_identical(method, 
         np.testing.assert_array_equal(x[name].values, y[name].values, err_msg=name)
     again = _cli(["edit", str(b), *argv[:-1]])
     assert again.returncode == 0 and "already complete" in again.stdout + again.stderr
+
+
+def test_edit_benchmark_times_both_rules_against_re_solving_on_small_shapes():
+    from benchmarks import editing
+
+    results = {r.key: r for r in editing.run(d_ff=24, d_model=5, n_layers=2, batch=2, steps=4)}
+    assert set(results) == {f"edit_{m}_{k}" for m in ("memit", "alphaedit") for k in ("edits_per_s", "scratch_ratio")}
+    assert all(np.isfinite(r.value) and r.value > 0 for r in results.values())
