@@ -76,13 +76,15 @@ def edit_command(store, model, layer, layer_spec, batch, target, mom2_update_wei
                  nullspace_relative, alphaedit_l2, ridge,
                  direct_scale, rome_steps, rome_lr, kl_factor, weight_decay, vectors, threads, device, report_dir,
                  overwrite, quiet, storage_options):
-    """Apply E sequential rank-one edits W ← W + Λ(C⁻¹k*)ᵀ to one layer of a model whose keys and C
-    are in STORE; record predicted and measured interference, efficacy and the forgetting curve
-    of K held-out facts in /edits/<run>.
+    """Apply E sequential closed-form edits to a model whose keys and C are in STORE: ROME's
+    rank-one W ← W + Λ(C⁻¹k*)ᵀ at one --layer, or MEMIT/AlphaEdit over --layers in --batch
+    steps (checkpointed; the same command resumes a killed run). Record predicted, measured and
+    live interference, efficacy and the forgetting curve of K held-out facts in /edits/<run>.
 
     \b
     Example:
       kisstore edit demo.zarr --model smollm2-135m --layer 4 --edits 50 --method rome --report edit-report
+      kisstore edit demo.zarr --model smollm2-135m --method memit --layers 3-8 --batch 20 --edits 360
     """
     if report_dir and method in ("memit", "alphaedit"):
         from kisstore.errors import InputError
