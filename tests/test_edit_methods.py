@@ -38,6 +38,19 @@ def test_memit_update_is_memits_batched_closed_form():
     np.testing.assert_allclose(rc @ (adj.T @ k), expected @ k, rtol=1e-10)
 
 
+def test_memit_with_one_key_is_romes_edit_shrunk_by_its_preservation_weight():
+    """Sherman–Morrison: r kᵀ(λC + kkᵀ)⁻¹ = r (C⁻¹k)ᵀ / (λ + kᵀC⁻¹k), i.e. ROME's update times G/(λ + G)."""
+    rng = np.random.default_rng(3)
+    d, d_model, lam = 16, 4, 2.5
+    cov, _ = _spd(rng, d, rng.uniform(0.2, 2.0, d))
+    w, k, v = rng.normal(size=(d_model, d)), rng.normal(size=d), rng.normal(size=d_model)
+    lower = np.linalg.cholesky(cov)
+    rome = cf.rank_one_edit(w, k, v, lower)
+    gram = float(k @ np.linalg.solve(cov, k))
+    memit = (v - w @ k)[:, None] @ cf.memit_adjoint(k[None], cov, lam).T
+    np.testing.assert_allclose(memit, (rome.apply(w) - w) * gram / (lam + gram), rtol=1e-10, atol=1e-13)
+
+
 def test_alphaedit_update_is_alphaedits_formula_with_its_cache_and_protects_c():
     """AlphaEdit: Δ = R K₁ᵀ P (K_p K_pᵀ P + K₁ K₁ᵀ P + L2·I)⁻¹, the cache growing by K₁K₁ᵀ each step;
     the update leaves C's dominant directions (eigenvalue ≥ threshold) untouched."""
