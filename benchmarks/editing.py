@@ -6,7 +6,7 @@ of the step's batch only; AlphaEdit: its key cache ``K_pK_pᵀ`` is a running d_
 Re-solving from scratch — one batched update for every edit made so far, from the unedited
 weights, as a one-shot MEMIT/AlphaEdit batch would — costs a Gram product over all of them on
 top of the same solve. This benchmark times both side by side on SmolLM2-135M's shapes
-(d_ff 1536, d_model 576) over 6 layers, batches of 10 edits, interleaved step by step, and
+(d_ff 1536, d_model 576) over 6 layers, batches of 10 edits, 8 steps, interleaved step by step, and
 checks that both give finite updates. Synthetic keys with a spectrum spanning three decades
 (like SmolLM2's C) stand in for the model's: the cost of the algebra does not depend on their
 values. The model's own work per step (the target optimisation, the live forward, the scoring)
@@ -30,7 +30,7 @@ def _problem(rng, d_ff: int, n_keys: int):
     return cov, keys
 
 
-def run(d_ff: int = 1536, d_model: int = 576, n_layers: int = 6, batch: int = 10, steps: int = 20,
+def run(d_ff: int = 1536, d_model: int = 576, n_layers: int = 6, batch: int = 10, steps: int = 8,
         progress=lambda _msg: None) -> list[Result]:
     from kisstore.edit import closed_form as cf
     from kisstore.edit.methods import AlphaEdit, Memit
@@ -64,7 +64,7 @@ def run(d_ff: int = 1536, d_model: int = 576, n_layers: int = 6, batch: int = 10
                 delta = resid[upto].T @ adj.T
             t_all[name].append(time.perf_counter() - t)
             assert np.isfinite(delta).all()
-        if (s + 1) % 5 == 0:
+        if (s + 1) % 2 == 0:
             progress(f"benchmark 7: step {s + 1}/{steps} ({(s + 1) * batch} edits)")
     out = []
     late = slice(steps // 2, steps)  # once the edits so far outnumber a batch many times

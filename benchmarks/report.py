@@ -190,7 +190,7 @@ What is compared, and how:
    one step of `kisstore edit --method memit|alphaedit` (every layer's closed-form update for one
    batch of 10 edits, 6 layers, SmolLM2's d_ff × d_model) against re-solving every edit made so
    far from the unedited weights (one batched update over all of them), interleaved step by
-   step over 20 steps; edits per second of the update rule alone. The model's own work per step
+   step over 8 steps; edits per second of the update rule alone. The model's own work per step
    (target optimisation, live forward, scoring) is in each run's `seconds` (docs/editing.md).
 
 Timing discipline: the corpus work is interleaved batch by batch (the forwards, kisstore,
