@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks" + (" --quick" if args.quick else "")
                    + (f" --device {args.device}" if kind == "cuda" else "")
                    + (f" --batch-tokens {args.batch_tokens}" if args.batch_tokens is not None else "")
-                   + (" --compile" if args.compile else ""),
+                   + (" --compile" if args.compile else "")
+                   + (f" --only {args.only}" if args.only != "cov,p,memory,scale,edit" else ""),
         "mode": "quick" if args.quick else "full", "machine": info, "model": model_note,
         "settings": cfg.__dict__, "results": [r.as_dict() for r in results], "scale": scale,
         "notes": notes, "elapsed_s": elapsed, **({"profile": profile} if profile else {}),
