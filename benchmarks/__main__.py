@@ -51,8 +51,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--model", choices=["embedded", "random"], default="embedded",
                     help="The embedded SmolLM2-135M, or its configuration with random weights "
                          "(used automatically when the embedded model is not installed).")
-    ap.add_argument("--only", default="cov,p,memory,scale",
-                    help="Comma-separated subset of: cov (benchmarks 1, 3, 4), p (2), memory (5), scale (6); "
+    ap.add_argument("--only", default="cov,p,memory,scale,edit",
+                    help="Comma-separated subset of: cov (benchmarks 1, 3, 4), p (2), memory (5), scale (6), "
+                         "edit (7: lifelong editing's update rules; alone, it saves to "
+                         "benchmarks/results-edit-<cpu|cuda>.json); "
                          "also profile (not in the default: where the corpus pass's time goes, by kind of "
                          "kernel, written to --profile-out).")
     ap.add_argument("--profile-out", type=Path, default=None, metavar="PATH",
@@ -91,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         print("--device cuda: no CUDA device here", file=sys.stderr)
         return 2
     only = set(args.only.split(","))
-    unknown = only - {"cov", "p", "memory", "scale", "profile"}
+    unknown = only - {"cov", "p", "memory", "scale", "profile", "edit"}
     if unknown:
-        print(f"--only: unknown part(s) {', '.join(sorted(unknown))}; use cov, p, memory, scale, profile",
+        print(f"--only: unknown part(s) {', '.join(sorted(unknown))}; use cov, p, memory, scale, edit, profile",
               file=sys.stderr)
         return 2
     start = time.perf_counter()
@@ -171,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"benchmark 5: kisstore extract (128 items, {cfg.store_tokens} corpus tokens) and analyze")
             results += memory.run(device=args.device, n_items=128, corpus_tokens=cfg.store_tokens, progress=progress)
 
+    if "edit" in only:
+        from benchmarks import editing
+
+        progress("benchmark 7: MEMIT/AlphaEdit update rules, one step vs re-solving every edit so far")
+        results += editing.run(d_ff=lm.d_ff, d_model=int(lm.model.config.hidden_size), progress=progress)
+
     scale = None
     if "scale" in only:
         from benchmarks import scale as scale_mod
@@ -190,12 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks" + (" --quick" if args.quick else "")
                    + (f" --device {args.device}" if kind == "cuda" else "")
                    + (f" --batch-tokens {args.batch_tokens}" if args.batch_tokens is not None else "")
-                   + (" --compile" if args.compile else ""),
+                   + (" --compile" if args.compile else "")
+                   + (f" --only {args.only}" if args.only != "cov,p,memory,scale,edit" else ""),
         "mode": "quick" if args.quick else "full", "machine": info, "model": model_note,
         "settings": cfg.__dict__, "results": [r.as_dict() for r in results], "scale": scale,
         "notes": notes, "elapsed_s": elapsed, **({"profile": profile} if profile else {}),
     }
-    path = args.json or report.RESULTS[kind]
+    path = args.json or (report.EDIT_RESULTS[kind] if only == {"edit"} else report.RESULTS[kind])
     report.save(payload, path)
     print()
     print(report.table(payload["results"]))

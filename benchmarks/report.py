@@ -10,6 +10,7 @@ from benchmarks.common import fmt
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = {"cpu": ROOT / "benchmarks" / "results-cpu.json", "cuda": ROOT / "benchmarks" / "results-cuda.json"}
+EDIT_RESULTS = {k: ROOT / "benchmarks" / f"results-edit-{k}.json" for k in ("cpu", "cuda")}
 DOC = ROOT / "docs" / "benchmarks.md"
 
 
@@ -185,6 +186,12 @@ What is compared, and how:
    RSS (`VmHWM`) as it exits.
 6. **Scale plan** for the paper's eleven models on one H100 80 GB, from their published shapes,
    kisstore's memory rule and the efficiency measured here.
+7. **Lifelong editing's update rules** (`benchmarks/editing.py`; `--only edit` runs it alone):
+   one step of `kisstore edit --method memit|alphaedit` (every layer's closed-form update for one
+   batch of 10 edits, 6 layers, SmolLM2's d_ff × d_model) against re-solving every edit made so
+   far from the unedited weights (one batched update over all of them), interleaved step by
+   step over 8 steps; edits per second of the update rule alone. The model's own work per step
+   (target optimisation, live forward, scoring) is in each run's `seconds` (docs/editing.md).
 
 Timing discipline: the corpus work is interleaved batch by batch (the forwards, kisstore,
 layer_stats per sampled layer, GEMM; order rotated each batch) and summarised by the median of per-batch ratios;
@@ -309,6 +316,10 @@ def render(paths: dict[str, Path] | None = None, doc: Path = DOC) -> Path:
         elif kind == "cuda":
             lines += ["## CUDA", "", "Not run yet: on a GPU machine run `python -m benchmarks --device cuda`, then "
                       "copy its `results-cuda.json` into `benchmarks/` and run `python -m benchmarks --render`.", ""]
+    for kind, title in (("cpu", "CPU"), ("cuda", "CUDA")):
+        p = EDIT_RESULTS[kind]
+        if paths is RESULTS and p.is_file():  # `python -m benchmarks --only edit`, saved on its own
+            lines += _md_run(f"Lifelong editing ({title}; benchmark 7 alone)", json.loads(p.read_text()))
     lines.append(TUNING)
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(lines))

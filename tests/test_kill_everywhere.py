@@ -81,6 +81,10 @@ def _cases(w: dict, store: str) -> dict[str, dict]:
         "edit": {"argv": ["edit", store, "--model", str(w["model"]), "--layer", "1", "--edits", "2", "--tracked", "4",
                           "--tracked-from", "all", "--method", "direct", "--run", "k", "--quiet"],
                  "baseline": str(w["store"]), "compare": ["edits/k"], "ignore": ["seconds"], "at_least": 10},
+        "edit-memit": {"argv": ["edit", store, "--model", str(w["model"]), "--method", "memit", "--layers", "0-1",
+                                "--edits", "3", "--tracked", "4", "--tracked-from", "all", "--target", "direct",
+                                "--checkpoint-every", "1", "--run", "k", "--quiet"],
+                       "baseline": str(w["store"]), "compare": ["edits/k"], "ignore": ["seconds"], "at_least": 20},
         "import-rome": {"argv": ["import-rome", str(w["rome"]), "--model", str(w["model"]), "--store", store],
                         "baseline": None, "compare": ["models/llama"], "at_least": 10},
     }
@@ -88,11 +92,11 @@ def _cases(w: dict, store: str) -> dict[str, dict]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-@pytest.mark.parametrize("command", ["extract", "extract-overwrite", "analyze", "edit", "import-rome"])
+@pytest.mark.parametrize("command", ["extract", "extract-overwrite", "analyze", "edit", "edit-memit", "import-rome"])
 def test_a_kill_at_every_write_of_a_local_store_is_completed_by_the_same_command(command, world, tmp_path):
     store = str(tmp_path / "s.zarr")
     case = _cases(world, store)[command]
-    sample = _sample(3) if command == "edit" else {}
+    sample = _sample(3) if command in ("edit", "edit-memit") else {}
     result = _harness({"argv": case["argv"], "store": store, "baseline": case["baseline"],
                        "compare": case["compare"], "ignore": case.get("ignore", []), **sample}, tmp_path)
     _check(result, case["at_least"], every=not sample)

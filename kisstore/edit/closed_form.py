@@ -156,3 +156,36 @@ def relative_error(predicted: np.ndarray, measured: np.ndarray, axis=None) -> np
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(num > 0, np.inf, 0.0))
     return np.where(np.isnan(num) | np.isnan(den), np.nan, out)  # NaN stays NaN, never "agrees"
+
+
+# -- batched, multi-layer updates (MEMIT, AlphaEdit applied) -------------------------------------
+# Keys and residuals are rows here, as the run holds them: K (B, d_ff), R (B, d_model). Each
+# update is returned as ``adj`` (d_ff, B) with ``ΔW = Rᵀ adjᵀ``, so that any key k moves by
+# ``Rᵀ (adjᵀ k)``: ``adjᵀ k`` (B,) are the coefficients the theory side predicts with.
+
+def memit_adjoint(keys: np.ndarray, cov: np.ndarray, mom2_weight: float) -> np.ndarray:
+    """MEMIT's ``(λC + KᵀK)⁻¹ Kᵀ`` (d_ff, B) for one layer (Meng et al. 2023, eq. 14).
+
+    ``ΔW = R Kᵀ (λC + K Kᵀ)⁻¹`` in the paper's column notation (keys as columns) is
+    ``Rᵀ adjᵀ`` here. ``C`` is the store's E[kkᵀ] (MEMIT's mom2 is the same uncentered second
+    moment), so ``λ`` is MEMIT's ``mom2_update_weight``: ``λC`` stands for the Σ kkᵀ of about
+    λ preserved keys. One Cholesky solve of a d_ff × d_ff SPD system.
+    """
+    k = np.asarray(keys, dtype=np.float64)
+    lhs = float(mom2_weight) * np.asarray(cov, dtype=np.float64) + k.T @ k
+    factor = scipy.linalg.cho_factor(lhs, lower=True, check_finite=False)
+    return scipy.linalg.cho_solve(factor, k.T, check_finite=False)
+
+
+def alphaedit_adjoint(keys: np.ndarray, cache: np.ndarray, projector: np.ndarray, l2: float) -> np.ndarray:
+    """AlphaEdit's update (Fang et al., ICLR 2025, eq. 17 with its code's L2) as ``adj`` (d_ff, B).
+
+    ``ΔW = R K₁ᵀ P (K_p K_pᵀ P + K₁ K₁ᵀ P + L2·I)⁻¹`` (columns) with ``cache = K_p K_pᵀ``, the keys
+    edited in earlier steps. Transposed (P and the caches are symmetric), ``ΔWᵀ = (P A + L2·I)⁻¹
+    P K₁ Rᵀ`` with ``A = K_pK_pᵀ + K₁K₁ᵀ``: one d_ff × d_ff LU solve, as AlphaEdit's code does.
+    """
+    k = np.asarray(keys, dtype=np.float64)
+    p = np.asarray(projector, dtype=np.float64)
+    a = np.asarray(cache, dtype=np.float64) + k.T @ k
+    lhs = p @ a + float(l2) * np.eye(a.shape[0])
+    return scipy.linalg.solve(lhs, p @ k.T, check_finite=False)

@@ -263,3 +263,72 @@ class CounterFactEvaluator:
             "eval_scope": "step 0: every edited fact (unedited model); step s: the facts edited at steps ≤ s",
         })
         return ds
+
+
+def capture_at_keys(probe: FactProbe, inputs=(), outputs=(), indices: Sequence[int] | None = None
+                    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The inputs of ``inputs`` and the outputs of ``outputs`` (modules) at each fact's key position,
+    live, in one forward per token batch that stops once every module has been seen.
+
+    Returns (one (len(indices), d) float64 array per input module, one per output module). A
+    module whose output is a tuple (a transformer block) gives its first element, the
+    residual stream. This is what MEMIT reads: the keys ``k`` at each edited layer and the hidden
+    state at its last layer, after the edits so far.
+    """
+    import torch
+
+    from kisstore.extract.hooks import StopForward
+
+    indices = list(range(probe.n)) if indices is None else list(indices)
+    seqs = [probe.keyed[i] for i in indices]
+    pad = probe.lm.tokenizer.pad_token_id
+    n_in, n_out = len(inputs), len(outputs)
+    found_in: list[dict[int, np.ndarray]] = [{} for _ in inputs]
+    found_out: list[dict[int, np.ndarray]] = [{} for _ in outputs]
+    state: dict = {}
+
+    def take(y):
+        y = y[0] if isinstance(y, tuple) else y
+        y = y.reshape(*state["shape"], -1)
+        return y[state["batch"], state["pos"]].double().cpu().numpy()
+
+    def seen():
+        state["left"] -= 1
+        if state["left"] == 0:
+            raise StopForward
+
+    def pre(slot):
+        def hook(_module, args):
+            state["in"][slot] = take(args[0])
+            seen()
+        return hook
+
+    def post(slot):
+        def hook(_module, _args, y):
+            state["out"][slot] = take(y)
+            seen()
+        return hook
+
+    handles = [m.register_forward_pre_hook(pre(s)) for s, m in enumerate(inputs)]
+    handles += [m.register_forward_hook(post(s)) for s, m in enumerate(outputs)]
+    try:
+        for group in token_budget_batches([len(s) for s in seqs], probe.batch_tokens):
+            ids, mask = pad_right([seqs[g] for g in group], pad)
+            state.update(shape=tuple(ids.shape), batch=torch.arange(len(group)),
+                         pos=torch.tensor([len(seqs[g]) - 1 for g in group]), left=n_in + n_out,
+                         **{"in": [None] * n_in, "out": [None] * n_out})
+            try:
+                with torch.inference_mode():
+                    probe.lm.model(input_ids=ids.to(probe.lm.device), attention_mask=mask.to(probe.lm.device))
+            except StopForward:
+                pass
+            for slot in range(n_in):
+                found_in[slot].update(zip(group, state["in"][slot], strict=True))
+            for slot in range(n_out):
+                found_out[slot].update(zip(group, state["out"][slot], strict=True))
+    finally:
+        for h in handles:
+            h.remove()
+    order = range(len(indices))
+    return ([np.stack([f[i] for i in order]) for f in found_in],
+            [np.stack([f[i] for i in order]) for f in found_out])

@@ -27,6 +27,7 @@ import xarray as xr
 from kisstore._version import __version__
 from kisstore.data.items import Item
 from kisstore.edit import closed_form as cf
+from kisstore.edit.spread import SPREAD_METHODS
 from kisstore.edit.targets import RomeOptions
 from kisstore.errors import InputError, StoreError
 from kisstore.store import commit, layout
@@ -34,7 +35,8 @@ from kisstore.store.io import Store
 from kisstore.store.urls import public_options, redact
 
 EDITS = "edits"
-METHODS = ("rome", "direct")
+METHODS = ("rome", "direct", "memit", "alphaedit")
+TARGETS = ("rome", "direct")
 DEFAULT_TRACKED = 64
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -45,7 +47,7 @@ class EditOptions:
 
     store: str
     model: str
-    layer: int
+    layer: int | None  # rome/direct: the edited layer; memit/alphaedit: a one-layer range unless --layers
     edits: int
     tracked: int | None = None  # held-out known facts to follow (default: min(64, available))
     tracked_from: str = "known"  # "known": facts the model knows (the paper's choice); "all": any other fact
@@ -66,6 +68,11 @@ class EditOptions:
     eval_every: int = 1  # CounterFact's evaluation every N steps (0: none); kisstore.edit.metrics
     collapse_threshold: float = 0.5  # forecast: the share of tracked facts still known that counts as collapse
     items: str | None = None  # items file with the CounterFact prompts [default: the store's, when embedded]
+    layers: str | None = None  # memit/alphaedit: the layer range (a layer SPEC); default: --layer alone
+    batch: int = 1  # memit/alphaedit: facts per step
+    target: str = "rome"  # memit/alphaedit: how v* (z) is chosen: rome's optimisation or direct
+    mom2_update_weight: float = 15000.0  # memit: MEMIT's λ on the store's C = E[kkᵀ] (its GPT-J value)
+    checkpoint_every: int = 10  # memit/alphaedit: steps between checkpoints in the store
     storage_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,6 +90,9 @@ class EditPlan:
     cov: np.ndarray  # (d_ff, d_ff) float64
     n_tokens: int
     done: bool = False  # the store already holds this very run, complete (the same command again)
+    layers: list[int] = field(default_factory=list)  # memit/alphaedit: the range, ascending (last = z layer)
+    layer_keys: np.ndarray | None = None  # (layer, item, d_ff) stored keys per layer of the range
+    layer_covs: np.ndarray | None = None  # (layer, d_ff, d_ff)
 
     @property
     def case_ids(self) -> np.ndarray:
@@ -96,7 +106,24 @@ def edit_path(run: str) -> str:
 def validate(opts: EditOptions) -> None:
     """Option checks that need neither the store nor the model."""
     if opts.method not in METHODS:
-        raise InputError(f"unknown --method {opts.method!r}: use rome or direct")
+        raise InputError(f"unknown --method {opts.method!r}: use {', '.join(METHODS)}")
+    if opts.target not in TARGETS:
+        raise InputError(f"unknown --target {opts.target!r}: use rome or direct")
+    spread = opts.method in SPREAD_METHODS
+    if not spread and opts.layers is not None:
+        raise InputError(f"--layers is for --method memit or alphaedit; --method {opts.method} edits one --layer")
+    if not spread and opts.batch != 1:
+        raise InputError(f"--batch is for --method memit or alphaedit; --method {opts.method} edits one fact a step")
+    if spread and opts.layer is None and opts.layers is None:
+        raise InputError(f"--method {opts.method} needs --layers (e.g. 3-8) or --layer")
+    if not spread and opts.layer is None:
+        raise InputError(f"--method {opts.method} needs --layer")
+    if opts.batch < 1:
+        raise InputError(f"--batch must be at least 1, got {opts.batch}")
+    if opts.checkpoint_every < 1:
+        raise InputError(f"--checkpoint-every must be at least 1, got {opts.checkpoint_every}")
+    if not (opts.mom2_update_weight > 0 and np.isfinite(opts.mom2_update_weight)):
+        raise InputError(f"--mom2-update-weight must be a finite, positive number, got {opts.mom2_update_weight}")
     if opts.edits < 1:
         raise InputError(f"--edits must be at least 1, got {opts.edits}")
     if opts.tracked is not None and opts.tracked < 0:
@@ -162,13 +189,24 @@ def plan_edit(opts: EditOptions) -> EditPlan:
     if "cov" not in ds or "keys" not in ds:
         raise StoreError(f"model {model_id!r} has no keys/covariance in the store")
     n_layers = int(attrs.get("n_layers") or int(ds["layer"].max()) + 1)
-    if not -n_layers <= opts.layer < n_layers:
-        raise InputError(f"--layer {opts.layer} is out of range: {model_id} has {n_layers} layers (0–{n_layers - 1})")
-    layer = opts.layer + n_layers if opts.layer < 0 else opts.layer
+    if opts.method in SPREAD_METHODS:
+        from kisstore.layers import parse_layers
+
+        spec = opts.layers if opts.layers is not None else str(opts.layer)
+        layer_range = parse_layers(spec, n_layers)
+    else:
+        if not -n_layers <= opts.layer < n_layers:
+            raise InputError(f"--layer {opts.layer} is out of range: {model_id} has {n_layers} layers "
+                             f"(0–{n_layers - 1})")
+        layer_range = [opts.layer + n_layers if opts.layer < 0 else opts.layer]
+    layer = layer_range[-1]
     have_layers = ds["layer"].values.tolist()
-    if layer not in have_layers:
-        raise StoreError(f"the store has no covariance for layer {layer} of {model_id} (extracted layers: "
-                         f"{_ranges(have_layers)}); extract it with kisstore extract --layers {layer}")
+    for lay in layer_range:
+        if lay not in have_layers:
+            raise StoreError(f"the store has no covariance for layer {lay} of {model_id} (extracted layers: "
+                             f"{_ranges(have_layers)}); extract it with kisstore extract --layers {lay}")
+        if "n_tokens" in ds and int(ds["n_tokens"].sel(layer=lay).values) <= 0:
+            raise StoreError(f"the covariance of layer {lay} of {model_id} holds no corpus tokens")
     n_tokens = int(ds["n_tokens"].sel(layer=layer).values) if "n_tokens" in ds else 0
     if n_tokens <= 0:
         raise StoreError(f"the covariance of layer {layer} of {model_id} holds no corpus tokens")
@@ -207,22 +245,39 @@ def plan_edit(opts: EditOptions) -> EditPlan:
                          f"{opts.edits} edits (facts about an edited subject are not tracked)")
     tracked = np.sort(rng.choice(pool, size=n_tracked, replace=False))
     sel = np.concatenate([edited, tracked]).astype(int)
-    run = opts.run or f"{model_id}-{opts.method}-layer{layer}-e{opts.edits}-seed{opts.seed}"
+    if opts.method in SPREAD_METHODS:
+        span = f"{layer_range[0]}-{layer_range[-1]}" if len(layer_range) > 1 else str(layer)
+        run = opts.run or f"{model_id}-{opts.method}-layers{span}-e{opts.edits}-b{opts.batch}-seed{opts.seed}"
+    else:
+        run = opts.run or f"{model_id}-{opts.method}-layer{layer}-e{opts.edits}-seed{opts.seed}"
     done = False
     handle = Store(opts.store, opts.storage_options, read_only=True)
     if handle.has(edit_path(run)) and not opts.overwrite:
         stored = handle.group_attrs(edit_path(run))
-        done = stored.get("complete") is True and _same_run(stored, opts, model_id, layer)
+        done = stored.get("complete") is True and _same_run(stored, opts, model_id, layer, layer_range)
         if not done:
             raise InputError(f"run {run!r} already exists in the store with other settings (or unfinished); "
                              "pass --overwrite or another --run")
     keys = np.asarray(ds["keys"].sel(layer=layer).values[sel], dtype=np.float64)
     cov = np.asarray(ds["cov"].sel(layer=layer).values, dtype=np.float64)
-    return EditPlan(model_id, attrs, layer, run, [items[i] for i in sel], opts.edits, keys, cov, n_tokens, done)
+    plan = EditPlan(model_id, attrs, layer, run, [items[i] for i in sel], opts.edits, keys, cov, n_tokens, done,
+                    layers=layer_range)
+    if opts.method in SPREAD_METHODS and not done:
+        plan.layer_keys = np.stack([np.asarray(ds["keys"].sel(layer=lay).values[sel], dtype=np.float64)
+                                    for lay in layer_range])
+        plan.layer_covs = np.stack([np.asarray(ds["cov"].sel(layer=lay).values, dtype=np.float64)
+                                    for lay in layer_range])
+    return plan
 
 
-def _same_run(stored: dict[str, Any], opts: EditOptions, model_id: str, layer: int) -> bool:
+def _same_run(stored: dict[str, Any], opts: EditOptions, model_id: str, layer: int,
+              layer_range: list[int] | None = None) -> bool:
     """Whether a stored run was made with these settings (those that change its arrays)."""
+    return all(stored.get(k) == v for k, v in run_settings(opts, model_id, layer, layer_range).items())
+
+
+def run_settings(opts: EditOptions, model_id: str, layer: int, layer_range: list[int] | None = None) -> dict[str, Any]:
+    """The settings that change a run's arrays, as its attributes record them (JSON values)."""
     want = {"model_id": model_id, "layer": layer, "edits": opts.edits, "tracked_from": opts.tracked_from,
             "method": opts.method, "seed": opts.seed, "nullspace_threshold": opts.nullspace_threshold,
             "alphaedit_l2": opts.alphaedit_l2, "nullspace_rule": "relative" if opts.nullspace_relative else "absolute",
@@ -231,7 +286,10 @@ def _same_run(stored: dict[str, Any], opts: EditOptions, model_id: str, layer: i
             "eval_every": opts.eval_every, "collapse_threshold": opts.collapse_threshold}
     if opts.tracked is not None:
         want["tracked"] = opts.tracked
-    return all(stored.get(k) == v for k, v in want.items())
+    if opts.method in SPREAD_METHODS:  # absent from rome/direct runs (and from 0.1 stores)
+        want.update({"layers": list(layer_range or [layer]), "batch": opts.batch, "target": opts.target,
+                     "mom2_update_weight": opts.mom2_update_weight})
+    return want
 
 
 def _subject_key(item: Item) -> str:
@@ -309,33 +367,53 @@ def run_edit(opts: EditOptions, progress: Callable[[str], None] | None = None) -
     plan = plan_edit(opts)
     say = progress or (lambda _msg: None)
     prompts = None
-    if opts.eval_every and not plan.done:  # a bad --items fails before the model loads
+    if opts.eval_every and opts.method in SPREAD_METHODS and not plan.done:
+        say(f"note: CounterFact's evaluation (--eval-every) is not yet measured in {opts.method} runs; "
+            "their efficacy and tracked facts' retention are (docs/editing.md)")
+    elif opts.eval_every and not plan.done:  # a bad --items fails before the model loads
         from kisstore.edit.metrics import resolve_prompts
 
         store_ro = Store(opts.store, opts.storage_options, read_only=True)
         prompts = resolve_prompts(opts.items, store_ro.group_attrs(layout.ITEMS), plan.items[: plan.n_edits])
     if plan.done:
+        if opts.method in SPREAD_METHODS:
+            from kisstore.edit.spread import discard_checkpoints
+
+            discard_checkpoints(Store(opts.store, opts.storage_options), plan.run)  # a kill after the commit
         say(f"[{plan.model_id}] /{edit_path(plan.run)} is already complete in the store with these settings; "
             "nothing to do (pass --overwrite to redo it)")
         stored = Store(opts.store, opts.storage_options, read_only=True)
         return plan.run, xr.open_zarr(stored.zstore, group=edit_path(plan.run), zarr_format=3,
                                       consolidated=False).load()
-    say(f"[{plan.model_id}] layer {plan.layer}: {plan.n_edits} {opts.method} edits, "
+    spread = opts.method in SPREAD_METHODS
+    where = f"layers {_ranges(plan.layers)}, batches of {opts.batch}" if spread else f"layer {plan.layer}"
+    say(f"[{plan.model_id}] {where}: {plan.n_edits} {opts.method} edits, "
         f"{len(plan.items) - plan.n_edits} tracked facts → /{edit_path(plan.run)}")
     t0 = time.perf_counter()
     lm = load_for_plan(opts, plan)
     say(f"[{plan.model_id}] loaded {lm.provenance.get('model_name')} on {lm.device} "
         f"({time.perf_counter() - t0:.1f} s)")
-    ds = sequential_edits(lm, plan, opts, say, prompts=prompts)
-    ds.attrs.update(run_attrs(opts, plan, lm, time.perf_counter() - t0))
     store = Store(opts.store, opts.storage_options)
     path = edit_path(plan.run)
-    chunks = {v: (1, *ds[v].shape[1:]) for v in ("predicted_change", "measured_change") if v in ds}
+    if spread:
+        from kisstore.edit.spread import discard_checkpoints, spread_edits
+
+        settings = run_settings(opts, plan.model_id, plan.layer, plan.layers)
+        if opts.overwrite:
+            discard_checkpoints(store, plan.run)
+        ds = spread_edits(lm, plan, opts, say, store, settings)
+        chunks = None
+    else:
+        ds = sequential_edits(lm, plan, opts, say, prompts=prompts)
+        chunks = {v: (1, *ds[v].shape[1:]) for v in ("predicted_change", "measured_change") if v in ds}
+    ds.attrs.update(run_attrs(opts, plan, lm, time.perf_counter() - t0))
     # staged in full, then moved into place in one commit: an earlier run of the same name is
     # replaced whole, and a kill leaves either the old run or the new one
     store.write_dataset(commit.staged(path), ds, chunks=chunks)
     store.set_attrs(commit.staged(path), {"complete": True})
     commit.commit(store, [commit.move(commit.staged(path), path)])
+    if spread:
+        discard_checkpoints(store, plan.run)  # after the commit: a kill before it resumes from them
     return plan.run, ds
 
 
@@ -584,6 +662,10 @@ def run_attrs(opts: EditOptions, plan: EditPlan, lm, elapsed: float) -> dict[str
         "nullspace_threshold": opts.nullspace_threshold, "alphaedit_l2": opts.alphaedit_l2,
         "nullspace_rule": "relative" if opts.nullspace_relative else "absolute", "ridge": opts.ridge,
         "direct_scale": opts.direct_scale,
+        **({"layers": plan.layers, "batch": opts.batch, "target": opts.target,
+            "mom2_update_weight": opts.mom2_update_weight, "checkpoint_every": opts.checkpoint_every,
+            "residual_split": "1/(layers left), MEMIT's", "z_layer": plan.layers[-1]}
+           if opts.method in SPREAD_METHODS else {}),
         "rome": {**asdict(opts.rome), "prefixes": list(opts.rome.prefixes)}, "vectors": opts.vectors,
         "token_position": plan.attrs.get("token_position"), "corpus": plan.attrs.get("corpus"),
         "n_tokens": plan.n_tokens, "device": lm.device, "dtype": lm.dtype, "threads": opts.threads,
