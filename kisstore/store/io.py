@@ -17,7 +17,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from kisstore import failpoints
 from kisstore._version import __version__
 from kisstore.errors import InputError, StoreError
-from kisstore.store import layout
+from kisstore.store import chunking, layout
 from kisstore.store.urls import normalize_s3_options, redact, split_url
 
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
@@ -25,7 +25,6 @@ warnings.filterwarnings("ignore", message=".*is currently not part in the Zarr f
 warnings.filterwarnings("ignore", message="Object at .kisstore-locks is not recognized")
 warnings.filterwarnings("ignore", message="Object at commit.json is not recognized")  # a commit's journal
 
-MAX_CHUNK_EDGE = 4096
 
 
 def default_compressors() -> list:
@@ -33,17 +32,9 @@ def default_compressors() -> list:
     return [ZstdCodec(level=3), Crc32cCodec()]
 
 
-def default_chunks(dims: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
-    """One chunk per layer; square matrices split at MAX_CHUNK_EDGE."""
-    chunks = []
-    for d, n in zip(dims, shape, strict=True):
-        if d in ("layer", "step", "n_items", "model"):
-            chunks.append(1 if d == "layer" else max(n, 1))
-        elif d.startswith("d_ff"):
-            chunks.append(max(1, min(n, MAX_CHUNK_EDGE)))
-        else:
-            chunks.append(max(n, 1))
-    return tuple(chunks)
+def default_chunks(dims: tuple[str, ...], shape: tuple[int, ...], dtype: Any = np.float64) -> tuple[int, ...]:
+    """The chunk shape store.chunking gives an array (shards aside): see that module."""
+    return chunking.chunking(dims, shape, dtype).chunks
 
 
 @contextlib.contextmanager
@@ -229,18 +220,17 @@ class Store:
 
     def write_dataset(self, path: str, ds: xr.Dataset, *, chunks: Mapping[str, tuple[int, ...]] | None = None,
                       compute: bool = True):
-        """Write ``ds`` as the group ``path`` (replacing it), checksummed and chunked per layer.
+        """Write ``ds`` as the group ``path`` (replacing it), checksummed and chunked by
+        store.chunking (``chunks``: chunk shapes of named variables instead, unsharded).
 
         Once the chunks are stored each array is sealed (its chunk manifest recorded, see
         store.integrity). With ``compute=False`` only the metadata is written and the Dask work
         that writes the chunks is returned: ``dask.compute`` it, then call ``seal(path)``."""
+        plan = chunking.for_store(ds, chunks)
         encoding = {}
-        for name, var in ds.variables.items():
-            enc = {"compressors": default_compressors()}
-            if var.ndim:
-                enc["chunks"] = (chunks or {}).get(name, default_chunks(var.dims, var.shape))
-            encoding[name] = enc
-        ds = ds.copy()
+        for name in ds.variables:
+            encoding[name] = {"compressors": default_compressors(), **(plan[name].encoding() if name in plan else {})}
+        ds = chunking.chunked_for_store(ds, chunks)  # Dask blocks that are whole shards (or chunks)
         for var in ds.variables.values():
             var.encoding = {}
             # a manifest read along with a dataset describes the chunks it was read from, not these
