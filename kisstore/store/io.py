@@ -219,7 +219,7 @@ class Store:
                 "created_by": layout.CREATED_BY})
 
     def write_dataset(self, path: str, ds: xr.Dataset, *, chunks: Mapping[str, tuple[int, ...]] | None = None,
-                      compute: bool = True):
+                      compute: bool = True, seal_text: bool = True):
         """Write ``ds`` as the group ``path`` (replacing it), checksummed and chunked by
         store.chunking (``chunks``: chunk shapes of named variables instead, unsharded).
 
@@ -243,15 +243,20 @@ class Store:
             work = ds.to_zarr(self.zstore, group=path, mode="w", consolidated=False, zarr_format=3,
                               encoding=encoding, write_empty_chunks=True, compute=compute)
             if compute:
-                self.seal(path)
+                self.seal(path, text=seal_text)
             return work
 
-    def seal(self, path: str) -> None:
-        """Record each array's chunk manifest in the group ``path`` (see store.integrity); call it
-        after computing the work of ``write_dataset(compute=False)``, before consolidating."""
+    def seal(self, path: str, *, text: bool = True) -> None:
+        """Finish the group ``path`` once its chunks are stored: write the numeric twins of its
+        text arrays (store.text; not with ``text=False``), then record each array's chunk
+        manifest (store.integrity). Call it after computing the work of
+        ``write_dataset(compute=False)``, before consolidating."""
         from kisstore.store import integrity
+        from kisstore.store import text as text_twins
 
         with storage_errors(self.url, self.storage_options):
+            if text:
+                text_twins.write_twins(self, path)
             integrity.seal(self, path)
 
     def set_attrs(self, path: str, attrs: Mapping[str, Any]) -> None:
