@@ -193,3 +193,46 @@ def test_zarrs_strict_reads_the_numeric_arrays_and_refuses_text(two_layouts):
     assert type(refused.value).__name__ == "UnsupportedDataTypeError"
     np.testing.assert_array_equal(cov, want["models/m"]["cov"].values)
     np.testing.assert_array_equal(text_twins.decode(codes), want["analysis/m"]["top_subject"].values.astype(object))
+
+
+# -- checkpoints of another layout ----------------------------------------------------------------
+def _rechunk_checkpoint(group_path: Path, edge: int) -> int:
+    """Rewrite every d_ff × d_ff array of an extraction checkpoint with ``edge``-wide tiles (as
+    another kisstore version would have written it), keeping its values and attributes."""
+    import zarr
+
+    from kisstore.store.io import default_compressors
+
+    group = zarr.open_group(str(group_path), mode="r+", zarr_format=3, use_consolidated=False)
+    rewritten = 0
+    for name, arr in list(group.arrays()):
+        if arr.ndim != 3 or arr.shape[1] != arr.shape[2]:
+            continue
+        values, attrs, dims = arr[...], dict(arr.attrs), arr.metadata.dimension_names
+        new = group.create_array(name, shape=arr.shape, chunks=(1, edge, edge), dtype=arr.dtype, fill_value=0.0,
+                                 compressors=default_compressors(), dimension_names=dims, overwrite=True)
+        new[...] = values
+        new.attrs.update(attrs)
+        assert new.chunks == (1, edge, edge)
+        rewritten += 1
+    return rewritten
+
+
+@pytest.mark.slow
+def test_a_checkpoint_chunked_another_way_resumes_to_the_uninterrupted_result(tiny_models, tiny_items, tmp_path):
+    from tests import tiny
+
+    corpus = tiny.corpus_file(tmp_path / "corpus.txt", n_docs=400)
+    args = ["extract", "--model", str(tiny_models["llama"]), "--items", str(tiny_items), "--corpus", str(corpus),
+            "--checkpoint-every", "0", "--batch-tokens", "1024", "--quiet"]
+    reference = tmp_path / "ref.zarr"
+    run_cli(*args, "--store", str(reference), check=True)
+    store = tmp_path / "s.zarr"
+    killed = run_cli(*args, "--store", str(store), env={"KISSTORE_FAILPOINT": "corpus_batch:15"})
+    assert killed.returncode == -9, killed.stderr
+    assert _rechunk_checkpoint(store / "_checkpoints" / "llama", edge=16) == 3  # done, partial_0, partial_1
+    resumed = run_cli(*args, "--store", str(store), check=True)
+    assert "resuming corpus pass" in resumed.stdout
+    got, want = (xr.open_datatree(p, engine="zarr")["models/llama"] for p in (store, reference))
+    np.testing.assert_array_equal(got["cov"].values, want["cov"].values)
+    np.testing.assert_array_equal(got["keys"].values, want["keys"].values)
