@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import socket
 import subprocess
 import uuid
@@ -24,29 +23,57 @@ ACCESS_KEY = "AKIAKISSTORETESTKEY1"
 SECRET_KEY = "kisstore-test-secret-from-the-environment"
 _server = None
 _endpoint: str | None = None
-_requests: list[str] = []
+_requests: list = []  # every request the server answered (Request)
 
 
-class _RequestLog(logging.Handler):
-    """Collects werkzeug's access-log lines ("PUT /bucket/key HTTP/1.1" 200)."""
+class Request(tuple):
+    """One request the server answered: unpacks as (method, path with its query); ``range``
+    is its Range header ('' when it asked for the whole object)."""
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            _requests.append(record.getMessage())
-        except Exception:  # never break the server over a log line
-            pass
+    range: str
+
+    def __new__(cls, method: str, path: str, range_: str = ""):
+        self = super().__new__(cls, (method, path))
+        self.range = range_
+        return self
+
+
+def _counting(app):
+    """WSGI middleware around moto's app: records every request before moto answers it, so a
+    request is in the log by the time its client has the response (werkzeug's access log is
+    written after the response, too late for a count taken right after a read)."""
+
+    def counted(environ, start_response):
+        path = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
+        if "?" not in path and environ.get("QUERY_STRING"):
+            path += "?" + environ["QUERY_STRING"]
+        _requests.append(Request(environ.get("REQUEST_METHOD", ""), path, environ.get("HTTP_RANGE", "")))
+        return app(environ, start_response)
+
+    return counted
 
 
 def _start() -> str:
     global _server, _endpoint
     if _endpoint is None:
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
         from moto.server import ThreadedMotoServer
+        from werkzeug.serving import make_server
 
-        log = logging.getLogger("werkzeug")
-        log.setLevel(logging.INFO)
-        log.propagate = False
-        log.handlers = [_RequestLog()]
-        _server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        class CountingMotoServer(ThreadedMotoServer):
+            def _server_entry(self) -> None:  # moto's own, with the app wrapped
+                app = _counting(DomainDispatcherApplication(create_backend_app))
+                self._server = make_server(self._ip_address, self._port, app, True,
+                                           request_handler=MotoRequestHandler)
+                self._server_ready_event.set()
+                self._server.serve_forever()
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log on the test output
+        _server = CountingMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         _server.start()
         host, port = _server.get_host_and_port()
         _endpoint = f"http://{host}:{port}"
@@ -107,17 +134,15 @@ class S3Server:
         return out
 
     @contextlib.contextmanager
-    def requests(self) -> Iterator[list[tuple[str, str]]]:
-        """Record the (method, path) of every request the server answers inside the block."""
+    def requests(self) -> Iterator[list[Request]]:
+        """Record every request the server answers inside the block, as (method, path) pairs
+        (each with its ``range``), counted at the server (from every process and thread)."""
         start = len(_requests)
-        seen: list[tuple[str, str]] = []
+        seen: list[Request] = []
         try:
             yield seen
         finally:
-            for line in _requests[start:]:
-                m = re.search(r'"([A-Z]+) (\S+) HTTP', line)
-                if m:
-                    seen.append((m.group(1), m.group(2)))
+            seen.extend(_requests[start:])
 
     @contextlib.contextmanager
     def authenticated(self) -> Iterator[None]:

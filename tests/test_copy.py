@@ -136,13 +136,13 @@ def test_copy_refuses_a_non_empty_destination_that_is_no_store(source, tmp_path)
 def test_copy_refuses_to_propagate_a_corrupt_chunk(source, tmp_path):
     src = tmp_path / "corrupt.zarr"
     shutil.copytree(source, src)
-    chunk = src / "models" / "gpt2" / "keys" / "c" / "1" / "0" / "0"
+    chunk = src / "models" / "gpt2" / "keys" / "c" / "0" / "0" / "0"  # one shard of every layer's chunk
     raw = bytearray(chunk.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
+    raw[len(raw) // 2] ^= 0xFF  # inside a chunk, not the shard's index (its last 52 bytes)
     chunk.write_bytes(bytes(raw))
     dst = tmp_path / "dst.zarr"
     out = _copy(src, dst)
-    assert_one_line_error(out, "corrupt chunk in the source: array /models/gpt2/keys chunk c/1/0/0")
+    assert_one_line_error(out, "corrupt chunk in the source: array /models/gpt2/keys shard c/0/0/0: the chunk at")
     assert not (dst / "zarr.json").exists()  # never a store a reader would trust
 
 

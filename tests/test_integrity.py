@@ -99,9 +99,9 @@ def test_missing_chunk_of_a_non_float_array_is_refused_by_analyze(array, store):
 
 
 def test_missing_chunk_is_refused_by_export(store, tmp_path):
-    _chunk(store, "models/llama/n_tokens", 1).unlink()
+    _chunk(store, "models/llama/n_tokens").unlink()  # a small array: its one chunk (store.chunking)
     res = run_cli("export", str(store), "--stats-dir", str(tmp_path / "stats"))
-    _assert_refused(res, "/models/llama/n_tokens chunk (1,): missing")
+    _assert_refused(res, "/models/llama/n_tokens chunk (0,): missing")
     assert not (tmp_path / "stats").exists()
 
 
@@ -122,8 +122,25 @@ def _swap(a: Path, b: Path) -> None:
     b.write_bytes(da)
 
 
+def _synthetic(path: Path, monkeypatch, shard_bytes: int) -> Path:
+    """A store of one 3-layer model ``llama`` (d_ff 12) written with shards of at most
+    ``shard_bytes``: 2500 packs two layers of ``cov`` and ``keys`` in one shard (two shards
+    each); 1 leaves one object per layer (the unsharded layout, as in kisstore 0.1)."""
+    from kisstore.analysis.synthetic import write_synthetic_store
+    from kisstore.store import chunking
+
+    monkeypatch.setattr(chunking, "SHARD_BYTES", shard_bytes)
+    write_synthetic_store(str(path), {"llama": {"n_layers": 3, "d_ff": 12}}, n_items=12)
+    monkeypatch.undo()
+    return path
+
+
+@pytest.mark.parametrize("layout", ["sharded", "one object per layer"])
 @pytest.mark.parametrize("how", ["swapped", "duplicated"])
-def test_swapped_or_duplicated_chunks_are_detected(how, store):
+def test_swapped_or_duplicated_chunks_are_detected(how, layout, tmp_path, monkeypatch):
+    store = _synthetic(tmp_path / "s.zarr", monkeypatch, 2500 if layout == "sharded" else 1)
+    what = "shard" if layout == "sharded" else "chunk"
+    assert len(list((store / "models/llama/cov/c").rglob("*"))) == (2 if layout == "sharded" else 3) * 3
     a, b = _chunk(store, "models/llama/cov", 0), _chunk(store, "models/llama/cov", 1)
     if how == "swapped":
         _swap(a, b)
@@ -132,17 +149,52 @@ def test_swapped_or_duplicated_chunks_are_detected(how, store):
     before = tree_digest(store)
     res = run_cli("info", "--verify", str(store))
     _assert_refused(res, "does not match its manifest (swapped or replaced)")
-    assert "CORRUPT /models/llama/cov chunk (1, 0, 0): does not match its manifest" in res.stdout
+    assert f"CORRUPT /models/llama/cov {what} (1, 0, 0): does not match its manifest" in res.stdout
     res = run_cli("analyze", str(store))
     _assert_refused(res, "/models/llama/cov chunk (")
     assert "kisstore info --verify" in res.stderr
     assert tree_digest(store) == before
 
 
-def test_swapped_key_chunks_are_detected(store):
-    _swap(_chunk(store, "models/llama/keys", 0), _chunk(store, "models/llama/keys", 2))
+def _swapped_inside(raw: bytes, meta: dict, i: int, j: int) -> bytes:
+    """A shard's bytes with the index entries of chunks ``i`` and ``j`` exchanged (index at its
+    end, its crc32c recomputed): a valid shard, every checksum intact, with two layers in each
+    other's place."""
+    import struct
+
+    import google_crc32c
+
+    conf = meta["codecs"][0]["configuration"]
+    n = 1
+    for shard, inner in zip(meta["chunk_grid"]["configuration"]["chunk_shape"], conf["chunk_shape"], strict=True):
+        n *= shard // inner
+    body, index = raw[: -(16 * n + 4)], raw[-(16 * n + 4) : -4]
+    entries = [index[16 * k : 16 * k + 16] for k in range(n)]
+    entries[i], entries[j] = entries[j], entries[i]
+    index = b"".join(entries)
+    return body + index + struct.pack("<I", google_crc32c.value(index))
+
+
+def test_chunks_swapped_inside_a_shard_are_detected(store):
+    keys = store / "models/llama/keys"
+    assert json.loads((keys / "zarr.json").read_text())["codecs"][0]["name"] == "sharding_indexed"
+    shard = _chunk(store, "models/llama/keys", 0)
+    shard.write_bytes(_swapped_inside(shard.read_bytes(), json.loads((keys / "zarr.json").read_text()), 0, 2))
     res = run_cli("info", "--verify", str(store))
-    _assert_refused(res, "CORRUPT /models/llama/keys chunk (0, 0, 0): does not match its manifest")
+    _assert_refused(res, "CORRUPT /models/llama/keys shard (0, 0, 0): does not match its manifest")
+
+
+def test_a_flipped_byte_in_a_shard_is_caught(store):
+    shard = _chunk(store, "models/llama/keys", 0)
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 3] ^= 0x01  # inside a chunk's compressed bytes
+    shard.write_bytes(bytes(raw))
+    res = run_cli("info", "--verify", str(store))
+    _assert_refused(res, "1 corrupt chunk(s)")
+    assert "CORRUPT /models/llama/keys shard (0, 0, 0): " in res.stdout
+    before = tree_digest(store)
+    _assert_refused(run_cli("analyze", str(store), "--quiet"), "checksum do not match")
+    assert tree_digest(store) == before
 
 
 def test_every_written_array_carries_a_manifest(store):
@@ -292,7 +344,7 @@ def test_damaged_metadata_is_one_line_exit_2(case, command, store):
 
 
 # -- the manifest on S3 (fsspec): sealed from ranged reads, checked the same way ----------------------
-def test_manifest_on_s3_detects_a_swapped_chunk(store_template, monkeypatch):
+def test_manifest_on_s3_detects_chunks_swapped_inside_a_shard(store_template, monkeypatch):
     from tests.s3server import s3_environment
 
     s3 = s3_environment(monkeypatch)
@@ -303,13 +355,12 @@ def test_manifest_on_s3_detects_a_swapped_chunk(store_template, monkeypatch):
             client.put_object(Bucket=s3.bucket, Key=f"team/s.zarr/{f.relative_to(store_template)}", Body=f.read_bytes())
     run_cli("analyze", url, *s3.cli, check=True)  # seals /analysis/* on S3 (ranged reads of the stored chunks)
     assert "valid checksum" in run_cli("info", "--verify", url, *s3.cli, check=True).stdout
-    a, b = "team/s.zarr/models/llama/cov/c/0/0/0", "team/s.zarr/models/llama/cov/c/1/0/0"
-    da = client.get_object(Bucket=s3.bucket, Key=a)["Body"].read()
-    db = client.get_object(Bucket=s3.bucket, Key=b)["Body"].read()
-    client.put_object(Bucket=s3.bucket, Key=a, Body=db)
-    client.put_object(Bucket=s3.bucket, Key=b, Body=da)
+    key = "team/s.zarr/models/llama/keys/c/0/0/0"
+    meta = json.loads((store_template / "models/llama/keys/zarr.json").read_text())
+    raw = client.get_object(Bucket=s3.bucket, Key=key)["Body"].read()
+    client.put_object(Bucket=s3.bucket, Key=key, Body=_swapped_inside(raw, meta, 0, 1))
     res = run_cli("info", "--verify", url, *s3.cli)
-    _assert_refused(res, "CORRUPT /models/llama/cov chunk (0, 0, 0): does not match its manifest")
+    _assert_refused(res, "CORRUPT /models/llama/keys shard (0, 0, 0): does not match its manifest")
     _assert_refused(run_cli("analyze", url, *s3.cli), "does not match its manifest (swapped or replaced)")
 
 

@@ -172,10 +172,10 @@ def test_verify_reports_a_missing_chunk_file(reference, tmp_path):
     store = tmp_path / "copy.zarr"
     shutil.copytree(reference, store)
     assert run_cli("info", "--verify", str(store)).returncode == 0
-    (store / "models" / "llama" / "cov" / "c" / "1" / "0" / "0").unlink()
+    (store / "models" / "llama" / "cov" / "c" / "0" / "0" / "0").unlink()  # its one shard (store.chunking)
     res = run_cli("info", "--verify", str(store))
     assert res.returncode != 0
-    assert "/models/llama/cov chunk (1, 0, 0): missing" in res.stdout + res.stderr
+    assert "/models/llama/cov chunk (0, 0, 0): missing" in res.stdout + res.stderr
 
 
 def test_analyze_all_layers_means_the_stored_ones(tiny_models, tiny_items, long_corpus, tmp_path):

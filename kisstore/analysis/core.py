@@ -11,7 +11,7 @@ import xarray as xr
 from kisstore._version import __version__
 from kisstore.analysis import geometry, lift, rankings, scaling, stats, subsets
 from kisstore.errors import InputError, StoreError
-from kisstore.store import layout
+from kisstore.store import chunking, layout
 
 QUANTITIES = ("p_matrix", "whitened_cos", "activation_cos", "whitened_angle", "activation_angle")
 PROVENANCE = ("model_id", "model_revision", "architecture", "family", "n_params", "n_layers", "d_ff",
@@ -171,8 +171,8 @@ def analyze_model(
             **ranked,
         }
     )
-    # one chunk per layer, whole along every other dim: the store's chunking
-    out = out.chunk({dim: (1 if dim == "layer" else -1) for dim in out.dims})
+    # each variable in the blocks the store writes whole (store.chunking decides by dims and size)
+    out = chunking.chunked_for_store(out)
     n_layers = int(ds.attrs.get("n_layers", max(lay) + 1))
     out = out.assign_coords(
         quantity=np.array(QUANTITIES, dtype=object),

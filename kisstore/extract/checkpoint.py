@@ -20,6 +20,7 @@ import zarr
 
 from kisstore import failpoints
 from kisstore.errors import StoreError
+from kisstore.store.chunking import tile_edge
 from kisstore.store.io import Store, default_compressors, storage_errors
 from kisstore.store.layout import checkpoint_path
 
@@ -59,7 +60,7 @@ class Checkpoint:
             g = zarr.open_group(self.store.zstore, path=self.path, mode="w")
             n = len(self.layers)
             for name in ("done", "partial_0", "partial_1"):
-                g.create_array(name, shape=(n, d, d), chunks=(1, min(d, 4096), min(d, 4096)),
+                g.create_array(name, shape=(n, d, d), chunks=(1, min(d, tile_edge()), min(d, tile_edge())),
                                dtype="float64", compressors=default_compressors(), fill_value=0.0,
                                dimension_names=("layer_row", "d_ff", "d_ff_"))  # xarray can open the store
             # the fingerprint last, in one write: it marks the checkpoint as started

@@ -99,6 +99,7 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
     from kisstore.extract.pipeline import layer_groups
     from kisstore.extract.prefetch import prefetch
     from kisstore.models.loading import load_model
+    from kisstore.store.chunking import tile_edge
     from kisstore.store.io import Store, default_compressors, storage_errors
 
     task = ShardTask(**{**task_dict, "docs": tuple(task_dict["docs"])})
@@ -139,7 +140,7 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
     store.check_links(path)  # mode "w" deletes what is there first
     with storage_errors(store.url, store.storage_options):
         g = zarr.open_group(store.zstore, path=path, mode="w")
-        arr = g.create_array("sum", shape=(len(task.layers), d, d), chunks=(1, min(d, 4096), min(d, 4096)),
+        arr = g.create_array("sum", shape=(len(task.layers), d, d), chunks=(1, min(d, tile_edge()), min(d, tile_edge())),
                              dtype="float64", compressors=default_compressors(), fill_value=0.0,
                              dimension_names=("layer_row", "d_ff", "d_ff_"))
         for r, layer in enumerate(task.layers):

@@ -389,7 +389,7 @@ def _all_identical(s: _Side, d: _Side, src_keys: dict[str, _Entry], dst_keys: di
 
 
 def _copy_key(s: _Side, d: _Side, key: str, entry: _Entry, existing: _Entry | None,
-              checksummed: dict[str, bool]) -> bool:
+              checksummed: dict[str, dict | None]) -> bool:
     """Copy one key unless the destination holds identical bytes; returns whether it was sent."""
     data: bytes | None = None
     src_md5 = entry.md5
@@ -410,9 +410,11 @@ def _copy_key(s: _Side, d: _Side, key: str, entry: _Entry, existing: _Entry | No
     return True
 
 
-def _checksummed_arrays(s: _Side, meta: list[str]) -> dict[str, bool]:
-    """Array path → whether its chunks end with a crc32c checksum (Zarr v3, no sharding)."""
-    out: dict[str, bool] = {}
+def _checksummed_arrays(s: _Side, meta: list[str]) -> dict[str, dict | None]:
+    """Array path → its metadata when its chunks (or shards) carry crc32c checksums, else None."""
+    from kisstore.store import integrity
+
+    out: dict[str, dict | None] = {}
     for key in meta:
         if not key.endswith("zarr.json"):
             continue
@@ -422,14 +424,14 @@ def _checksummed_arrays(s: _Side, meta: list[str]) -> dict[str, bool]:
             raise StoreError(f"{key} at {redact(s.url)} is not valid JSON") from e
         if doc.get("node_type") != "array":
             continue
-        codecs = [c.get("name") if isinstance(c, dict) else c for c in doc.get("codecs") or []]
         path = key[: -len("zarr.json")].rstrip("/")
-        out[path] = bool(codecs) and codecs[-1] == "crc32c" and "sharding_indexed" not in codecs
+        out[path] = doc if integrity.has_crc32c(doc) else None
     return out
 
 
-def _check_crc32c(key: str, data: bytes, checksummed: dict[str, bool], url: str) -> None:
-    """Check a chunk's trailing crc32c against its bytes; raise naming the chunk when they differ."""
+def _check_crc32c(key: str, data: bytes, checksummed: dict[str, dict | None], url: str) -> None:
+    """Check a chunk's trailing crc32c against its bytes (a shard's: its index's and every chunk's
+    in it); raise naming the chunk when they differ."""
     parent = key
     while "/" in parent:
         parent = parent.rsplit("/", 1)[0]
@@ -437,10 +439,19 @@ def _check_crc32c(key: str, data: bytes, checksummed: dict[str, bool], url: str)
             break
     else:
         return
-    if not checksummed.get(parent):
+    node = checksummed.get(parent)
+    if not node:
         return
     import google_crc32c
 
+    from kisstore.store import integrity
+
+    if integrity.sharding(node) is not None:
+        problem = integrity.shard_problem(data, node)
+        if problem:
+            raise StoreError(f"corrupt chunk in the source: array /{parent} shard {key[len(parent) + 1:]}: "
+                             f"{problem} ({redact(url)}); nothing corrupt was copied")
+        return
     if len(data) < 4 or google_crc32c.value(data[:-4]).to_bytes(4, "little") != data[-4:]:
         chunk = key[len(parent) + 1:]
         raise StoreError(f"corrupt chunk in the source: array /{parent} chunk {chunk} fails its crc32c check "

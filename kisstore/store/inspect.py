@@ -118,15 +118,21 @@ def verify(store: Store, progress: bool = True) -> list[str]:
                 if raw is None and complete:  # zarr would read the fill value
                     problems.append(f"{path} chunk {idx}: missing (its file is gone)")
                     continue
-                sel = tuple(slice(i * c, (i + 1) * c) for i, c in zip(idx, arr.chunks, strict=True))
+                # the object's extent: a chunk, or a shard of chunks (store.chunking)
+                grid = node["chunk_grid"]["configuration"]["chunk_shape"]
+                sel = tuple(slice(i * c, (i + 1) * c) for i, c in zip(idx, grid, strict=True))
+                what = "shard" if integrity.sharding(node) else "chunk"
                 try:
                     arr[sel]
+                    bad_shard = None if raw is None else integrity.shard_problem(raw, node)
+                    if bad_shard:
+                        raise ValueError(bad_shard)
                 except Exception as e:  # checksum mismatch, truncated or missing chunk
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                    problems.append(f"{path} chunk {idx}: {first}")
+                    problems.append(f"{path} {what} {idx}: {first}")
                     continue
-                if manifest is not None and raw is not None and manifest.get(key) != raw[-4:].hex():
-                    problems.append(f"{path} chunk {idx}: does not match its manifest (swapped or replaced)")
+                if manifest is not None and raw is not None and manifest.get(key) != integrity.digest_of(raw, node):
+                    problems.append(f"{path} {what} {idx}: does not match its manifest (swapped or replaced)")
         for name, sub in group.groups():
             if prefix == "/" and name == layout.STAGING:
                 continue  # an interrupted analysis's scratch, not part of the store (removed by the next run)

@@ -7,6 +7,12 @@ crc32c codec stored as the chunk's last 4 bytes. The codec proves a chunk's byte
 manifest proves they are the bytes written *at that position* (a swapped, duplicated or
 replaced chunk file carries another checksum). Sealing reads 4 bytes per chunk; checking reads
 the same 4 bytes (one small request per chunk, which also proves the chunk file exists).
+
+A sharded array (store.chunking) stores many chunks in one object, the shard, ending in an index
+of where each chunk lies and that index's crc32c. Its manifest entry for a shard is
+``<index crc32c>:<crc32 of the chunks' crc32c trailers>``: the index checksum alone would not
+tell apart two shards whose chunks compressed to the same sizes. Sealing and checking a shard
+read its index, then the 4-byte trailer of each chunk in it.
 Stores written by kisstore 0.1 have no manifest: they are read and verified without the
 position check.
 """
@@ -262,10 +268,126 @@ def chunk_keys(node: dict[str, Any]) -> Iterator[tuple[tuple[int, ...], str]]:
             yield idx, sep.join(map(str, idx)) if idx else "0"
 
 
-def has_crc32c(node: dict[str, Any]) -> bool:
+def _is_crc32c(codecs: Any) -> bool:
+    last = codecs[-1] if isinstance(codecs, list | tuple) and codecs else None
+    return last == "crc32c" or (isinstance(last, dict) and last.get("name") == "crc32c")
+
+
+def sharding(node: dict[str, Any]) -> dict[str, Any] | None:
+    """The configuration of the array's ``sharding_indexed`` codec, when it is sharded the way
+    kisstore shards (the only codec, inner chunks and index each ending in crc32c); else None."""
     codecs = node.get("codecs") or []
-    last = codecs[-1] if codecs else None
-    return (last == "crc32c" or (isinstance(last, dict) and last.get("name") == "crc32c"))
+    if len(codecs) != 1 or not isinstance(codecs[0], dict) or codecs[0].get("name") != "sharding_indexed":
+        return None
+    conf = codecs[0].get("configuration") or {}
+    inner = conf.get("chunk_shape")
+    shard = (node.get("chunk_grid") or {}).get("configuration", {}).get("chunk_shape")
+    if (not isinstance(inner, list | tuple) or not isinstance(shard, list | tuple) or len(inner) != len(shard)
+            or not all(_is_count(c, 1) for c in inner) or any(s % c for s, c in zip(shard, inner, strict=True))
+            or not _is_crc32c(conf.get("codecs")) or not _is_crc32c(conf.get("index_codecs"))
+            or conf.get("index_location", "end") not in ("start", "end")):
+        return None
+    return conf
+
+
+def has_crc32c(node: dict[str, Any]) -> bool:
+    """Whether every stored object of the array ends in a crc32c checksum of what precedes it
+    (a plain chunk; a shard, whose last 4 bytes check its index)."""
+    return _is_crc32c(node.get("codecs")) or sharding(node) is not None
+
+
+def _index_size(node: dict[str, Any], conf: dict[str, Any]) -> int:
+    shard = node["chunk_grid"]["configuration"]["chunk_shape"]
+    return 16 * math.prod(s // c for s, c in zip(shard, conf["chunk_shape"], strict=True)) + 4
+
+
+def _spans(index: bytes) -> list[tuple[int, int]]:
+    """(offset, length) of each stored chunk of a shard from its index (empty slots left out)."""
+    import struct
+
+    body = index[:-4]
+    pairs = struct.unpack(f"<{len(body) // 8}Q", body)
+    empty = 2**64 - 1
+    return [(o, n) for o, n in zip(pairs[::2], pairs[1::2], strict=True) if not (o == empty and n == empty)]
+
+
+def _shard_digest(index: bytes, tails: list[bytes]) -> str:
+    import zlib
+
+    return f"{index[-4:].hex()}:{zlib.crc32(b''.join(tails)):08x}"
+
+
+def digest_of(raw: bytes, node: dict[str, Any]) -> str:
+    """The manifest entry of a stored object from its bytes (see the module docstring)."""
+    conf = sharding(node)
+    if conf is None:
+        return raw[-4:].hex()
+    size = _index_size(node, conf)
+    index = raw[-size:] if conf.get("index_location", "end") == "end" else raw[:size]
+    if len(raw) < size:
+        return "truncated"
+    return _shard_digest(index, [raw[o + n - 4 : o + n] for o, n in _spans(index)])
+
+
+def shard_problem(raw: bytes, node: dict[str, Any]) -> str | None:
+    """What fails the checksums in a shard's bytes (its index, then each chunk); None when intact."""
+    import google_crc32c
+
+    conf = sharding(node)
+    if conf is None:
+        return None
+    size = _index_size(node, conf)
+    if len(raw) < size:
+        return "shorter than its index"
+    index = raw[-size:] if conf.get("index_location", "end") == "end" else raw[:size]
+    if google_crc32c.value(index[:-4]).to_bytes(4, "little") != index[-4:]:
+        return "its index fails its crc32c check"
+    for o, n in _spans(index):
+        piece = raw[o : o + n]
+        if n < 4 or len(piece) != n or google_crc32c.value(piece[:-4]).to_bytes(4, "little") != piece[-4:]:
+            return f"the chunk at bytes {o}–{o + n} fails its crc32c check"
+    return None
+
+
+async def _digest(zstore, key: str, node: dict[str, Any]) -> str | None:
+    """The manifest entry of one stored object, read remotely: its last 4 bytes, or for a
+    shard its index and each chunk's 4-byte trailer. None when the object is missing."""
+    from zarr.abc.store import RangeByteRequest
+    from zarr.core.buffer import default_buffer_prototype
+
+    conf = sharding(node)
+    if conf is None:
+        tail = await _get(zstore, key, 4)
+        return None if tail is None else tail.hex()
+    size = _index_size(node, conf)
+    proto = default_buffer_prototype()
+    if conf.get("index_location", "end") == "end":
+        index = await _get(zstore, key, size)
+    else:
+        buf = await zstore.get(key, prototype=proto, byte_range=RangeByteRequest(0, size))
+        index = None if buf is None else buf.to_bytes()
+    if index is None:
+        return None
+    if len(index) < size:
+        return "truncated"
+
+    async def tail(o: int, n: int) -> bytes:
+        buf = await zstore.get(key, prototype=proto, byte_range=RangeByteRequest(o + n - 4, o + n))
+        return b"" if buf is None else buf.to_bytes()
+
+    spans = _spans(index)
+    tails: list[bytes] = []
+    for i in range(0, len(spans), _PARALLEL):
+        tails.extend(await asyncio.gather(*(tail(o, n) for o, n in spans[i : i + _PARALLEL])))
+    return _shard_digest(index, tails)
+
+
+async def _digests(zstore, keys: list[str], node: dict[str, Any]) -> list[str | None]:
+    out: list[str | None] = []
+    step = _PARALLEL if sharding(node) is None else 4  # a shard's digest makes its own parallel reads
+    for i in range(0, len(keys), step):
+        out.extend(await asyncio.gather(*(_digest(zstore, k, node) for k in keys[i : i + step])))
+    return out
 
 
 def _described(node: dict[str, Any]) -> dict[str, Any]:
@@ -299,27 +421,32 @@ def seal(store: Store, path: str) -> None:
         if not has_crc32c(node):
             continue
         keys = [k for _, k in chunk_keys(node)]
-        tails = _sync(_get_many(store.zstore, [f"{arr.path}/{k}" for k in keys], suffix=4))
-        if any(t is None for t in tails):
+        digests = _sync(_digests(store.zstore, [f"{arr.path}/{k}" for k in keys], node))
+        if any(t is None for t in digests):
             continue  # not written whole: nothing to seal
-        chunks = {k: t.hex() for k, t in zip(keys, tails, strict=True)}
+        chunks = dict(zip(keys, digests, strict=True))
         arr.attrs.update({MANIFEST: {"hash": "crc32c", **_described(node), "chunks": chunks}})
 
 
 def chunk_problems(store: Store, path: str, node: dict[str, Any], every_chunk_written: bool) -> list[str]:
     """Check every chunk of the array at ``path`` is present (when its group was written whole)
-    and carries the checksum its manifest records; reads 4 bytes per chunk."""
+    and carries the checksum its manifest records; reads 4 bytes per chunk (a shard: its index
+    and 4 bytes per chunk in it)."""
     manifest = manifest_of(node) if has_crc32c(node) else None
     if not every_chunk_written and manifest is None:
         return []
     pairs = list(chunk_keys(node))
-    tails = _sync(_get_many(store.zstore, [f"{path}/{k}" for _, k in pairs], suffix=4))
+    if manifest is None:  # presence only
+        found = _sync(_get_many(store.zstore, [f"{path}/{k}" for _, k in pairs], suffix=4))
+        digests = [None if f is None else "" for f in found]
+    else:
+        digests = _sync(_digests(store.zstore, [f"{path}/{k}" for _, k in pairs], node))
     out = []
-    for (idx, key), tail in zip(pairs, tails, strict=True):
-        if tail is None:
+    for (idx, key), digest in zip(pairs, digests, strict=True):
+        if digest is None:
             if every_chunk_written:
                 out.append(f"/{path} chunk {idx}: missing (its file is gone)")
-        elif manifest is not None and manifest.get(key) != tail.hex():
+        elif manifest is not None and manifest.get(key) != digest:
             out.append(f"/{path} chunk {idx}: does not match its manifest (swapped or replaced)")
     return out
 
