@@ -82,7 +82,7 @@ def test_plain_xarray_opens_the_s3_store_without_importing_kisstore(stores, tmp_
 import json, sys
 import xarray as xr
 tree = xr.open_datatree({stores.url!r}, engine="zarr", storage_options={stores.s3.options!r})
-keys = tree["models/gpt2"]["keys"]
+keys = tree["models/gpt2"]["key"]
 print(json.dumps({{"sum": float(keys.isel(layer=1).sum()), "shape": list(keys.shape),
                   "complete": tree["models/gpt2"].attrs["complete"],
                   "kisstore_imported": any(m.split(".")[0] in ("kisstore", "kisstore_cli") for m in sys.modules)}}))
@@ -90,7 +90,7 @@ print(json.dumps({{"sum": float(keys.isel(layer=1).sum()), "shape": list(keys.sh
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    local = xr.open_datatree(stores.local, engine="zarr")["models/gpt2"]["keys"]
+    local = xr.open_datatree(stores.local, engine="zarr")["models/gpt2"]["key"]
     assert got["kisstore_imported"] is False
     assert got["complete"] is True
     assert got["shape"] == list(local.shape)
@@ -99,11 +99,11 @@ print(json.dumps({{"sum": float(keys.isel(layer=1).sum()), "shape": list(keys.sh
 
 def test_reading_one_layers_keys_fetches_only_that_layers_chunks(stores):
     tree = kisstore.open_store(stores.url, stores.s3.options)  # lazy: metadata only
-    keys = tree["models/gpt2"]["keys"]
+    keys = tree["models/gpt2"]["key"]
     with stores.s3.requests() as seen:
         _ = keys.isel(layer=1).values
     chunk_gets = [path for method, path in seen if method == "GET" and "/c/" in path]
-    prefix = f"/{stores.s3.bucket}/team/tiny.zarr/models/gpt2/keys/c/"
+    prefix = f"/{stores.s3.bucket}/team/tiny.zarr/models/gpt2/key/c/"
     assert chunk_gets, seen
     assert all(p.startswith(prefix + "1/") for p in chunk_gets), chunk_gets
 

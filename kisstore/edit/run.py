@@ -130,7 +130,8 @@ def validate(opts: EditOptions) -> None:
 
 
 def _load_model_dataset(store: Store, model_id: str) -> xr.Dataset:
-    return xr.open_zarr(store.zstore, group=layout.model_path(model_id), zarr_format=3, consolidated=False)
+    return layout.current_names(  # a schema-1 store's `keys` read as `key`
+        xr.open_zarr(store.zstore, group=layout.model_path(model_id), zarr_format=3, consolidated=False))
 
 
 def plan_edit(opts: EditOptions) -> EditPlan:
@@ -151,7 +152,7 @@ def plan_edit(opts: EditOptions) -> EditPlan:
     if attrs.get("complete") is not True:
         raise StoreError(f"model {model_id!r} in the store is incomplete; finish kisstore extract first")
     ds = _load_model_dataset(store, model_id)
-    if "cov" not in ds or "keys" not in ds:
+    if "cov" not in ds or layout.KEY not in ds:
         raise StoreError(f"model {model_id!r} has no keys/covariance in the store")
     n_layers = int(attrs.get("n_layers") or int(ds["layer"].max()) + 1)
     if not -n_layers <= opts.layer < n_layers:
@@ -208,7 +209,7 @@ def plan_edit(opts: EditOptions) -> EditPlan:
         if not done:
             raise InputError(f"run {run!r} already exists in the store with other settings (or unfinished); "
                              "pass --overwrite or another --run")
-    keys = np.asarray(ds["keys"].sel(layer=layer).values[sel], dtype=np.float64)
+    keys = np.asarray(ds[layout.KEY].sel(layer=layer).values[sel], dtype=np.float64)
     cov = np.asarray(ds["cov"].sel(layer=layer).values, dtype=np.float64)
     return EditPlan(model_id, attrs, layer, run, [items[i] for i in sel], opts.edits, keys, cov, n_tokens, done)
 

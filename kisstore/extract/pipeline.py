@@ -614,7 +614,8 @@ def items_dataset(items: list[Item]) -> xr.Dataset:
 def model_dataset(keys, cov, n_tokens, known, p_true, layers, case_ids) -> xr.Dataset:
     return xr.Dataset(
         {
-            "keys": (("layer", "item", "d_ff"), keys.astype(np.float32)),
+            layout.KEY: (("layer", "item", "d_ff"), keys.astype(np.float32),
+                         {"long_name": "MLP key k (input of the down-projection) at the item's token"}),
             "cov": (("layer", "d_ff", "d_ff_"), cov),
             "n_tokens": ("layer", n_tokens),
             "known": ("item", known.astype(bool)),
@@ -828,7 +829,7 @@ def _extract_locked(opts: ExtractOptions, store: Store, runs: list[ModelRun], ca
         run.check_lease()
         commit.commit(store, run.commit_ops(staged=replacing))  # complete, checkpoint gone, consolidated
         run.unload()
-        log(f"[{run.model_id}] complete: keys {tuple(ds['keys'].shape)}, cov {tuple(ds['cov'].shape)}, "
+        log(f"[{run.model_id}] complete: keys {tuple(ds[layout.KEY].shape)}, cov {tuple(ds['cov'].shape)}, "
             f"n_tokens {int(n_tokens.min())}", opts.storage_options)
         written.append(run.model_id)
     return written
