@@ -56,7 +56,7 @@ def write_analysis(store: Store, result: xr.DataTree, progress: Callable[[str], 
             ds = result[f"{layout.ANALYSIS}/{model}"].to_dataset()
             kept = plan.get(model)
             ds = _merged(read_analysis(store, model, name), kept, ds) if kept else ds
-            ds.attrs["analysis_name"] = name if name not in (None, layout.DEFAULT_ANALYSIS) else None
+            ds.attrs["analysis_name"] = name if name_is_set(name) else None
             merge_note = f", keeping stored layer(s) {_short_list(kept)}" if kept else ""
             progress(f"[{i}/{len(models)}] {model}: {ds.sizes['layer']} layers × {ds.sizes['item']} items "
                      f"(d_ff {ds.attrs.get('d_ff', '?')}) → {root}/{model}{merge_note}")
@@ -67,7 +67,7 @@ def write_analysis(store: Store, result: xr.DataTree, progress: Callable[[str], 
             staged[model] = _open(store, path)
             progress(f"      done in {time.perf_counter() - start:.1f} s")
         table = scaling.scaling_dataset({**staged, **{m: read_analysis(store, m, name) for m in others}}).compute()
-        table.attrs["analysis_name"] = name if name not in (None, layout.DEFAULT_ANALYSIS) else None
+        table.attrs["analysis_name"] = name if name_is_set(name) else None
         store.write_dataset(f"{staging}/{scaling.GROUP}", table)
     except BaseException:
         commit.discard(store, staging)
@@ -77,8 +77,14 @@ def write_analysis(store: Store, result: xr.DataTree, progress: Callable[[str], 
     commit.commit(store, [commit.move(f"{staging}/{m}", layout.analysis_path(m, name)) for m in models]
                   + [commit.delete(layout.analysis_path(m, name)) for m in dropped]
                   + [commit.move(f"{staging}/{scaling.GROUP}", f"{root}/{scaling.GROUP}"),
-                     commit.delete(staging)])
+                     commit.delete(staging)]
+                  + ([commit.delete_if_empty(staging.rsplit("/", 1)[0])] if name_is_set(name) else []))
     return {model: read_analysis(store, model, name) for model in models}
+
+
+def name_is_set(name: str | None) -> bool:
+    """Whether ``name`` is a named analysis (not the default /analysis)."""
+    return layout.analysis_root(name) != layout.ANALYSIS
 
 
 def stored_models(store: Store, name: str | None = None) -> list[str]:
