@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +121,18 @@ def test_named_analyses_coexist_with_their_settings_and_info_lists_them(store):
     assert read_analysis(s, "a")["layer"].values.tolist() == [0, 1, 2]
     assert read_scaling(s, "first10").sizes["model"] == 2
     assert sorted(list_analyses(s)) == ["default", "first10", "ridge01"]
+
+    # the attributes match the published JSON Schema (schemas/store.schema.json)
+    import jsonschema
+
+    schema = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "store.schema.json").read_text())
+    doc = {"root": dict(tree.attrs), "analyses": [dict(tree[p].attrs) for p in
+                                                  ("analysis/a", "analyses/ridge01/a", "analyses/first10/b")]}
+    jsonschema.validate(doc, schema)
+    assert doc["root"]["kisstore_schema_version"] == layout.SCHEMA_VERSION == 2
+    doc["analyses"][0]["settings"]["ridge"] = -1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, schema)
 
 
 def test_replace_replaces_the_whole_analysis_and_bad_names_are_refused(store):
@@ -288,3 +301,22 @@ def test_model_datasets_read_the_keys_as_key_in_either_schema(tmp_path):
         assert "key" in ds and "keys" not in ds.data_vars
         assert callable(ds.keys)  # Dataset.keys() is the method again
     np.testing.assert_array_equal(read_model(open_store(old), "m")["key"].values, arrays["keys"])
+
+
+def test_extract_overwrite_drops_the_models_named_analyses_too(tiny_store, tiny_models, tiny_items, tiny_corpus,
+                                                                tmp_path):
+    from tests.conftest import copy_store, run_cli
+
+    store = copy_store(tiny_store("gpt2"), tmp_path)
+    run_cli("analyze", str(store), "--quiet", check=True)
+    run_cli("analyze", str(store), "--name", "r", "--ridge", "0.1", "--quiet", check=True)
+    assert "gpt2" in _open(str(store))["analyses/r"].children
+    run_cli("extract", "--model", str(tiny_models["gpt2"]), "--store", str(store), "--items", str(tiny_items),
+            "--corpus", str(tiny_corpus), "--overwrite", "--max-length", "17", "--quiet", check=True)
+    tree = _open(str(store))
+    assert tree["models/gpt2"].attrs["max_length"] == 17
+    # they described the replaced model: the default analysis and the named one are gone, and with
+    # them the then empty groups, the staging folders and every scaling row of the model
+    assert "analysis" not in tree.children or "gpt2" not in tree["analysis"].children
+    assert "analyses" not in tree.children and "_staging" not in tree.children
+    assert not (store / "analyses").exists()
