@@ -12,7 +12,12 @@ import pytest
 import xarray as xr
 from click.testing import CliRunner
 
-from kisstore.analysis.synthetic import items_dataset, model_dataset, synthetic_model, write_synthetic_store
+from kisstore.analysis.synthetic import (
+    items_dataset,
+    model_dataset,
+    synthetic_model,
+    write_synthetic_store,
+)
 from kisstore.store import Store, layout
 from kisstore_cli.main import cli
 from tests.conftest import tree_digest

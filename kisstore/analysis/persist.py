@@ -48,6 +48,10 @@ def write_analysis(store: Store, result: xr.DataTree, progress: Callable[[str], 
     present = stored_models(store, name)
     plan = {} if replace else _merge_plan(store, result, models, present, name)
     others = [] if replace else [m for m in present if m not in models]
+    if plan or others:  # stored layers and models this run copies: intact, or a one-line error now
+        from kisstore.store import integrity
+
+        integrity.check_for_reading(store, [layout.analysis_path(m, name) for m in [*plan, *others]])
     staging = commit.staged(root)
     commit.discard(store, staging)  # what an interrupted run left behind
     try:
