@@ -267,7 +267,7 @@ def _schema_1_store(path: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def test_a_schema_1_store_opens_analyses_merges_and_reports(tmp_path):
+def test_a_schema_1_store_opens_analyses_and_merges(tmp_path):
     path = str(tmp_path / "old.zarr")
     arrays = _schema_1_store(path)
     tree = _open(path)
@@ -284,13 +284,23 @@ def test_a_schema_1_store_opens_analyses_merges_and_reports(tmp_path):
     for layer in (0, 1, 2):
         np.testing.assert_allclose(an["p_matrix"].sel(layer=layer).values,
                                    _p_numpy(arrays["keys"][layer], arrays["cov"][layer]), rtol=1e-6, atol=1e-9)
-    # other settings: refused as for any analysis; a named one beside it, with the report
+    # other settings: refused as for any analysis; a named one beside it
     assert "ridge 0.0 stored" in _cli("analyze", path, "--ridge", "0.1", code=2).output
-    _cli("analyze", path, "--name", "r", "--ridge", "0.1", "--report", str(tmp_path / "rep"))
-    assert (tmp_path / "rep" / "index.html").stat().st_size > 1000
+    _cli("analyze", path, "--name", "r", "--ridge", "0.1", "--layers", "0")
     tree = _open(path)
+    assert tree["analyses/r/m"].attrs["ridge"] == 0.1
     assert tree.attrs["kisstore_schema_version"] == 1  # the root is not rewritten
     assert "keys" in tree["models/m"].data_vars and "key" not in tree["models/m"].data_vars
+
+
+@pytest.mark.slow  # the report (hvplot, PNGs) takes ~20 s here
+def test_a_schema_1_store_reports(tmp_path):
+    path = str(tmp_path / "old.zarr")
+    _schema_1_store(path)
+    r = _cli("analyze", path, "--layers", "0-1", "--report", str(tmp_path / "rep"))
+    assert "keeping stored layer" not in r.output  # the same layers: recomputed, not merged
+    assert (tmp_path / "rep" / "index.html").stat().st_size > 1000
+    assert list((tmp_path / "rep").glob("*.png"))
 
 
 def test_model_datasets_read_the_keys_as_key_in_either_schema(tmp_path):
@@ -308,6 +318,7 @@ def test_model_datasets_read_the_keys_as_key_in_either_schema(tmp_path):
     np.testing.assert_array_equal(read_model(open_store(old), "m")["key"].values, arrays["keys"])
 
 
+@pytest.mark.slow  # two tiny extractions (~80 s on this loaded machine)
 def test_extract_overwrite_drops_the_models_named_analyses_too(tiny_store, tiny_models, tiny_items, tiny_corpus,
                                                                 tmp_path):
     from tests.conftest import copy_store, run_cli
