@@ -71,7 +71,7 @@ def run(*, device: str, n_items: int, corpus_tokens: int, progress=print) -> lis
         tree = xr.open_datatree(store, engine="zarr")
         model = tree["models/smollm2-135m"]
         n_layers, d = model.sizes["layer"], model.sizes["d_ff"]
-        keys_b = model["keys"].dtype.itemsize * model["keys"].size
+        keys_b = model["key"].dtype.itemsize * model["key"].size
         cov_b = model["cov"].dtype.itemsize * model["cov"].size
         analysis = tree["analysis/smollm2-135m"]
         out_b = sum(v.dtype.itemsize * v.size for v in analysis.data_vars.values())

@@ -41,6 +41,14 @@ from kisstore_cli.common import (
 @click.option("--bootstrap", "n_boot", type=int, default=200, show_default=True, metavar="N",
               help="Bootstrap replicates over items for the statistics' 95 % intervals (0: none).")
 @click.option("--seed", type=int, default=0, show_default=True, metavar="S", help="Seed of the bootstrap's draws.")
+@click.option("--name", default=None, metavar="NAME",
+              help="Write the analysis NAME (/analyses/NAME/<model>) beside the others; default: the "
+                   "default analysis (/analysis/<model>). A run into an analysis with the same settings "
+                   "merges its layers into it.")
+@click.option("--replace", is_flag=True,
+              help="Replace the analysis (all its models and layers) even when its settings differ.")
+@click.option("--compare", "compare_name", default=None, metavar="NAME",
+              help="With --report: show the stored analysis NAME ('default' for /analysis) beside this one.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Write a self-contained HTML report, PNG figures and the scaling table to DIR.")
 @click.option("--report-layers", default=None, metavar="SPEC",
@@ -55,17 +63,19 @@ from kisstore_cli.common import (
 @handle_errors
 def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: int | None, layers: str | None,
                     ridge: float, top_k: int, rank_by: str, exclude_same_subject: bool, exclude_same_token: bool,
-                    n_boot: int, seed: int, report_dir: str | None, report_layers: str | None, dpi: int,
+                    n_boot: int, seed: int, name: str | None, replace: bool, compare_name: str | None,
+                    report_dir: str | None, report_layers: str | None, dpi: int,
                     table_out: str | None, quiet: bool,
                     scheduler: str | None, storage_options: tuple[str, ...]) -> None:
     """Derive gram, P, whitened/activation cosines, statistics (with bootstrap intervals, per
     pair set), KDEs, convergence, top pairs and per-fact summaries for every model and layer of
-    STORE, and write them to /analysis/<model>."""
+    STORE, and write them to /analysis/<model> (or, with --name NAME, /analyses/NAME/<model>)."""
     from kisstore.analysis import analyze, export_table, scaling_table
     from kisstore.analysis.cluster import dask_client
     from kisstore.analysis.core import sample_size_warnings
-    from kisstore.analysis.persist import read_scaling, write_analysis
+    from kisstore.analysis.persist import read_analysis, read_scaling, stored_models, write_analysis
     from kisstore.analysis.subsets import model_dataset, select_models
+    from kisstore.errors import InputError
     from kisstore.limits import check_ridge
     from kisstore.store import Store, integrity, layout, open_store
     from kisstore.store.commit import ANALYSIS_LEASE, lease, recover
@@ -75,6 +85,11 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
     from kisstore.analysis.rankings import RankingOptions, check_options
 
     check_options(RankingOptions(top_k=top_k, rank_by=rank_by, n_boot=n_boot, seed=seed))
+    root = layout.analysis_root(name)  # a bad --name (or --compare) is refused before any work
+    if compare_name is not None:
+        layout.analysis_root(compare_name)
+        if not report_dir:
+            raise InputError("--compare NAME shows a second analysis in the report: give --report DIR too")
     if split_url(store)[0] == "file" and not store.startswith("file://"):
         store = os.path.abspath(store)  # Dask workers may run in another directory
     opts = storage_options_from(storage_options)
@@ -83,9 +98,9 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
     handle.check_links()  # a link inside the store (a linked analysis/) is refused before any work
     recover(handle)  # a write that a kill interrupted is completed before anything is read
     if report_layers is not None and not report_dir:
-        from kisstore.errors import InputError
-
         raise InputError("--report-layers needs --report DIR (it picks the report's per-layer figures)")
+    if compare_name is not None and not stored_models(handle, compare_name):
+        raise InputError(f"--compare {compare_name}: the store has no such analysis (`kisstore info` lists them)")
     output_dir(report_dir, "--report")  # an unwritable destination fails before the work, not after
     output_prefix(table_out, "--table-out")
     start = time.perf_counter()
@@ -95,6 +110,9 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
         # read as its fill value (empty fact texts, zero token counts) and a swapped one as data
         # (after the layout checks: arrays of the wrong type or dims are refused as such first)
         chosen = select_models(tree, list(models) or None)
+        if compare_name is not None and not set(chosen) & set(stored_models(handle, compare_name)):
+            raise InputError(f"--compare {compare_name}: that analysis holds none of the models analysed now "
+                             f"({', '.join(chosen)})")
         for m in chosen:
             model_dataset(tree, m)
         integrity.check_for_reading(handle, [layout.ITEMS, *(layout.model_path(m) for m in chosen)])
@@ -111,10 +129,10 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
                     check_report_layers(result[f"{layout.ANALYSIS}/{m}"].to_dataset(), report_layers, m)
         # one analysis of a store at a time
         with lease(handle, ANALYSIS_LEASE, wait_s=0), _progress_bar(enabled=not quiet):
-            stored = write_analysis(handle, result, progress=click.echo)
-        table = scaling_table(read_scaling(handle))
+            stored = write_analysis(handle, result, progress=click.echo, name=name, replace=replace)
+        table = scaling_table(read_scaling(handle, name))
     click.echo(f"analysed {len(stored)} model(s) in {time.perf_counter() - start:.1f} s; "
-               f"scaling table: {len(table)} rows → /analysis/scaling")
+               f"scaling table: {len(table)} rows → /{root}/scaling")
     if table_out:
         for path in export_table(table, table_out):
             click.echo(f"wrote {path}")
@@ -122,8 +140,13 @@ def analyze_command(store: str, models: tuple[str, ...], items: str, n_items: in
         from kisstore.analysis.report import build_report
 
         click.echo(f"building report in {report_dir} …")
+        extra = {}
+        if compare_name is not None:  # the second analysis' datasets of the models it shares with this one
+            shared = [m for m in stored if m in stored_models(handle, compare_name)]
+            extra = {"compare": {m: read_analysis(handle, m, compare_name) for m in shared},
+                     "compare_name": compare_name}
         paths = build_report(stored, table, Path(report_dir), progress=click.echo, layers=report_layers, dpi=dpi,
-                             items=open_store(store, opts)[layout.ITEMS].to_dataset())
+                             items=open_store(store, opts)[layout.ITEMS].to_dataset(), **extra)
         click.echo(f"wrote {paths[0]} and {len(paths) - 1} more file(s)")
 
 

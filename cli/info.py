@@ -57,12 +57,14 @@ def _print(s: dict) -> None:
                 click.echo(f"    {k}: {v}")
         if "versions" in m["provenance"]:
             click.echo(f"    versions: {m['provenance']['versions']}")
-    for name, g in s["analysis"].items():
-        if g.get("kind") == "scaling table":
-            click.echo(f"/analysis/{name}  scaling table, {g['rows']} rows")
-            continue
-        click.echo(f"/analysis/{name}  layers {_layers(g['layers'])}, {g['n_items']} items ({g['items']}), "
-                   f"ridge {g['ridge']}")
+    for name, an in s.get("analyses", {}).items():
+        path = an["path"]
+        click.echo(f"{path}  analysis {name!r}: {_settings(an['settings'])}")
+        for m, g in an["models"].items():
+            click.echo(f"{path}/{m}  layers {_layers(g['layers'])}, {g['n_items']} items ({g['items']}), "
+                       f"ridge {g['ridge']}")
+        if an["scaling_rows"] is not None:
+            click.echo(f"{path}/scaling  scaling table, {an['scaling_rows']} rows")
     for name, e in s.get("edits", {}).items():
         click.echo(f"/edits/{name}  [{'complete' if e['complete'] else 'incomplete'}] {e['method']} on "
                    f"{e['model']} layer {e['layer']}, {e['steps']} steps, {e['tracked']} tracked")
@@ -76,6 +78,18 @@ def _print(s: dict) -> None:
         else:
             click.echo("verify: every node's metadata matches its consolidated copy; every chunk read back "
                        "with a valid checksum (and at its place in the manifest, where the store has one)")
+
+
+def _settings(settings: dict | None) -> str:
+    """``items known, n_items 128, ridge 0.0, top_k 20, …`` (None: the default)."""
+    if not settings:
+        return "no settings recorded"
+    parts = []
+    for key, value in settings.items():
+        if isinstance(value, list) and len(value) > 6:
+            value = f"[{len(value)} values]"
+        parts.append(f"{key} {'default' if value is None else value}")
+    return ", ".join(parts)
 
 
 def _layers(layers: list | None) -> str:

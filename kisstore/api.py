@@ -98,7 +98,7 @@ def keys(model: Any, prompts: Sequence[str], subjects: Sequence[str], *, targets
         coords["p_true"] = ("item", r.p_true)
     else:
         values = _prompt_keys(lm, items, chosen, position, batch_tokens)
-    return xr.DataArray(values, dims=("layer", "item", "d_ff"), coords=coords, name="keys", attrs={
+    return xr.DataArray(values, dims=("layer", "item", "d_ff"), coords=coords, name="key", attrs={
         "long_name": f"MLP key (input of {lm.module_template}) at the {position} token",
         "model": lm.source.name, "hooked_module": lm.module_template, "token_position": position})
 

@@ -143,7 +143,10 @@ def test_a_failing_rerun_leaves_the_previous_analysis_and_a_readable_store(tmp_p
     first = xr.open_datatree(path, engine="zarr")["analysis/m"].to_dataset().load()
     before = tree_digest(path)
 
-    r = CliRunner().invoke(cli, ["analyze", path])
+    r = CliRunner().invoke(cli, ["analyze", path])  # other settings (every item): refused before any work
+    assert r.exit_code == 2 and "n_items 5 stored, default now" in r.output and "--name" in r.output, r.output
+    assert tree_digest(path) == before
+    r = CliRunner().invoke(cli, ["analyze", path, "--replace"])
     assert r.exit_code == 3 and "layer 2:" in r.output, r.output
     assert tree_digest(path) == before and not os.path.exists(os.path.join(path, "_staging"))
     again = xr.open_datatree(path, engine="zarr")["analysis/m"].to_dataset().load()
@@ -151,7 +154,7 @@ def test_a_failing_rerun_leaves_the_previous_analysis_and_a_readable_store(tmp_p
     assert dict(again.sizes)["item"] == 5 and np.isfinite(again["stats"].values).all()
 
     # and a successful rerun replaces it, leaving no staging behind
-    r = CliRunner().invoke(cli, ["analyze", path, "--layers", "0,1"])
+    r = CliRunner().invoke(cli, ["analyze", path, "--layers", "0,1", "--replace"])
     assert r.exit_code == 0, r.output
     tree = xr.open_datatree(path, engine="zarr")
     assert dict(tree["analysis/m"].sizes)["item"] == 20 and "_staging" not in tree.children

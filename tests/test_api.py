@@ -49,7 +49,7 @@ def test_extract_writes_what_the_command_line_writes(api_store, tiny_store):
     np.testing.assert_array_equal(a["layer"].values, b["layer"].values)
     np.testing.assert_array_equal(a["item"].values, b["item"].values)
     np.testing.assert_array_equal(a["n_tokens"].values, b["n_tokens"].values)
-    np.testing.assert_allclose(a["keys"].values, b["keys"].values, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(a["key"].values, b["key"].values, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(a["cov"].values, b["cov"].values, rtol=1e-6, atol=1e-9)
     np.testing.assert_array_equal(a["known"].values, b["known"].values)
     for key in ("corpus", "corpus_documents", "corpus_tokens", "max_length", "token_position", "layers",
@@ -111,9 +111,9 @@ def test_keys_with_targets_equal_the_stored_keys(gpt2, tiny_store):
     prompts = [str(p) for p in items["prompt"].values]  # CounterFact templates with {}
     got = kisstore.keys(gpt2, prompts, [str(s) for s in items["subject"].values],
                         targets=[str(t) for t in items["target_true"].values])
-    assert got.dims == ("layer", "item", "d_ff") and got.shape == stored["keys"].shape
+    assert got.dims == ("layer", "item", "d_ff") and got.shape == stored["key"].shape
     assert got.attrs["long_name"].startswith("MLP key")
-    np.testing.assert_allclose(got.values, stored["keys"].values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.values, stored["key"].values, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got["known"].values, stored["known"].values)
     np.testing.assert_allclose(got["p_true"].values, stored["p_true"].values, rtol=1e-5)
     assert got["subject"].values.tolist() == items["subject"].values.tolist()

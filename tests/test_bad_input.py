@@ -131,7 +131,7 @@ def test_unlisted_architecture_works_with_module_override(opt_model, tiny_items,
     import xarray as xr
 
     ds = xr.open_datatree(store, engine="zarr")[f"models/{opt_model.name}"].ds
-    assert ds["keys"].shape == (2, 12, 40)
+    assert ds["key"].shape == (2, 12, 40)
     # OPT derives its positions from the attention mask; the padded, maskless corpus batches must
     # still give each document's own keys (reference: one unpadded forward per document)
     from tests.test_extract import _numpy_cov

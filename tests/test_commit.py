@@ -42,7 +42,7 @@ def test_a_killed_overwrite_leaves_the_complete_model_and_its_analysis(analysed,
     store = tmp_path / "s.zarr"
     shutil.copytree(analysed, store)
     before = xr.open_datatree(store, engine="zarr")
-    keys = before["models/llama"]["keys"].values
+    keys = before["models/llama"]["key"].values
     p = before["analysis/llama"]["p_matrix"].values
     args = _extract(tiny_models["llama"], store, tiny_items, long_corpus, "--overwrite", "--max-length", "17",
                     "--batch-tokens", "1024")
@@ -50,7 +50,7 @@ def test_a_killed_overwrite_leaves_the_complete_model_and_its_analysis(analysed,
     assert killed.returncode == -signal.SIGKILL
     after = xr.open_datatree(store, engine="zarr")  # plain xarray, as any reader would
     assert after["models/llama"].attrs["complete"] is True
-    np.testing.assert_array_equal(after["models/llama"]["keys"].values, keys)
+    np.testing.assert_array_equal(after["models/llama"]["key"].values, keys)
     np.testing.assert_array_equal(after["analysis/llama"]["p_matrix"].values, p)
     assert "llama" in [str(m) for m in after["analysis/scaling"]["model"].values]
 

@@ -112,8 +112,8 @@ def test_copy_refuses_a_destination_holding_a_different_store_unless_overwrite(s
     dst = tmp_path / "other.zarr"
     shutil.copytree(source, dst)
     zarr.open_group(str(dst), mode="r+").attrs["note"] = "someone else's store"
-    (dst / "models" / "gpt2" / "keys" / "c" / "9").mkdir(parents=True)
-    (dst / "models" / "gpt2" / "keys" / "c" / "9" / "0").write_bytes(b"stale chunk")
+    (dst / "models" / "gpt2" / "key" / "c" / "9").mkdir(parents=True)
+    (dst / "models" / "gpt2" / "key" / "c" / "9" / "0").write_bytes(b"stale chunk")
     digest = tree_digest(dst)
 
     refused = _copy(source, dst)
@@ -136,13 +136,13 @@ def test_copy_refuses_a_non_empty_destination_that_is_no_store(source, tmp_path)
 def test_copy_refuses_to_propagate_a_corrupt_chunk(source, tmp_path):
     src = tmp_path / "corrupt.zarr"
     shutil.copytree(source, src)
-    chunk = src / "models" / "gpt2" / "keys" / "c" / "0" / "0" / "0"  # one shard of every layer's chunk
+    chunk = src / "models" / "gpt2" / "key" / "c" / "0" / "0" / "0"  # one shard of every layer's chunk
     raw = bytearray(chunk.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # inside a chunk, not the shard's index (its last 52 bytes)
     chunk.write_bytes(bytes(raw))
     dst = tmp_path / "dst.zarr"
     out = _copy(src, dst)
-    assert_one_line_error(out, "corrupt chunk in the source: array /models/gpt2/keys shard c/0/0/0: the chunk at")
+    assert_one_line_error(out, "corrupt chunk in the source: array /models/gpt2/key shard c/0/0/0: the chunk at")
     assert not (dst / "zarr.json").exists()  # never a store a reader would trust
 
 

@@ -65,7 +65,7 @@ def _resumes_to(args, store, reference):
     ds = xr.open_datatree(store, engine="zarr")["models/llama"].ds
     assert ds.attrs["complete"] is True
     np.testing.assert_array_equal(ds["cov"].values, reference["cov"].values)
-    np.testing.assert_array_equal(ds["keys"].values, reference["keys"].values)
+    np.testing.assert_array_equal(ds["key"].values, reference["key"].values)
     np.testing.assert_array_equal(ds["n_tokens"].values, reference["n_tokens"].values)
     assert ds.attrs["corpus_sha256"] == reference.attrs["corpus_sha256"]
     assert ds.attrs["corpus_documents"] == reference.attrs["corpus_documents"]

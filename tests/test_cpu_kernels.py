@@ -198,7 +198,7 @@ def test_extraction_with_either_kernels_gives_the_same_store_contents(arch, tiny
     a, b = out["onednn"], out["torch"]
     np.testing.assert_array_equal(a["n_tokens"].values, b["n_tokens"].values)
     np.testing.assert_allclose(a["cov"].values, b["cov"].values, rtol=1e-5, atol=1e-6 * float(np.abs(b["cov"]).max()))
-    np.testing.assert_array_equal(a["keys"].values, b["keys"].values)  # the item pass keeps torch's kernels
+    np.testing.assert_array_equal(a["key"].values, b["key"].values)  # the item pass keeps torch's kernels
 
 
 def test_unknown_cpu_kernels_is_a_usage_error(tmp_path):

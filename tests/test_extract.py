@@ -59,8 +59,8 @@ def test_keys_equal_an_unbatched_hook_at_the_last_subject_token(arch, tiny_model
         ids = tok(f"{item.text} {item.target_true}")["input_ids"]
         per_layer = _capture_all(model, arch, ids)
         for layer in range(model.config.num_hidden_layers):
-            np.testing.assert_allclose(ds["keys"].values[layer, j], per_layer[layer][pos], rtol=1e-4, atol=1e-5)
-    assert ds["keys"].shape == (3, 12, ds.sizes["d_ff"])
+            np.testing.assert_allclose(ds["key"].values[layer, j], per_layer[layer][pos], rtol=1e-4, atol=1e-5)
+    assert ds["key"].shape == (3, 12, ds.sizes["d_ff"])
 
 
 def _numpy_cov(model_dir, arch, corpus, max_length, cap=None):
@@ -111,7 +111,7 @@ def test_layers_split_over_several_passes_give_the_same_covariance(tiny_models, 
     a = xr.open_datatree(one, engine="zarr")[f"models/{mid}"].ds
     b = xr.open_datatree(many, engine="zarr")[f"models/{mid}"].ds
     np.testing.assert_allclose(a["cov"].values, b["cov"].values, rtol=1e-12)
-    xr.testing.assert_equal(a["keys"], b["keys"])
+    xr.testing.assert_equal(a["key"], b["key"])
 
 
 def test_selected_layers_only(tiny_models, tiny_items, tiny_corpus, tmp_path):
@@ -232,7 +232,7 @@ def test_threads_option_runs_the_pass_on_that_many_torch_threads(tiny_models, ti
         run_cli(*args, check=True)
         stores[threads] = xr.open_datatree(store, engine="zarr")["models/llama"].to_dataset().load()
     np.testing.assert_allclose(stores["1"]["cov"], stores[None]["cov"], rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(stores["1"]["keys"], stores[None]["keys"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stores["1"]["key"], stores[None]["key"], rtol=1e-5, atol=1e-6)
     # and the option reaches torch: a child process reports the thread count it ran with
     code = ("import json, torch; from kisstore.extract import ExtractOptions, run_extract; "
             f"run_extract(ExtractOptions(models=[{str(tiny_models['llama'])!r}], store={str(tmp_path / 't.zarr')!r}, "

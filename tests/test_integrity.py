@@ -66,7 +66,7 @@ OWN_DAMAGE = {
 
 
 @pytest.mark.parametrize("case", OWN_DAMAGE)
-@pytest.mark.parametrize("node", ["models/llama/keys", "models/llama"])
+@pytest.mark.parametrize("node", ["models/llama/key", "models/llama"])
 def test_verify_reads_each_nodes_own_metadata(case, node, store):
     OWN_DAMAGE[case](store / node / "zarr.json")
     before = tree_digest(store)
@@ -77,10 +77,10 @@ def test_verify_reads_each_nodes_own_metadata(case, node, store):
 
 
 def test_analyze_refuses_metadata_that_differs_from_its_consolidated_copy(store):
-    _edit_node(store, "models/llama/keys", lambda m: m.update(shape=[2, 12, 36]), consolidated=False)
+    _edit_node(store, "models/llama/key", lambda m: m.update(shape=[2, 12, 36]), consolidated=False)
     before = tree_digest(store)
     res = run_cli("analyze", str(store))
-    _assert_refused(res, "/models/llama/keys metadata: ")
+    _assert_refused(res, "/models/llama/key metadata: ")
     assert "kisstore info --verify" in res.stderr
     assert tree_digest(store) == before
 
@@ -176,22 +176,22 @@ def _swapped_inside(raw: bytes, meta: dict, i: int, j: int) -> bytes:
 
 
 def test_chunks_swapped_inside_a_shard_are_detected(store):
-    keys = store / "models/llama/keys"
+    keys = store / "models/llama/key"
     assert json.loads((keys / "zarr.json").read_text())["codecs"][0]["name"] == "sharding_indexed"
-    shard = _chunk(store, "models/llama/keys", 0)
+    shard = _chunk(store, "models/llama/key", 0)
     shard.write_bytes(_swapped_inside(shard.read_bytes(), json.loads((keys / "zarr.json").read_text()), 0, 2))
     res = run_cli("info", "--verify", str(store))
-    _assert_refused(res, "CORRUPT /models/llama/keys shard (0, 0, 0): does not match its manifest")
+    _assert_refused(res, "CORRUPT /models/llama/key shard (0, 0, 0): does not match its manifest")
 
 
 def test_a_flipped_byte_in_a_shard_is_caught(store):
-    shard = _chunk(store, "models/llama/keys", 0)
+    shard = _chunk(store, "models/llama/key", 0)
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 3] ^= 0x01  # inside a chunk's compressed bytes
     shard.write_bytes(bytes(raw))
     res = run_cli("info", "--verify", str(store))
     _assert_refused(res, "1 corrupt chunk(s)")
-    assert "CORRUPT /models/llama/keys shard (0, 0, 0): " in res.stdout
+    assert "CORRUPT /models/llama/key shard (0, 0, 0): " in res.stdout
     before = tree_digest(store)
     _assert_refused(run_cli("analyze", str(store), "--quiet"), "checksum do not match")
     assert tree_digest(store) == before
@@ -232,10 +232,10 @@ def test_a_store_without_manifests_still_opens_verifies_and_analyses(store):
 
 # -- 5. absurd shapes must be refused quickly, not hang -----------------------------------------------
 def _absurd_d_ff(store: Path) -> None:
-    for name in ("keys", "cov"):
+    for name in ("key", "cov"):
         def edit(m, name=name):
-            m["shape"] = [3, 12, 3 * 10**9] if name == "keys" else [3, 3 * 10**9, 3 * 10**9]
-            m["chunk_grid"]["configuration"]["chunk_shape"] = [1, 12, 4096] if name == "keys" else [1, 4096, 4096]
+            m["shape"] = [3, 12, 3 * 10**9] if name == "key" else [3, 3 * 10**9, 3 * 10**9]
+            m["chunk_grid"]["configuration"]["chunk_shape"] = [1, 12, 4096] if name == "key" else [1, 4096, 4096]
         _edit_node(store, f"models/llama/{name}", edit)
 
 
@@ -243,11 +243,11 @@ def _many_chunks(store: Path) -> None:
     def edit(m):
         m["shape"] = [3, 12, 36 * 3_200_000]
         m["chunk_grid"]["configuration"]["chunk_shape"] = [1, 12, 36]
-    _edit_node(store, "models/llama/keys", edit)
+    _edit_node(store, "models/llama/key", edit)
 
 
 def _inconsistent(store: Path) -> None:
-    _edit_node(store, "models/llama/keys", lambda m: m.update(shape=[3, 12, 40]))
+    _edit_node(store, "models/llama/key", lambda m: m.update(shape=[3, 12, 40]))
 
 
 ABSURD = {"d_ff 3e9": (_absurd_d_ff, "/models/llama/"), "9.6M chunks": (_many_chunks, "chunks"),
@@ -299,11 +299,11 @@ def _complex(store: Path) -> None:
 
 
 def _negative(store: Path) -> None:
-    _edit_node(store, "models/llama/keys", lambda m: m.update(shape=[3, -12, 36]))
+    _edit_node(store, "models/llama/key", lambda m: m.update(shape=[3, -12, 36]))
 
 
 def _separator(store: Path) -> None:
-    _edit_node(store, "models/llama/keys",
+    _edit_node(store, "models/llama/key",
                lambda m: m.update(chunk_key_encoding={"name": "default", "configuration": {"separator": "/../../"}}))
 
 

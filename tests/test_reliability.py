@@ -47,7 +47,7 @@ def test_verify_passes_on_an_intact_store(store):
     assert res.returncode == 0 and "valid checksum" in res.stdout
 
 
-@pytest.mark.parametrize("array", ["models/llama/cov", "models/llama/keys", "items/subject"])
+@pytest.mark.parametrize("array", ["models/llama/cov", "models/llama/key", "items/subject"])
 def test_flipped_byte_is_detected_and_named(array, store):
     f = _chunk(store, array)
     data = bytearray(f.read_bytes())
@@ -60,10 +60,10 @@ def test_flipped_byte_is_detected_and_named(array, store):
 
 
 def test_truncated_chunk_is_detected_and_named(store):
-    f = _chunk(store, "models/llama/keys")
+    f = _chunk(store, "models/llama/key")
     f.write_bytes(f.read_bytes()[:10])
     res = run_cli("info", "--verify", str(store))
-    assert res.returncode == 2 and "CORRUPT /models/llama/keys chunk (0, 0, 0)" in res.stdout
+    assert res.returncode == 2 and "CORRUPT /models/llama/key chunk (0, 0, 0)" in res.stdout
 
 
 def test_analysis_of_a_corrupt_chunk_fails_with_a_pointer_to_verify(store):
@@ -151,7 +151,7 @@ def test_full_disk_is_a_clear_error_and_the_rerun_completes(small_fs, store_temp
     ref = xr.open_datatree(store_template, engine="zarr")["models/llama"].ds
     got = xr.open_datatree(store, engine="zarr")["models/llama"].ds
     np.testing.assert_array_equal(got["cov"].values, ref["cov"].values)
-    np.testing.assert_array_equal(got["keys"].values, ref["keys"].values)
+    np.testing.assert_array_equal(got["key"].values, ref["key"].values)
 
 
 # -- hostile or foreign stores -----------------------------------------------------------------
@@ -182,7 +182,7 @@ def _no_models(store: Path):
 
 def _int_keys(store: Path):
     ds = xr.open_datatree(store, engine="zarr")["models/llama"].to_dataset().load()
-    ds["keys"] = ds["keys"].astype("int32")
+    ds["key"] = ds["key"].astype("int32")
     ds.to_zarr(str(store), group="models/llama", mode="w", consolidated=False, zarr_format=3)
     import zarr
 
@@ -191,7 +191,7 @@ def _int_keys(store: Path):
 
 def _wrong_dims(store: Path):
     ds = xr.open_datatree(store, engine="zarr")["models/llama"].to_dataset().load()
-    ds["keys"] = ds["keys"].transpose("item", "layer", "d_ff")
+    ds["key"] = ds["key"].transpose("item", "layer", "d_ff")
     ds.to_zarr(str(store), group="models/llama", mode="w", consolidated=False, zarr_format=3)
     import zarr
 

@@ -45,7 +45,7 @@ def test_killed_extract_resumes_to_the_uninterrupted_result(point, reference, ti
     ds = xr.open_datatree(store, engine="zarr")["models/llama"].ds
     assert ds.attrs["complete"] is True
     np.testing.assert_array_equal(ds["cov"].values, reference["cov"].values)
-    np.testing.assert_array_equal(ds["keys"].values, reference["keys"].values)
+    np.testing.assert_array_equal(ds["key"].values, reference["key"].values)
     np.testing.assert_array_equal(ds["n_tokens"].values, reference["n_tokens"].values)
     assert "_checkpoints" not in xr.open_datatree(store, engine="zarr").children or not \
         xr.open_datatree(store, engine="zarr")["_checkpoints"].children

@@ -263,7 +263,7 @@ def test_import_over_a_complete_model_needs_overwrite(store, stats_dir, tiny_mod
     assert tree_digest(target) == before
     _import(stats_dir, tiny_models["gpt2"], target, overwrite=True)
     ds = _model(target, "gpt2")
-    assert ds.attrs["cov_source"] == "imported" and "keys" not in ds
+    assert ds.attrs["cov_source"] == "imported" and "key" not in ds
     assert _model(target, "llama").attrs["complete"] is True  # other models untouched
 
 
@@ -418,6 +418,6 @@ def test_import_then_extract_adds_keys_and_keeps_the_imported_cov(stats_dir, tin
                                corpus=str(other), progress=False))
     ds = _model(target, "gpt2")
     assert ds.attrs["complete"] is True and ds.attrs["cov_source"] == "imported"
-    assert ds["keys"].shape == (2, 12, 48) and ds["layer"].values.tolist() == [1, 2]
+    assert ds["key"].shape == (2, 12, 48) and ds["layer"].values.tolist() == [1, 2]
     np.testing.assert_array_equal(ds["cov"].values, imported["cov"].values)
     np.testing.assert_array_equal(ds["n_tokens"].values, imported["n_tokens"].values)

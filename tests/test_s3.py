@@ -82,7 +82,7 @@ def test_plain_xarray_opens_the_s3_store_without_importing_kisstore(stores, tmp_
 import json, sys
 import xarray as xr
 tree = xr.open_datatree({stores.url!r}, engine="zarr", storage_options={stores.s3.options!r})
-keys = tree["models/gpt2"]["keys"]
+keys = tree["models/gpt2"]["key"]
 print(json.dumps({{"sum": float(keys.isel(layer=1).sum()), "shape": list(keys.shape),
                   "complete": tree["models/gpt2"].attrs["complete"],
                   "kisstore_imported": any(m.split(".")[0] in ("kisstore", "kisstore_cli") for m in sys.modules)}}))
@@ -90,7 +90,7 @@ print(json.dumps({{"sum": float(keys.isel(layer=1).sum()), "shape": list(keys.sh
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    local = xr.open_datatree(stores.local, engine="zarr")["models/gpt2"]["keys"]
+    local = xr.open_datatree(stores.local, engine="zarr")["models/gpt2"]["key"]
     assert got["kisstore_imported"] is False
     assert got["complete"] is True
     assert got["shape"] == list(local.shape)
@@ -101,16 +101,16 @@ def test_reading_one_layers_keys_fetches_only_that_layers_chunk(stores):
     """keys is one shard of one-layer chunks (store.chunking): a layer is two ranged reads, the
     shard's index and that layer's chunk, never the whole shard."""
     tree = kisstore.open_store(stores.url, stores.s3.options)  # lazy: metadata only
-    keys = tree["models/gpt2"]["keys"]
+    keys = tree["models/gpt2"]["key"]
     with stores.s3.requests() as seen:
         got = keys.isel(layer=1).values
-    assert (got == xr.open_datatree(stores.local, engine="zarr")["models/gpt2"]["keys"].values[1]).all()
-    shard = f"/{stores.s3.bucket}/team/tiny.zarr/models/gpt2/keys/c/0/0/0"
+    assert (got == xr.open_datatree(stores.local, engine="zarr")["models/gpt2"]["key"].values[1]).all()
+    shard = f"/{stores.s3.bucket}/team/tiny.zarr/models/gpt2/key/c/0/0/0"
     assert [p for _, p in seen] == [shard, shard], seen
     assert all(r.range for r in seen), [r.range for r in seen]
     chunks = [r for r in seen if not r.range.startswith("bytes=-")]  # the index is read from the end
     first, last = (int(x) for x in chunks[0].range.removeprefix("bytes=").split("-"))
-    size = (stores.local / "models/gpt2/keys/c/0/0/0").stat().st_size
+    size = (stores.local / "models/gpt2/key/c/0/0/0").stat().st_size
     assert last - first + 1 < size / 2  # one of the three layers' chunks
 
 

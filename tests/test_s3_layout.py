@@ -92,7 +92,7 @@ def test_opening_without_loading_indexes_is_at_most_10_requests(demo):
 
 
 @pytest.mark.parametrize(("group", "name"), [(f"analysis/{MODEL}", "p_matrix"), (f"models/{MODEL}", "cov"),
-                                             (f"models/{MODEL}", "keys")])
+                                             (f"models/{MODEL}", "key")])
 def test_reading_one_layer_is_at_most_3_requests_for_that_layer_only(demo, group, name):
     s3 = demo.s3
     tree = xr.open_datatree(demo.url, engine="zarr", chunks={}, storage_options=s3.options)

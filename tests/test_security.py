@@ -149,7 +149,7 @@ def test_copy_refuses_a_link_inside_the_local_source(kind, store, s3_server, tmp
     s3 = s3_server
     outside = tmp_path / "outside"
     outside.mkdir()
-    chunk = _chunk(store, "models/gpt2/keys")
+    chunk = _chunk(store, "models/gpt2/key")
     if kind == "file":  # a valid chunk's bytes, so nothing but the link can stop it
         target = outside / "secret"
         shutil.copyfile(chunk, target)
@@ -157,10 +157,10 @@ def test_copy_refuses_a_link_inside_the_local_source(kind, store, s3_server, tmp
         chunk.symlink_to(target)
         name = str(chunk.relative_to(store))
     else:
-        folder = store / "models" / "gpt2" / "keys"
-        shutil.move(folder, outside / "keys")
-        folder.symlink_to(outside / "keys", target_is_directory=True)
-        name = "models/gpt2/keys"
+        folder = store / "models" / "gpt2" / "key"
+        shutil.move(folder, outside / "key")
+        folder.symlink_to(outside / "key", target_is_directory=True)
+        name = "models/gpt2/key"
     before = tree_digest(store)
     res = run_cli("copy", str(store), s3.url("x"), "--quiet", *s3.cli)
     assert_one_line_error(res, f"{name} is a symbolic link")

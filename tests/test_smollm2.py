@@ -28,13 +28,13 @@ def test_embedded_facts_give_128_known_items_with_keys_for_every_layer(demo_stor
     code = (
         "import xarray as xr, json, sys; t = xr.open_datatree(sys.argv[1], engine='zarr');"
         "m = t['models/smollm2-135m'].ds;"
-        "print(json.dumps({'keys': list(m['keys'].shape), 'n_tokens': m['n_tokens'].values.tolist(),"
+        "print(json.dumps({'key': list(m['key'].shape), 'n_tokens': m['n_tokens'].values.tolist(),"
         "'known': bool(m['known'].values.all()), 'p_true': bool(((m['p_true'] > 0) & (m['p_true'] <= 1)).all()),"
         "'complete': m.attrs['complete'], 'kisstore_imported': 'kisstore' in sys.modules}))"
     )
     out = subprocess.run([sys.executable, "-c", code, str(demo_store)], capture_output=True, text=True, check=True)
     r = json.loads(out.stdout)
-    assert r["keys"] == [30, 128, 1536]
+    assert r["key"] == [30, 128, 1536]
     assert min(r["n_tokens"]) >= 3000
     assert r["known"] and r["p_true"] and r["complete"] is True
     assert r["kisstore_imported"] is False
@@ -64,7 +64,7 @@ def test_keys_match_a_direct_transformers_hook(demo_store):
     tok = AutoTokenizer.from_pretrained(directory)
     tree = xr.open_datatree(demo_store, engine="zarr")
     items = tree["items"].ds
-    keys = tree["models/smollm2-135m"]["keys"]
+    keys = tree["models/smollm2-135m"]["key"]
     for j in (0, 77):
         prompt, subject = str(items.prompt.values[j]), str(items.subject.values[j])
         text = prompt.replace("{}", subject)

@@ -172,7 +172,7 @@ def test_tensorstore_reads_the_sharded_arrays_and_the_text_twins(two_layouts):
         got = _tensorstore(root / array)[...].read().result()
         np.testing.assert_array_equal(got, want)  # bit for bit
     one_layer = _tensorstore(root / "models/m/keys")[2].read().result()
-    np.testing.assert_array_equal(one_layer, tree["models/m"]["keys"].values[2])
+    np.testing.assert_array_equal(one_layer, tree["models/m"]["key"].values[2])
     codes = _tensorstore(root / "items/text_utf8/subject_utf8")[...].read().result()
     assert [bytes(r).rstrip(b"\0").decode() for r in codes] == list(tree["items"]["subject"].values)
     with pytest.raises(ValueError):  # the string array itself: a registered extension tensorstore lacks
@@ -235,4 +235,4 @@ def test_a_checkpoint_chunked_another_way_resumes_to_the_uninterrupted_result(ti
     assert "resuming corpus pass" in resumed.stdout
     got, want = (xr.open_datatree(p, engine="zarr")["models/llama"] for p in (store, reference))
     np.testing.assert_array_equal(got["cov"].values, want["cov"].values)
-    np.testing.assert_array_equal(got["keys"].values, want["keys"].values)
+    np.testing.assert_array_equal(got["key"].values, want["key"].values)

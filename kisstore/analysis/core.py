@@ -9,7 +9,7 @@ import pandas as pd
 import xarray as xr
 
 from kisstore._version import __version__
-from kisstore.analysis import geometry, lift, rankings, scaling, stats, subsets
+from kisstore.analysis import geometry, labels, lift, rankings, scaling, stats, subsets
 from kisstore.errors import InputError, StoreError
 from kisstore.store import chunking, layout
 
@@ -75,11 +75,35 @@ def analyze(
                          ranking=ranking)
         for m in model_ids
     }
+    settings = analysis_settings(items, n_items, ridge, top_k, max_cond, convergence_sizes, kde_grid, ranking)
+    for ds in per_model.values():
+        ds.attrs["settings"] = settings
     nodes: dict[str, xr.Dataset] = {f"{layout.ANALYSIS}/{m}": ds for m, ds in per_model.items()}
     nodes[f"{layout.ANALYSIS}/{scaling.GROUP}"] = scaling.scaling_dataset(per_model)
     out = xr.DataTree.from_dict(nodes)
     out.attrs.update({"kisstore_version": __version__, "models": model_ids})
     return out
+
+
+def analysis_settings(items: str, n_items: int | None, ridge: float, top_k: int, max_cond: float,
+                      convergence_sizes: Sequence[int] | None, kde_grid: np.ndarray | None,
+                      ranking: rankings.RankingOptions | None = None) -> dict:
+    """The settings that define an analysis (recorded as its ``settings`` attr; a layer-subset
+    run merges into a stored analysis only when they are equal). ``None`` means the default."""
+    return {
+        "items": items,
+        "n_items": None if n_items is None else int(n_items),
+        "ridge": float(ridge),
+        "top_k": int(top_k),
+        "max_cond": float(max_cond),
+        "convergence_sizes": None if convergence_sizes is None else sorted({int(s) for s in convergence_sizes}),
+        "kde_grid": None if kde_grid is None else [float(v) for v in np.asarray(kde_grid, dtype=np.float64)],
+        # how the pairs are ranked and the intervals drawn: layers merged into one analysis share them
+        **({} if ranking is None else {
+            "rank_by": ranking.rank_by, "exclude_same_subject": ranking.exclude_same_subject,
+            "exclude_same_token": ranking.exclude_same_token, "bootstrap": ranking.n_boot,
+            "bootstrap_seed": ranking.seed}),
+    }
 
 
 MIN_TOKENS_PER_DIM = 10  # below n = 10·d_ff tokens, C's small eigenvalues (and P's spread) are biased
@@ -134,12 +158,12 @@ def analyze_model(
     sizes = stats.convergence_sizes(n) if sizes is None else sorted({int(s) for s in sizes})
     if not sizes or sizes[0] < 2 or sizes[-1] > n:
         raise InputError(f"convergence sizes must lie in 2..{n}, got {sizes}")
-    sub = ds[["keys", "cov", "n_tokens"]].sel(layer=lay, item=case_ids)
+    sub = ds[[layout.KEY, "cov", "n_tokens"]].sel(layer=lay, item=case_ids)
 
-    gram, cond = lift.gram(sub["keys"], sub["cov"], sub["n_tokens"], ridge=ridge, max_cond=max_cond)
+    gram, cond = lift.gram(sub[layout.KEY], sub["cov"], sub["n_tokens"], ridge=ridge, max_cond=max_cond)
     p = lift.pairwise(geometry.p_matrix, gram)
     wcos = lift.pairwise(geometry.whitened_cos, gram)
-    q = lift.key_pairs(geometry.q_matrix, sub["keys"])
+    q = lift.key_pairs(geometry.q_matrix, sub[layout.KEY])
     acos = lift.pairwise(geometry.cosine, q)
     wangle, aangle = lift.pairwise(geometry.angle_deg, wcos), lift.pairwise(geometry.angle_deg, acos)
     quantities = xr.concat([p, wcos, acos, wangle, aangle],
@@ -179,6 +203,7 @@ def analyze_model(
         stat=np.array(stats.STAT_NAMES, dtype=object),
         relative_depth=("layer", np.asarray(lay, dtype=np.float64) / max(n_layers - 1, 1)),
     )
+    out = labels.assign_labels(out, items_ds)  # subject, relation_id, target_true, position on item/item_
     out.attrs.update(_attrs(ds.attrs, model, items, n, ridge, max_cond, top_k, k, sizes))
     out.attrs.update({key: v for key, v in ranking_attrs.items() if key != "top_k"})
     if grid is not None:

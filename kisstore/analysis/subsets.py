@@ -39,21 +39,22 @@ def select_models(tree: xr.DataTree, models: str | Sequence[str] | None) -> list
 
 
 def model_dataset(tree: xr.DataTree, model: str) -> xr.Dataset:
-    """The model's dataset, checked for the arrays the analysis needs."""
-    ds = tree[f"{layout.MODELS}/{model}"].to_dataset()
+    """The model's dataset, checked for the arrays the analysis needs; its keys are always
+    ``key`` (a schema-1 store's ``keys`` is renamed on reading, see ``layout.current_names``)."""
+    ds = layout.current_names(tree[f"{layout.MODELS}/{model}"].to_dataset())
     if "cov" not in ds:
         raise StoreError(
             f"model {model!r} has no covariances (`cov`) in the store: rerun `kisstore extract` "
             "with a corpus, or import covariances"
         )
-    for name in ("keys", "n_tokens"):
+    for name in (layout.KEY, "n_tokens"):
         if name not in ds:
             raise StoreError(f"model {model!r} has no `{name}` array in the store")
     check_shapes(ds, model)
     return ds
 
 
-_EXPECTED = {"keys": ("layer", "item", "d_ff"), "cov": ("layer", "d_ff", "d_ff_"), "n_tokens": ("layer",)}
+_EXPECTED = {layout.KEY: ("layer", "item", "d_ff"), "cov": ("layer", "d_ff", "d_ff_"), "n_tokens": ("layer",)}
 
 
 def check_shapes(ds: xr.Dataset, model: str) -> None:
@@ -62,9 +63,9 @@ def check_shapes(ds: xr.Dataset, model: str) -> None:
         var = ds[name]
         if var.dims != dims:
             raise StoreError(f"model {model!r}: `{name}` has dims {var.dims}, expected {dims}")
-    if not np.issubdtype(ds["keys"].dtype, np.floating) or not np.issubdtype(ds["cov"].dtype, np.floating):
-        raise StoreError(f"model {model!r}: `keys`/`cov` must be floating point, found "
-                         f"{ds['keys'].dtype}/{ds['cov'].dtype}")
+    if not np.issubdtype(ds[layout.KEY].dtype, np.floating) or not np.issubdtype(ds["cov"].dtype, np.floating):
+        raise StoreError(f"model {model!r}: `{layout.KEY}`/`cov` must be floating point, found "
+                         f"{ds[layout.KEY].dtype}/{ds['cov'].dtype}")
     if not np.issubdtype(ds["n_tokens"].dtype, np.integer):
         raise StoreError(f"model {model!r}: `n_tokens` must be integer, found {ds['n_tokens'].dtype}")
     if ds.sizes["d_ff"] != ds.sizes["d_ff_"]:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from kisstore.store import Store
+from kisstore.store import Store, layout
 
 
 def synthetic_model(
@@ -60,7 +60,7 @@ def model_dataset(arrays: dict[str, np.ndarray], case_ids: Sequence[int],
 def _model_arrays(arrays, case_ids, known, layers, n_items, n_layers) -> xr.Dataset:
     return xr.Dataset(
         {
-            "keys": (("layer", "item", "d_ff"), arrays["keys"]),
+            layout.KEY: (("layer", "item", "d_ff"), arrays["keys"], {"long_name": "synthetic key"}),
             "cov": (("layer", "d_ff", "d_ff_"), arrays["cov"]),
             "n_tokens": ("layer", arrays["n_tokens"]),
             "known": ("item", known),

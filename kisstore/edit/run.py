@@ -165,7 +165,8 @@ def validate(opts: EditOptions) -> None:
 
 
 def _load_model_dataset(store: Store, model_id: str) -> xr.Dataset:
-    return xr.open_zarr(store.zstore, group=layout.model_path(model_id), zarr_format=3, consolidated=False)
+    return layout.current_names(  # a schema-1 store's `keys` read as `key`
+        xr.open_zarr(store.zstore, group=layout.model_path(model_id), zarr_format=3, consolidated=False))
 
 
 def plan_edit(opts: EditOptions) -> EditPlan:
@@ -186,7 +187,7 @@ def plan_edit(opts: EditOptions) -> EditPlan:
     if attrs.get("complete") is not True:
         raise StoreError(f"model {model_id!r} in the store is incomplete; finish kisstore extract first")
     ds = _load_model_dataset(store, model_id)
-    if "cov" not in ds or "keys" not in ds:
+    if "cov" not in ds or layout.KEY not in ds:
         raise StoreError(f"model {model_id!r} has no keys/covariance in the store")
     n_layers = int(attrs.get("n_layers") or int(ds["layer"].max()) + 1)
     if opts.method in SPREAD_METHODS:
@@ -258,12 +259,12 @@ def plan_edit(opts: EditOptions) -> EditPlan:
         if not done:
             raise InputError(f"run {run!r} already exists in the store with other settings (or unfinished); "
                              "pass --overwrite or another --run")
-    keys = np.asarray(ds["keys"].sel(layer=layer).values[sel], dtype=np.float64)
+    keys = np.asarray(ds[layout.KEY].sel(layer=layer).values[sel], dtype=np.float64)
     cov = np.asarray(ds["cov"].sel(layer=layer).values, dtype=np.float64)
     plan = EditPlan(model_id, attrs, layer, run, [items[i] for i in sel], opts.edits, keys, cov, n_tokens, done,
                     layers=layer_range)
     if opts.method in SPREAD_METHODS and not done:
-        plan.layer_keys = np.stack([np.asarray(ds["keys"].sel(layer=lay).values[sel], dtype=np.float64)
+        plan.layer_keys = np.stack([np.asarray(ds[layout.KEY].sel(layer=lay).values[sel], dtype=np.float64)
                                     for lay in layer_range])
         plan.layer_covs = np.stack([np.asarray(ds["cov"].sel(layer=lay).values, dtype=np.float64)
                                     for lay in layer_range])

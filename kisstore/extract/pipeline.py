@@ -299,14 +299,29 @@ class ModelRun:
         path = layout.model_path(self.model_id)
         ops = [commit.move(commit.staged(path), path)] if staged else [commit.set_attrs(path, {"complete": True})]
         ops += [commit.delete(layout.checkpoint_path(self.model_id)), commit.delete_if_empty(layout.CHECKPOINTS)]
-        if self.opts.overwrite:
-            ops += [commit.delete(layout.analysis_path(self.model_id))]
-            ops += self.scaling_without_this_model()
+        if self.opts.overwrite:  # every analysis of the replaced model goes: the default and the named ones
+            for name in [None, *self.named_analyses()]:
+                ops += [commit.delete(layout.analysis_path(self.model_id, name))]
+                ops += self.scaling_without_this_model(name)
+                if name is not None:  # an analysis left without models goes, as its staging folders do
+                    ops += [commit.delete_if_empty(p) for p in (commit.staged(layout.analysis_root(name)),
+                                                                commit.staged(layout.ANALYSES),
+                                                                layout.analysis_root(name))]
+            ops += [commit.delete_if_empty(layout.ANALYSES)] if self.named_analyses() else []
         return ops
 
-    def scaling_without_this_model(self) -> list[dict]:
+    def named_analyses(self) -> list[str]:
+        """The names of the analyses under /analyses that hold this model."""
+        if not self.store.has(layout.ANALYSES):
+            return []
+        import zarr
+
+        group = zarr.open_group(self.store.zstore, path=layout.ANALYSES, mode="r")
+        return sorted(name for name, _ in group.groups() if self.store.has(layout.analysis_path(self.model_id, name)))
+
+    def scaling_without_this_model(self, name: str | None = None) -> list[dict]:
         """--overwrite: the scaling table loses this model's rows (its analysis is gone)."""
-        path = f"{layout.ANALYSIS}/scaling"
+        path = f"{layout.analysis_root(name)}/scaling"
         if not self.store.has(path):
             return []
         table = xr.open_zarr(self.store.zstore, group=path, zarr_format=3, consolidated=False)
@@ -615,7 +630,8 @@ def items_dataset(items: list[Item]) -> xr.Dataset:
 def model_dataset(keys, cov, n_tokens, known, p_true, layers, case_ids, key_token_id=None,
                   key_token=None) -> xr.Dataset:
     data = {
-        "keys": (("layer", "item", "d_ff"), keys.astype(np.float32)),
+        layout.KEY: (("layer", "item", "d_ff"), keys.astype(np.float32),
+                     {"long_name": "MLP key k (input of the down-projection) at the item's token"}),
         "cov": (("layer", "d_ff", "d_ff_"), cov),
         "n_tokens": ("layer", n_tokens),
         "known": ("item", known.astype(bool)),
@@ -834,7 +850,7 @@ def _extract_locked(opts: ExtractOptions, store: Store, runs: list[ModelRun], ca
         run.check_lease()
         commit.commit(store, run.commit_ops(staged=replacing))  # complete, checkpoint gone, consolidated
         run.unload()
-        log(f"[{run.model_id}] complete: keys {tuple(ds['keys'].shape)}, cov {tuple(ds['cov'].shape)}, "
+        log(f"[{run.model_id}] complete: keys {tuple(ds[layout.KEY].shape)}, cov {tuple(ds['cov'].shape)}, "
             f"n_tokens {int(n_tokens.min())}", opts.storage_options)
         written.append(run.model_id)
     return written

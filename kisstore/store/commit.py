@@ -55,6 +55,12 @@ def staged(path: str) -> str:
 def discard(store: Store, path: str) -> None:
     """Remove a staged group that will not be committed (and ``/_staging`` once it is empty)."""
     store.delete(path)
+    parent = path.rsplit("/", 1)[0]
+    while parent.startswith(f"{layout.STAGING}/"):  # a nested staging folder (/_staging/analyses/<name>)
+        if not store.has(parent) or _children(store, parent):
+            break
+        store.delete(parent)
+        parent = parent.rsplit("/", 1)[0]
     if store.has(layout.STAGING) and not _children(store, layout.STAGING):
         store.delete(layout.STAGING)
 

@@ -33,6 +33,7 @@ def describe(store: Store) -> dict[str, Any]:
                 out["models"][name] = {"status": status, "arrays": arrays, "provenance": a}
         if layout.ANALYSIS in root:
             out["analysis"] = {name: _analysis_summary(g) for name, g in sorted(root[layout.ANALYSIS].groups())}
+        out["analyses"] = _analyses(root)
         if EDITS in root:
             out["edits"] = {name: _edit_summary(g) for name, g in sorted(root[EDITS].groups())}
         if layout.CHECKPOINTS in root:
@@ -57,14 +58,42 @@ def _coord(group: zarr.Group, name: str) -> list | None:
 
 
 def _analysis_summary(g: zarr.Group) -> dict[str, Any]:
-    """One /analysis/<model>: its layers and the settings kisstore.analysis.core._attrs recorded."""
+    """One /analysis/<model>: its layers and the settings kisstore.analysis.core recorded."""
     a = dict(g.attrs)
     if "model" not in a:  # /analysis/scaling: the table over models
         n = next((int(arr.shape[0]) for _, arr in g.arrays() if arr.ndim), 0)
         return {"kind": "scaling table", "rows": n}
     return {"kind": "model", "model": a.get("model"), "layers": _coord(g, "layer"), "n_items": a.get("n_items"),
             "items": a.get("items"), "ridge": a.get("ridge"), "top_k": a.get("top_k"),
-            "source": a.get("source")}
+            "source": a.get("source"), "settings": a.get("settings")}
+
+
+def _analyses(root: zarr.Group) -> dict[str, Any]:
+    """Every analysis by name ("default" for /analysis, else /analyses/<name>): its path, its
+    settings (those of its models, which one analysis shares) and per model its summary."""
+    groups = []
+    if layout.ANALYSIS in root:
+        groups.append((layout.DEFAULT_ANALYSIS, layout.ANALYSIS, root[layout.ANALYSIS]))
+    if layout.ANALYSES in root:
+        groups += [(name, f"{layout.ANALYSES}/{name}", g) for name, g in sorted(root[layout.ANALYSES].groups())]
+    out = {}
+    for name, path, g in groups:
+        parts = {m: _analysis_summary(sub) for m, sub in sorted(g.groups())}
+        models = {m: p for m, p in parts.items() if p["kind"] == "model"}
+        settings = next((p["settings"] for p in models.values() if p.get("settings")), None)
+        if settings is None and models:  # written by kisstore 0.1: what its attrs say
+            first = next(iter(models.values()))
+            settings = {"items": first["items"], "ridge": first["ridge"], "top_k": first["top_k"],
+                        "written_by": "kisstore 0.1"}
+        scaling_rows = next((p["rows"] for p in parts.values() if p["kind"] == "scaling table"), None)
+        out[name] = {"path": f"/{path}", "settings": settings, "models": models, "scaling_rows": scaling_rows}
+    return out
+
+
+def analyses_summary(store: Store) -> dict[str, Any]:
+    """``describe(store)["analyses"]`` alone (see ``_analyses``)."""
+    with storage_errors(store.url, store.storage_options):
+        return _analyses(store.root())
 
 
 def _edit_summary(g: zarr.Group) -> dict[str, Any]:

@@ -347,7 +347,7 @@ class Store:
 
 
 # what kisstore writes at a store's root (see layout): checked for links before a command's work
-_KISSTORE_ENTRIES = ("zarr.json", layout.ITEMS, layout.MODELS, layout.ANALYSIS, layout.CHECKPOINTS,
+_KISSTORE_ENTRIES = ("zarr.json", layout.ITEMS, layout.MODELS, layout.ANALYSIS, layout.ANALYSES, layout.CHECKPOINTS,
                      layout.STAGING, layout.LOCKS)
 
 

@@ -1,4 +1,4 @@
-"""Names and paths of the store layout (schema version 1, see docs/store-layout.md)."""
+"""Names and paths of the store layout (schema version 2, see docs/store-layout.md)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import re
 
 from kisstore.errors import InputError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: named analyses (/analyses/<name>), the model variable `key` (was `keys`)
 CREATED_BY = "kisstore"
 ITEMS = "items"
 MODELS = "models"
-ANALYSIS = "analysis"
+ANALYSIS = "analysis"  # the default (unnamed) analysis: /analysis/<model>, /analysis/scaling
+ANALYSES = "analyses"  # named analyses: /analyses/<name>/<model>, /analyses/<name>/scaling
+KEY = "key"  # the keys (layer, item, d_ff) of a model; schema 1 (kisstore 0.1) called them `keys`
+LEGACY_KEY = "keys"
 CHECKPOINTS = "_checkpoints"
 STAGING = "_staging"  # results written in full here first, then moved into place (never consolidated)
 LOCKS = ".kisstore-locks"  # writer leases (kisstore.store.lock)
@@ -57,9 +60,37 @@ def model_path(model_id: str) -> str:
     return f"{MODELS}/{check_group_name(model_id)}"
 
 
-def analysis_path(model_id: str) -> str:
-    return f"{ANALYSIS}/{check_group_name(model_id)}"
+DEFAULT_ANALYSIS = "default"  # the name of the unnamed analysis (/analysis) where a name is asked for
+
+
+def check_analysis_name(name: str) -> str:
+    """Validate an ``analyze --name`` (a group name below /analyses)."""
+    if not isinstance(name, str) or not _SAFE.match(name) or ".." in name:
+        raise InputError(f"invalid analysis name {name!r}: use letters, digits, '.', '_', '-' "
+                         "(starting with a letter or digit)")
+    return name
+
+
+def analysis_root(name: str | None = None) -> str:
+    """The group of an analysis: ``analysis`` (the default one, also ``name="default"``) or
+    ``analyses/<name>``."""
+    if name is None or name == DEFAULT_ANALYSIS:
+        return ANALYSIS
+    return f"{ANALYSES}/{check_analysis_name(name)}"
+
+
+def analysis_path(model_id: str, name: str | None = None) -> str:
+    return f"{analysis_root(name)}/{check_group_name(model_id)}"
 
 
 def checkpoint_path(model_id: str) -> str:
     return f"{CHECKPOINTS}/{check_group_name(model_id)}"
+
+
+def current_names(ds):
+    """A /models/<id> ``xr.Dataset`` with today's variable names: schema 1 (kisstore 0.1) stored
+    the keys as ``keys``, which shadows ``Dataset.keys()``; schema 2 calls them ``key``. Every
+    reader of a model's keys goes through here (``analysis.subsets.model_dataset`` does)."""
+    if LEGACY_KEY in ds.data_vars and KEY not in ds.variables:
+        ds = ds.rename_vars({LEGACY_KEY: KEY})
+    return ds
