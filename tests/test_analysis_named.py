@@ -100,7 +100,8 @@ def test_named_analyses_coexist_with_their_settings_and_info_lists_them(store):
     assert r01["layer"].values.tolist() == [1, 2] and r01.attrs["analysis_name"] == "ridge01"
     assert r01.attrs["settings"] == {"items": "all", "n_items": None, "ridge": 0.01, "top_k": 20,
                                      "max_cond": r01.attrs["max_cond"], "convergence_sizes": None,
-                                     "kde_grid": None}
+                                     "kde_grid": None, "rank_by": "abs", "exclude_same_subject": False,
+                                     "exclude_same_token": False, "bootstrap": 200, "bootstrap_seed": 0}
     np.testing.assert_allclose(r01["p_matrix"].sel(layer=2).values,
                                _p_numpy(written["a"]["keys"][2], written["a"]["cov"][2], ridge=0.01),
                                rtol=1e-6, atol=1e-9)

@@ -355,12 +355,12 @@ def test_manifest_on_s3_detects_chunks_swapped_inside_a_shard(store_template, mo
             client.put_object(Bucket=s3.bucket, Key=f"team/s.zarr/{f.relative_to(store_template)}", Body=f.read_bytes())
     run_cli("analyze", url, *s3.cli, check=True)  # seals /analysis/* on S3 (ranged reads of the stored chunks)
     assert "valid checksum" in run_cli("info", "--verify", url, *s3.cli, check=True).stdout
-    key = "team/s.zarr/models/llama/keys/c/0/0/0"
-    meta = json.loads((store_template / "models/llama/keys/zarr.json").read_text())
+    key = "team/s.zarr/models/llama/key/c/0/0/0"
+    meta = json.loads((store_template / "models/llama/key/zarr.json").read_text())
     raw = client.get_object(Bucket=s3.bucket, Key=key)["Body"].read()
     client.put_object(Bucket=s3.bucket, Key=key, Body=_swapped_inside(raw, meta, 0, 1))
     res = run_cli("info", "--verify", url, *s3.cli)
-    _assert_refused(res, "CORRUPT /models/llama/keys shard (0, 0, 0): does not match its manifest")
+    _assert_refused(res, "CORRUPT /models/llama/key shard (0, 0, 0): does not match its manifest")
     _assert_refused(run_cli("analyze", url, *s3.cli), "does not match its manifest (swapped or replaced)")
 
 

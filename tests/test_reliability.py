@@ -55,7 +55,7 @@ def test_flipped_byte_is_detected_and_named(array, store):
     f.write_bytes(bytes(data))
     res = run_cli("info", "--verify", str(store))
     assert res.returncode == 2
-    assert f"CORRUPT /{array} chunk (" in res.stdout
+    assert f"CORRUPT /{array} chunk (" in res.stdout or f"CORRUPT /{array} shard (" in res.stdout  # sharded layers
     assert "corrupt chunk(s)" in res.stderr and "Traceback" not in res.stderr
 
 
@@ -63,7 +63,7 @@ def test_truncated_chunk_is_detected_and_named(store):
     f = _chunk(store, "models/llama/key")
     f.write_bytes(f.read_bytes()[:10])
     res = run_cli("info", "--verify", str(store))
-    assert res.returncode == 2 and "CORRUPT /models/llama/key chunk (0, 0, 0)" in res.stdout
+    assert res.returncode == 2 and "CORRUPT /models/llama/key shard (0, 0, 0)" in res.stdout  # one shard of all layers
 
 
 def test_analysis_of_a_corrupt_chunk_fails_with_a_pointer_to_verify(store):

@@ -181,7 +181,7 @@ def test_analyze_on_s3_replaces_a_previous_analysis_like_on_disk(stores, tmp_pat
     s3, url = stores.s3, stores.s3.url("team/analysed.zarr")
     run_cli("copy", stores.url, url, "--quiet", *s3.cli, check=True)
     run_cli("analyze", url, "--n-items", "5", *s3.cli, check=True)
-    run_cli("analyze", url, *s3.cli, check=True)
+    run_cli("analyze", url, "--replace", *s3.cli, check=True)  # other settings: replaced only when asked
     local = tmp_path / "local.zarr"
     shutil.copytree(stores.local, local)
     run_cli("analyze", str(local), check=True)

@@ -11,7 +11,7 @@ import xarray as xr
 from kisstore._version import __version__
 from kisstore.analysis import geometry, labels, lift, rankings, scaling, stats, subsets
 from kisstore.errors import InputError, StoreError
-from kisstore.store import chunking, layout
+from kisstore.store import layout
 
 QUANTITIES = ("p_matrix", "whitened_cos", "activation_cos", "whitened_angle", "activation_angle")
 PROVENANCE = ("model_id", "model_revision", "architecture", "family", "n_params", "n_layers", "d_ff",
@@ -195,8 +195,10 @@ def analyze_model(
             **ranked,
         }
     )
-    # each variable in the blocks the store writes whole (store.chunking decides by dims and size)
-    out = chunking.chunked_for_store(out)
+    # one Dask block per layer, whole along every other dim: selecting a layer costs that layer's
+    # work, and layers compute in parallel. The store's chunks and shards (store.chunking) are made
+    # at write time (Store.write_dataset rechunks each variable into the blocks it writes whole).
+    out = out.chunk({dim: (1 if dim == "layer" else -1) for dim in out.dims})
     n_layers = int(ds.attrs.get("n_layers", max(lay) + 1))
     out = out.assign_coords(
         quantity=np.array(QUANTITIES, dtype=object),

@@ -207,6 +207,9 @@ def _merged(stored: xr.Dataset, keep: list[int], new: xr.Dataset) -> xr.Dataset:
     out = xr.concat([old, new], dim="layer", data_vars="all", coords="different", compat="equals",
                     join="exact", combine_attrs="override")
     out = out.isel(layer=np.argsort(out["layer"].values, kind="stable"))
+    for k, var in new.data_vars.items():  # per-analysis arrays (pair_count): the same items, so the new run's
+        if "layer" not in var.dims:
+            out[k] = var
     out.attrs = dict(new.attrs)
     # what the new run holds in memory (labels, names) stays in memory; the rest one chunk per layer
     held = [k for k, var in new.variables.items() if isinstance(var.data, np.ndarray) and k not in new.dims]
