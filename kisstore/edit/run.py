@@ -621,16 +621,7 @@ def build_dataset(*, plan: EditPlan, predicted, measured, coeff, predicted_alpha
     if vectors:
         data["predicted_change"] = (("step", "item", "d_model"), predicted)
         data["measured_change"] = (("step", "item", "d_model"), measured)
-    coords = {
-        "step": steps,
-        "item": plan.case_ids,
-        "role": ("item", np.array(["edited" if i < n_e else "tracked" for i in range(n)], dtype=object)),
-        "edit_step": ("item", edit_step),
-        "subject": ("item", np.array([it.subject for it in plan.items], dtype=object)),
-        "prompt": ("item", np.array([it.prompt for it in plan.items], dtype=object)),
-        "target_true": ("item", np.array([it.target_true for it in plan.items], dtype=object)),
-        "target_new": ("item", np.array([it.target_new for it in plan.items], dtype=object)),
-    }
+    coords = {"step": steps, **item_coords(plan, edit_step)}
     ds = xr.Dataset(data, coords=coords)
     per_step = cf.relative_error(predicted[1:], measured[1:], axis=(1, 2))
     per_step_alpha = cf.relative_error(predicted_alpha[1:], measured_alpha[1:], axis=(1, 2))
@@ -645,6 +636,18 @@ def build_dataset(*, plan: EditPlan, predicted, measured, coeff, predicted_alpha
         "nullspace_rank": int(null_rank),
     })
     return ds
+
+
+def item_coords(plan: EditPlan, edit_step: np.ndarray) -> dict[str, Any]:
+    """The run's ``item`` coordinate with each fact's role (edited/tracked), edit step and text."""
+    n_e = plan.n_edits
+    return {
+        "item": plan.case_ids,
+        "role": ("item", np.array(["edited" if i < n_e else "tracked" for i in range(len(plan.items))], dtype=object)),
+        "edit_step": ("item", edit_step),
+        **{field: ("item", np.array([getattr(it, field) for it in plan.items], dtype=object))
+           for field in ("subject", "prompt", "target_true", "target_new")},
+    }
 
 
 def run_attrs(opts: EditOptions, plan: EditPlan, lm, elapsed: float) -> dict[str, Any]:

@@ -323,22 +323,16 @@ def spread_edits(lm, plan, opts, say: Callable[[str], None], store: Store, setti
 
 def build_spread_dataset(plan, rec: dict[str, np.ndarray], edit_step: np.ndarray, ranks) -> xr.Dataset:
     """Lay the recorded arrays out on (step, layer, item) with the facts' text as coordinates."""
-    n_e, n = plan.n_edits, len(plan.items)
     steps = rec["seconds"].shape[0]
     data = {}
     for name, dims in RECORD.items():
         long_name, units = ATTRS[name]
         attrs = {"long_name": long_name, **({"units": units} if units else {})}
         data[name] = xr.Variable(dims, rec[name], attrs=attrs)
-    coords = {
-        "step": np.arange(steps), "layer": np.array(plan.layers, dtype=np.int64), "item": plan.case_ids,
-        "role": ("item", np.array(["edited" if i < n_e else "tracked" for i in range(n)], dtype=object)),
-        "edit_step": ("item", edit_step),
-        "subject": ("item", np.array([it.subject for it in plan.items], dtype=object)),
-        "prompt": ("item", np.array([it.prompt for it in plan.items], dtype=object)),
-        "target_true": ("item", np.array([it.target_true for it in plan.items], dtype=object)),
-        "target_new": ("item", np.array([it.target_new for it in plan.items], dtype=object)),
-    }
+    from kisstore.edit.run import item_coords
+
+    coords = {"step": np.arange(steps), "layer": np.array(plan.layers, dtype=np.int64),
+              **item_coords(plan, edit_step)}
     ds = xr.Dataset(data, coords=coords)
     by_layer = np.nanmax(rec["step_live_relative_error"][1:], axis=0) if steps > 1 else np.zeros(len(plan.layers))
     ds.attrs.update({
