@@ -802,7 +802,8 @@ def _extract_locked(opts: ExtractOptions, store: Store, runs: list[ModelRun], ca
                 raise StoreError("another extraction wrote this store's items from other candidates while "
                                  "this one ran; rerun the same command to use them")
             pick = [at[it.case_id] for it in now]
-            results = {m: (k[:, pick], kn[pick], pt[pick]) for m, (k, kn, pt) in results.items()}
+            results = {m: (k[:, pick], kn[pick], pt[pick], ti[pick], tt[pick])
+                       for m, (k, kn, pt, ti, tt) in results.items()}
             candidates = now
             log("note: another extraction wrote this store's items while this one ran; using its selection")
         if existing_items is not None:
