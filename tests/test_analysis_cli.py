@@ -120,15 +120,13 @@ def test_singular_covariance_exits_3_with_remedy_and_ridge_recovers(tmp_path):
     assert xr.open_datatree(path, engine="zarr")["analysis/m"].attrs["ridge"] == 0.1
 
 
-def test_a_failing_rerun_leaves_the_previous_analysis_and_a_readable_store(tmp_path):
-    """The review's case: a first analysis of layers 0–1 on 5 items, then a rerun over every layer
-    that fails at layer 2 (singular C). The rerun is staged outside /analysis, so the store is
-    byte for byte what the first run left, and opens with plain xarray."""
+def store_with_a_singular_layer(path) -> str:
+    """A store of one synthetic model "m" (3 layers, 20 items, d_ff 12) whose layer 2's C has
+    rank 5, so that layer cannot be whitened and any analysis including it fails."""
     from kisstore.analysis.synthetic import items_dataset, model_dataset, synthetic_model
     from kisstore.store import Store
-    from tests.conftest import tree_digest
 
-    path = str(tmp_path / "s.zarr")
+    path = str(path)
     s = Store(path)
     s.init()
     ids = np.arange(20)
@@ -139,6 +137,16 @@ def test_a_failing_rerun_leaves_the_previous_analysis_and_a_readable_store(tmp_p
     s.write_dataset("models/m", model_dataset(arrays, ids))
     s.set_attrs("models/m", {"complete": True, "n_layers": 3})
     s.consolidate()
+    return path
+
+
+def test_a_failing_rerun_leaves_the_previous_analysis_and_a_readable_store(tmp_path):
+    """The review's case: a first analysis of layers 0–1 on 5 items, then a rerun over every layer
+    that fails at layer 2 (singular C). The rerun is staged outside /analysis, so the store is
+    byte for byte what the first run left, and opens with plain xarray."""
+    from tests.conftest import tree_digest
+
+    path = store_with_a_singular_layer(tmp_path / "s.zarr")
     assert CliRunner().invoke(cli, ["analyze", path, "--layers", "0,1", "--n-items", "5"]).exit_code == 0
     first = xr.open_datatree(path, engine="zarr")["analysis/m"].to_dataset().load()
     before = tree_digest(path)

@@ -157,17 +157,9 @@ def test_replace_replaces_the_whole_analysis_and_bad_names_are_refused(store):
 
 
 def test_a_failed_named_run_leaves_every_earlier_analysis_intact(tmp_path):
-    path = str(tmp_path / "s.zarr")
-    s = Store(path)
-    s.init()
-    ids = np.arange(20)
-    s.write_dataset("items", items_dataset(ids))
-    arrays = synthetic_model(np.random.default_rng(0), 20, 12, 3, n_samples=200)
-    basis = np.random.default_rng(1).standard_normal((12, 5))
-    arrays["cov"][2] = basis @ basis.T / 5  # rank 5 < d_ff 12: layer 2 cannot be whitened
-    s.write_dataset("models/m", model_dataset(arrays, ids))
-    s.set_attrs("models/m", {"complete": True, "n_layers": 3})
-    s.consolidate()
+    from tests.test_analysis_cli import store_with_a_singular_layer
+
+    path = store_with_a_singular_layer(tmp_path / "s.zarr")
     _cli("analyze", path, "--layers", "0")
     _cli("analyze", path, "--name", "n", "--layers", "0,1")
     digest = tree_digest(path)
