@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from tests import tiny
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+_BASE_ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}  # before any test changes it
 
 
 @pytest.fixture(scope="session")
@@ -30,11 +34,61 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return tiny.corpus_file(tmp_path_factory.mktemp("corpus") / "corpus.txt")
 
 
+class _ForkServer:
+    """tests/cli_server.py, started on the first ``run_cli`` and kept for the session."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.env: dict[str, str] = dict(_BASE_ENV)
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        read_fd, write_fd = os.pipe()
+        self.env = dict(_BASE_ENV)
+        root = Path(__file__).resolve().parents[1]
+        self.log = tempfile.NamedTemporaryFile(prefix="kisstore-cli-server-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.cli_server", str(write_fd)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, stderr=self.log, pass_fds=(write_fd,), text=True,
+                                     cwd=root, env=self.env)
+        os.close(write_fd)
+        self.replies = os.fdopen(read_fd, "r")
+
+    def usable(self, env: dict[str, str]) -> bool:
+        """Whether a command with this environment may run in a fork of the server: not when it
+        changes a variable that a library reads as it is imported."""
+        from tests.cli_server import IMPORT_TIME_ENV
+
+        changed = {k for k in set(env) | set(self.env) if env.get(k) != self.env.get(k)}
+        return not any(k.startswith(IMPORT_TIME_ENV) for k in changed)
+
+    def run(self, args: tuple[str, ...], env: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
+        with self.lock, tempfile.TemporaryDirectory(prefix="kisstore-cli-") as d:
+            if self.proc is None or self.proc.poll() is not None:
+                self.start()
+            out, err = Path(d) / "stdout", Path(d) / "stderr"
+            self.proc.stdin.write(json.dumps({"argv": list(args), "env": env, "cwd": os.getcwd(), "stdout": str(out),
+                                              "stderr": str(err), "timeout": timeout}) + "\n")
+            self.proc.stdin.flush()
+            line = self.replies.readline()
+            if not line:
+                raise RuntimeError(f"the test suite's CLI fork server died; its log: {self.log.name}")
+            rc = json.loads(line)["rc"]
+            return subprocess.CompletedProcess(["kisstore", *args], rc, out.read_text(), err.read_text())
+
+
+_SERVER = _ForkServer()
+
+
 def run_cli(*args: str, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
-    """Run the real ``kisstore`` command line in a subprocess."""
+    """Run the real ``kisstore`` command line in a separate process: a fork of the suite's CLI
+    server (tests/cli_server.py), or a fresh interpreter when ``env`` changes a variable read at
+    import time or ``KISSTORE_TEST_SUBPROCESS=1`` asks for one."""
     full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "kisstore_cli.main", *args], capture_output=True, text=True,
-                          env=full_env, timeout=600)
+    if os.environ.get("KISSTORE_TEST_SUBPROCESS") != "1" and hasattr(os, "fork") and _SERVER.usable(full_env):
+        proc = _SERVER.run(args, full_env, timeout=600)
+    else:
+        proc = subprocess.run([sys.executable, "-m", "kisstore_cli.main", *args], capture_output=True, text=True,
+                              env=full_env, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"kisstore {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

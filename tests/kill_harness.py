@@ -30,34 +30,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-
-def _preload() -> None:
-    import numpy  # noqa: F401
-    import torch  # noqa: F401
-    import transformers  # noqa: F401
-    import xarray  # noqa: F401
-    import zarr  # noqa: F401
-
-    import kisstore.analysis  # noqa: F401
-    import kisstore.edit.run  # noqa: F401
-    import kisstore.extract.pipeline  # noqa: F401
-    import kisstore.interop.rome_import  # noqa: F401
-    import kisstore.store.copy  # noqa: F401
-    import kisstore_cli.main  # noqa: F401
-
-    try:
-        import s3fs  # noqa: F401
-    except ImportError:
-        pass
-    # transformers imports its parts lazily, on first use: use them here, once, not per child
-    import gc
-
-    import transformers.core_model_loading  # noqa: F401
-    import transformers.models.llama.modeling_llama  # noqa: F401
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig  # noqa: F401
-
-    gc.collect()
-    gc.freeze()  # the children's gc.collect() (kisstore's release_memory) skips what was loaded here
+from tests.cli_server import preload
 
 
 def _fork(fn, *args, failpoint: str | None = None, log: Path | None = None) -> int:
@@ -228,7 +201,7 @@ def _positions(spec: dict, positions: list[int], reference: dict, work: Path, ou
 
 def main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
-    _preload()
+    preload()
     work = Path(tempfile.mkdtemp(prefix="kill-"))
 
     # the uninterrupted run: its write count and its arrays
