@@ -15,7 +15,9 @@ kisstore/failpoints.py). For n = 1, 2, … until the command runs to its end:
 
 SPEC: {"argv": [...], "store": URL, "baseline": DIR or null, "storage_options": {...},
 "compare": [group paths], "s3": {"bucket", "prefix", "endpoint"} or null, "max_positions": N,
-"workers": W, "stride": K, "tail": T, "ignore": [variables not compared]} (stride: every K-th position and each of the last T only).
+"workers": W, "stride": K, "count": C, "tail": T, "ignore": [variables not compared]} (stride: every K-th position;
+count: C positions spread evenly over the run, its first and last included; either with each of
+the last T).
 Prints one JSON line: {"positions": N, "failures": [...]} .
 """
 
@@ -27,6 +29,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -200,6 +203,7 @@ def _positions(spec: dict, positions: list[int], reference: dict, work: Path, ou
 
 
 def main(spec_path: str) -> None:
+    started = time.monotonic()
     spec = json.loads(Path(spec_path).read_text())
     preload()
     work = Path(tempfile.mkdtemp(prefix="kill-"))
@@ -217,9 +221,13 @@ def main(spec_path: str) -> None:
     reference = json.loads((work / "ref.json").read_text())
     _restore({**spec, "baseline": None})
     positions = list(range(1, min(total, spec.get("max_positions") or total) + 1))
+    tail = spec.get("tail", 0)
     if spec.get("stride"):  # every stride-th position, and every one of the last `tail` (a commit's)
-        stride, tail = spec["stride"], spec.get("tail", 0)
-        positions = [n for n in positions if n % stride == 1 or n > total - tail]
+        positions = [n for n in positions if n % spec["stride"] == 1 or n > total - tail]
+    elif spec.get("count") and spec["count"] < len(positions):  # `count` spread evenly, first and last included
+        k = spec["count"]
+        spread = {round(1 + i * (len(positions) - 1) / (k - 1)) for i in range(k)} if k > 1 else {1}
+        positions = sorted(n for n in positions if n in spread or n > total - tail)
     workers = max(1, int(spec.get("workers") or os.cpu_count() or 1))
     pids = []
     for w in range(workers):  # side by side, each with its own store and its own share of positions
@@ -239,7 +247,8 @@ def main(spec_path: str) -> None:
         f = work / f"w{w}" / "failures.json"
         failures += json.loads(f.read_text()) if f.exists() else [f"worker {w} died"]
     shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"positions": len(positions), "total_writes": total, "failures": failures}))
+    print(json.dumps({"positions": len(positions), "total_writes": total, "failures": failures,
+                      "killed": positions, "seconds": round(time.monotonic() - started, 1)}))
 
 
 if __name__ == "__main__":

@@ -329,3 +329,28 @@ def test_extract_overwrite_drops_the_models_named_analyses_too(tiny_store, tiny_
     assert "analysis" not in tree.children or "gpt2" not in tree["analysis"].children
     assert "analyses" not in tree.children and "_staging" not in tree.children
     assert not (store / "analyses").exists()
+
+
+def test_compare_draws_both_analyses_in_the_real_report(store, tmp_path):
+    """`analyze --name r --report DIR --compare default`, end to end: the page holds both
+    analyses' kurtosis curves and top-pairs tables, and each table's P values are numpy's P under
+    that analysis' own ridge."""
+    import html
+    import re
+
+    path, written = store
+    _cli("analyze", path, "--model", "a")
+    out = tmp_path / "rep"
+    _cli("analyze", path, "--model", "a", "--name", "r", "--ridge", "0.05", "--report", str(out), "--compare", "default",
+         "--report-layers", "1", "--dpi", "40")
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert "a [r]" in text and "a [default]" in text
+    tree = _open(path)
+    for name, ridge, ds in (("r", 0.05, tree["analyses/r/a"].ds), ("default", 0.0, tree["analysis/a"].ds)):
+        block = re.search(rf'<div data-group="g0" data-layer="1" class="pairs-{name}">(.*?)</table>', text, re.S)
+        assert block, name
+        values = [float(v) for v in re.findall(r'data-tip="P = (-?[\d.]+) \(layer 1', html.unescape(block.group(1)))]
+        assert len(values) == ds.sizes["rank"]
+        p = _p_numpy(written["a"]["keys"][1], written["a"]["cov"][1], ridge)
+        top = np.sort(np.abs(p[~np.eye(len(p), dtype=bool)]))[::-1][:len(values)]
+        np.testing.assert_allclose(np.abs(values), top, atol=6e-5)

@@ -146,6 +146,22 @@ def test_bootstrap_intervals_equal_an_explicit_numpy_bootstrap_with_the_same_see
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
+def test_convergence_intervals_are_an_explicit_bootstrap_of_each_first_n_block(store, result):
+    """convergence_ci at n: the first n items' block, those n items resampled (seeded draws of n)."""
+    ci = result["convergence_ci"]
+    sizes = result["n_items"].values.tolist()
+    assert ci.attrs["quantity"] == "p_matrix" and ci.attrs["n_boot"] == 40 and len(sizes) >= 2
+    everyone = np.ones((1, result.sizes["item"], result.sizes["item"]), dtype=bool)
+    for layer in result["layer"].values:
+        m = result["p_matrix"].sel(layer=layer).values
+        for n in sizes:
+            want = _independent_bootstrap(m[:n, :n], everyone[:, :n, :n], 40, 3, 0.95)[0]
+            np.testing.assert_allclose(ci.sel(layer=layer, n_items=n).values, want, rtol=1e-9, atol=1e-12)
+    point = result["convergence"].sel(quantity="p_matrix", stat="median")
+    band = ci.sel(stat="median")
+    assert (band.sel(bound="low") <= point).all() and (point <= band.sel(bound="high")).all()
+
+
 def test_stored_intervals_match_the_explicit_bootstrap_are_deterministic_and_bracket_the_value(store, result):
     subj, rel = _labels(store)
     masks = pairs.masks_from_labels(subj, rel, TOKENS)

@@ -18,16 +18,21 @@ from tests.conftest import run_cli
 from tests.s3server import s3_environment
 
 ROOT = Path(__file__).resolve().parents[1]
-# KISSTORE_KILL_ALL=1 kills every write position of every case. CI's default keeps the suite
-# within its time: every position of extract, extract --overwrite and import-rome on
-# local disk; every 3rd of analyze, edit and copy, every 6th of edit --method memit; on
-# S3, where a position costs seconds against the moto server, every 4th (analyze: every 8th and
-# each of its last 40 writes).
+# KISSTORE_KILL_ALL=1 kills every write position of every case (about 1,500 positions, most of
+# an hour here). CI's default kills a fixed sample of each case: `count` positions spread evenly
+# over the run (its first and last write included) and every one of its last `tail` writes (the
+# commit), so that the whole suite stays within CI's time. Each result (positions killed, total
+# writes, seconds) is printed to the test's output (`pytest -s` or -rA shows it).
 KILL_ALL = os.environ.get("KISSTORE_KILL_ALL") == "1"
+SAMPLE = {  # case: (count, tail)
+    "extract": (24, 4), "extract-overwrite": (16, 4), "analyze": (16, 6), "edit": (12, 4), "edit-memit": (10, 4),
+    "import-rome": (12, 4), "copy": (12, 4), "s3-extract": (8, 3), "s3-analyze": (8, 6), "s3-copy": (8, 3),
+}
 
 
-def _sample(stride: int, tail: int = 0) -> dict:
-    return {} if KILL_ALL else {"stride": stride, "tail": tail}
+def _sample(case: str) -> dict:
+    count, tail = SAMPLE[case]
+    return {} if KILL_ALL else {"count": count, "tail": tail}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +43,7 @@ def world(tiny_models, tiny_items, tiny_corpus, tmp_path_factory):
     run_cli(*_extract(tiny_models["llama"], store, tiny_items, tiny_corpus), check=True)
     analysed = base / "analysed.zarr"
     shutil.copytree(store, analysed)
-    run_cli("analyze", str(analysed), check=True)
+    run_cli("analyze", str(analysed), "--bootstrap", "20", check=True)  # as the analyze case below
     stats = base / "stats"
     run_cli("export", str(store), "--format", "rome", "--stats-dir", str(stats), check=True)
     rome = next(p for p in stats.rglob("*") if p.is_dir() and any(p.glob("*.npz")))
@@ -63,6 +68,8 @@ def _harness(spec: dict, tmp_path: Path, env: dict | None = None) -> dict:
 
 
 def _check(result: dict, at_least: int, every: bool = True) -> None:
+    print(f"killed {result['positions']} of {result['total_writes']} write positions in {result.get('seconds')} s: "
+          f"{result.get('killed')}")
     assert not result["failures"], "\n".join(result["failures"][:10])
     assert result["total_writes"] >= at_least
     if every:
@@ -76,7 +83,7 @@ def _cases(w: dict, store: str) -> dict[str, dict]:
                     "compare": ["models/llama", "items"], "at_least": 40},
         "extract-overwrite": {"argv": [*_extract(w["model"], store, w["items"], w["corpus"]), "--overwrite"],
                               "baseline": str(w["analysed"]), "compare": ["models/llama", "items"], "at_least": 40},
-        "analyze": {"argv": ["analyze", store], "baseline": str(w["analysed"]),
+        "analyze": {"argv": ["analyze", store, "--bootstrap", "20"], "baseline": str(w["analysed"]),
                     "compare": ["analysis/llama", "analysis/scaling"], "at_least": 40},
         "edit": {"argv": ["edit", store, "--model", str(w["model"]), "--layer", "1", "--edits", "2", "--tracked", "4",
                           "--tracked-from", "all", "--method", "direct", "--run", "k", "--quiet"],
@@ -96,9 +103,7 @@ def _cases(w: dict, store: str) -> dict[str, dict]:
 def test_a_kill_at_every_write_of_a_local_store_is_completed_by_the_same_command(command, world, tmp_path):
     store = str(tmp_path / "s.zarr")
     case = _cases(world, store)[command]
-    # analyze writes about 60 arrays since the rankings (2.5x its 0.1 count) and edit-memit a checkpoint
-    # per step: sampled to keep CI within its time; KISSTORE_KILL_ALL=1 kills every position
-    sample = {"edit": _sample(3), "analyze": _sample(3), "edit-memit": _sample(6)}.get(command, {})
+    sample = _sample(command)
     result = _harness({"argv": case["argv"], "store": store, "baseline": case["baseline"],
                        "compare": case["compare"], "ignore": case.get("ignore", []), **sample}, tmp_path)
     _check(result, case["at_least"], every=not sample)
@@ -108,7 +113,7 @@ def test_a_kill_at_every_write_of_a_local_store_is_completed_by_the_same_command
 @pytest.mark.timeout(2400)
 def test_a_kill_at_every_write_of_a_local_copy_is_completed_by_the_same_command(world, tmp_path):
     dst = str(tmp_path / "copy.zarr")
-    sample = _sample(3)
+    sample = _sample("copy")
     result = _harness({"argv": ["copy", str(world["analysed"]), dst, "--quiet"], "store": dst, "baseline": None,
                        "compare": ["models/llama", "items", "analysis/llama"], **sample}, tmp_path)
     _check(result, 30, every=not sample)
@@ -118,10 +123,9 @@ def test_a_kill_at_every_write_of_a_local_copy_is_completed_by_the_same_command(
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("command", ["extract", "analyze", "copy"])
 def test_a_kill_at_every_write_to_s3_is_completed_by_the_same_command(command, world, tmp_path, monkeypatch):
-    """On S3 a position costs seconds against the moto server: every 4th write of extract and
-    copy; analyze makes about 400 (its staged groups, their manifests, then the commit's copy into
-    place and the staged keys' deletion): every 8th, and each of its last 40. KISSTORE_KILL_ALL=1:
-    every position."""
+    """On S3 a position costs seconds against the moto server; analyze makes about 400 writes (its
+    staged groups, their manifests, then the commit's copy into place and the staged keys'
+    deletion). CI kills the sample of SAMPLE; KISSTORE_KILL_ALL=1: every position."""
     s3 = s3_environment(monkeypatch)
     prefix = "kill/s.zarr"
     url = s3.url(prefix)
@@ -131,7 +135,7 @@ def test_a_kill_at_every_write_to_s3_is_completed_by_the_same_command(command, w
     else:
         case = _cases(world, url)[command]
         argv, baseline, compare = [*case["argv"], *s3.cli], case["baseline"], case["compare"]
-    sample = _sample(8, 40) if command == "analyze" else _sample(4)
+    sample = _sample(f"s3-{command}")
     result = _harness({"argv": argv, "store": url, "baseline": baseline, "compare": compare,
                        "storage_options": s3.options, **sample,
                        "s3": {"bucket": s3.bucket, "prefix": prefix, "endpoint": s3.endpoint}},

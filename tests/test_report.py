@@ -173,7 +173,8 @@ def test_report_draws_new_variables_and_two_analyses_side_by_side(made, tmp_path
     # both analyses' kurtosis curves, the CI band of the first, the pair-set figure, the flags
     for label in ("small [ridge-0]", "small [ridge-0.5]", "small [ridge-0]: 95 % CI",
                   "excess kurtosis by pair set", "different_relation", "<th>same token</th>",
-                  "<th>same relation</th>", "outside grid", "Coord subject 1003"):
+                  "<th>same relation</th>", "outside grid", "Coord subject 1003",
+                  "95 % bootstrap interval (the bars: the first n items resampled)", "@low{0.00} to @high{0.00}"):
         assert label in text, label
     # one model: no scaling plot, a sentence saying why
     assert "a scaling plot needs two or more models" in text and not (out / "scaling_params.png").exists()

@@ -149,3 +149,17 @@ def matrix_intervals(matrix: np.ndarray, counts: np.ndarray, masks: np.ndarray,
                      confidence: float = DEFAULT_CONFIDENCE) -> np.ndarray:
     """(S, len(STAT_NAMES), 2): each pair set's percentile interval (see the module's docstring)."""
     return interval(replicates(matrix, counts, masks), confidence)
+
+
+def convergence_intervals(matrix: np.ndarray, sizes, n_boot: int, seed: int,
+                          confidence: float = DEFAULT_CONFIDENCE) -> np.ndarray:
+    """(len(sizes), len(STAT_NAMES), 2): for each n in ``sizes``, the percentile interval of the
+    statistics of the first n items' block, its n items resampled (``draw_counts(n, n_boot, seed)``):
+    the uncertainty of each point of the convergence curve."""
+    m = np.asarray(matrix, dtype=np.float64)
+    out = []
+    for n in sizes:
+        n = int(n)
+        off = ~np.eye(n, dtype=bool)[None]
+        out.append(matrix_intervals(m[:n, :n], draw_counts(n, n_boot, seed), off, confidence)[0])
+    return np.stack(out)

@@ -174,7 +174,7 @@ def analyze_model(
     kde, kde_x, kde_outside = lift.kde_adaptive(quantities, grid)
     # rankings, pair sets (token, subject, relation), per-fact summaries, bootstrap: kisstore.analysis.rankings
     ranked, ranking_attrs = rankings.ranking_variables(p, wcos, quantities, case_ids, items_ds, ds,
-                                                       ranking or rankings.RankingOptions(top_k=top_k))
+                                                       ranking or rankings.RankingOptions(top_k=top_k), sizes=list(sizes))
     k = ranking_attrs["top_k"]
     out = xr.Dataset(
         {

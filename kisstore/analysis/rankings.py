@@ -45,8 +45,8 @@ _NO_TOKENS = ("unavailable: this model's /models group has no key_token_id (extr
 
 
 def ranking_variables(p: xr.DataArray, wcos: xr.DataArray, quantities: xr.DataArray, case_ids: np.ndarray,
-                      items_ds: xr.Dataset, model_ds: xr.Dataset, o: RankingOptions
-                      ) -> tuple[dict[str, xr.DataArray], dict]:
+                      items_ds: xr.Dataset, model_ds: xr.Dataset, o: RankingOptions,
+                      sizes: list[int] | None = None) -> tuple[dict[str, xr.DataArray], dict]:
     """The variables (and dataset attrs) that rank and summarise the pairs of one model.
 
     Everything stays lazy: the per-item labels (subject, relation_id, key token id) are read
@@ -87,10 +87,17 @@ def ranking_variables(p: xr.DataArray, wcos: xr.DataArray, quantities: xr.DataAr
             lambda m, *lab: bootstrap.matrix_intervals(m, draws, pairs.masks_from_labels(*lab), o.confidence),
             p, labels, ["pair_set", "stat", "bound"], {**sets, "bound": 2},
         ).assign_coords({**bound, **set_coord})
-        for name in ("pair_stats_ci", "stats_ci"):
+        if sizes:  # the convergence curve's points (first n items), each with its interval: P only
+            out["convergence_ci"] = lift.with_labels(
+                lambda m: bootstrap.convergence_intervals(m, sizes, int(o.n_boot), int(o.seed), o.confidence),
+                p, [], ["n_items", "stat", "bound"], {"n_items": len(sizes), "stat": len(stats.STAT_NAMES), "bound": 2},
+            ).assign_coords(n_items=np.asarray(sizes, dtype=np.int64), **bound)
+        for name in ("pair_stats_ci", "stats_ci") + (("convergence_ci",) if sizes else ()):
             out[name].attrs.update({"confidence": float(o.confidence), "n_boot": int(o.n_boot),
                                     "method": bootstrap.METHOD, "seed": int(o.seed)})
         out["pair_stats_ci"].attrs["quantity"] = "p_matrix"
+        if sizes:
+            out["convergence_ci"].attrs["quantity"] = "p_matrix"
 
     k = min(int(o.top_k), n * (n - 1))
     flags = ["same_subject", "same_relation"] + (["same_token"] if has_tokens else [])
@@ -145,6 +152,8 @@ DESCRIPTIONS = (
     ("pair_stats", "", "statistics of the off-diagonal entries in each pair set"),
     ("pair_stats_ci", "", "bootstrap confidence interval (over items) of pair_stats for quantity p_matrix"),
     ("stats_ci", "", "bootstrap confidence interval (over items) of stats"),
+    ("convergence_ci", "", "bootstrap confidence interval of convergence for quantity p_matrix (the first n items "
+     "resampled)"),
     ("top_p", "", "P of the strongest off-diagonal pairs, ranked by rank_by (row item edited, column item disturbed)"),
     ("top_item", "", "case id of the row (edited) fact of each top pair"),
     ("top_item_", "", "case id of the column (disturbed) fact of each top pair"),

@@ -126,10 +126,14 @@ def build_report(
                         "histograms (translucent; 90° = orthogonal).")
         if "convergence" in ds:
             lays, sizes, kurt = rd.convergence_curves(ds)
+            bounds = rd.convergence_bounds(ds)
             page.section(f"{model}: convergence of P's excess kurtosis with the number of items",
-                         _convergence_figure(lays, sizes, kurt, model),
-                         note="Each line is one layer, coloured by depth (colour bar); hover a line for its layer.")
-            pngs.append(report_png.convergence_png(lays, sizes, kurt, model, out / f"convergence_{model}.png", dpi))
+                         _convergence_figure(lays, sizes, kurt, model, bounds),
+                         note="Each line is one layer, coloured by depth (colour bar); hover a point for its layer"
+                         + (" and its 95 % bootstrap interval (the bars: the first n items resampled)."
+                            if bounds is not None else "."))
+            pngs.append(report_png.convergence_png(lays, sizes, kurt, model, out / f"convergence_{model}.png", dpi,
+                                                   bounds))
         tables = [(name, rd.top_pairs_frame(ds))]
         if other_ds is not None:
             tables.append((compare_name, rd.top_pairs_frame(other_ds)))
@@ -171,8 +175,8 @@ def _small(ds: xr.Dataset, layers: list[int]) -> xr.Dataset:
     """What the figures need, in memory: every layer's small arrays and the drawn layers' P
     matrices of the first MAX_HEATMAP_ITEMS items (the angle histograms read every item
     themselves, one layer at a time)."""
-    small = [v for v in ds.data_vars if v in ("stats", "stats_ci", "pair_stats", "kde", "kde_x", "kde_outside",
-                                              "convergence") or (v.startswith("top_") and ds[v].dims == ("layer", "rank"))]
+    keep = ("stats", "stats_ci", "pair_stats", "kde", "kde_x", "kde_outside", "convergence", "convergence_ci")
+    small = [v for v in ds.data_vars if v in keep or (v.startswith("top_") and ds[v].dims == ("layer", "rank"))]
     n = min(ds.sizes["item"], MAX_HEATMAP_ITEMS)
     heat = ds["p_matrix"].sel(layer=layers).isel(item=slice(0, n), item_=slice(0, n)).astype(np.float32)
     rest = ds[small].compute()
@@ -327,7 +331,8 @@ def _angles_figure(hists, model: str, layer: int, name: str):
     return fig
 
 
-def _convergence_figure(layers: np.ndarray, sizes: np.ndarray, kurt: np.ndarray, model: str):
+def _convergence_figure(layers: np.ndarray, sizes: np.ndarray, kurt: np.ndarray, model: str,
+                        bounds: tuple[np.ndarray, np.ndarray] | None = None):
     from bokeh.models import (
         BasicTicker,
         ColorBar,
@@ -347,13 +352,19 @@ def _convergence_figure(layers: np.ndarray, sizes: np.ndarray, kurt: np.ndarray,
     rends = []
     for li, lay in enumerate(layers):
         color = pal[int(round((lay - lo) / max(hi - lo, 1) * (len(pal) - 1)))]
-        s = ColumnDataSource({"x": sizes, "y": rd.symlog(kurt[li]), "value": kurt[li], "layer": [int(lay)] * len(sizes)})
+        low, high = (bounds[0][li], bounds[1][li]) if bounds is not None else (kurt[li] * np.nan, kurt[li] * np.nan)
+        s = ColumnDataSource({"x": sizes, "y": rd.symlog(kurt[li]), "value": kurt[li], "layer": [int(lay)] * len(sizes),
+                              "low": low, "high": high, "y_low": rd.symlog(low), "y_high": rd.symlog(high)})
         fig.line("x", "y", source=s, color=color, line_width=2)
+        if bounds is not None:
+            fig.segment("x", "y_low", "x", "y_high", source=s, color=color, line_width=1, line_alpha=0.5)
         rends.append(fig.scatter("x", "y", source=s, color=color, size=5))
     fig.xaxis.ticker = FixedTicker(ticks=[int(s) for s in sizes])
     fig.add_layout(ColorBar(color_mapper=mapper, title="layer", width=14, ticker=BasicTicker(min_interval=1)), "right")
     fig.add_tools(HoverTool(renderers=rends, tooltips=[("layer", "@layer"), ("n items", "@x"),
-                                                       ("excess kurtosis", "@value{0.00}")]))
+                                                       ("excess kurtosis", "@value{0.00}"),
+                                                       *([("95 % CI", "@low{0.00} to @high{0.00}")]
+                                                         if bounds is not None else [])]))
     _symlog_y(fig, kurt)
     return fig
 

@@ -231,6 +231,16 @@ def convergence_curves(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return ds["layer"].values.astype(int), kurt["n_items"].values.astype(int), kurt.values.astype(np.float64)
 
 
+def convergence_bounds(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray] | None:
+    """(low, high)[layer, n] of the convergence curve's bootstrap interval, or None (no
+    ``convergence_ci``: --bootstrap 0 or a store analysed before kisstore computed it)."""
+    if "convergence_ci" not in ds:
+        return None
+    ci = ds["convergence_ci"].sel(stat="excess_kurtosis").transpose("layer", "n_items", "bound")
+    v = ci.values.astype(np.float64)
+    return v[..., 0], v[..., 1]
+
+
 def heat_limit(p: np.ndarray) -> float:
     """Symmetric colour limit: the 99th percentile of |P| off the diagonal (the diagonal is 1)."""
     off = np.abs(p[~np.eye(p.shape[0], dtype=bool)])

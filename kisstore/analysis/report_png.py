@@ -118,7 +118,7 @@ def angles_png(hists, model: str, layer: int, path: Path, dpi: int) -> Path:
 
 
 def convergence_png(layers: np.ndarray, sizes: np.ndarray, kurt: np.ndarray, model: str, path: Path,
-                    dpi: int) -> Path:
+                    dpi: int, bounds: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
     plt = _plt()
     from matplotlib import cm, colors
 
@@ -127,6 +127,8 @@ def convergence_png(layers: np.ndarray, sizes: np.ndarray, kurt: np.ndarray, mod
     cmap = cm.viridis
     for li, lay in enumerate(layers):
         ax.plot(sizes, kurt[li], color=cmap(norm(lay)), marker="o", ms=2, lw=1)
+        if bounds is not None:  # each point's bootstrap interval, a thin bar in the line's colour
+            ax.vlines(sizes, bounds[0][li], bounds[1][li], color=cmap(norm(lay)), lw=0.6, alpha=0.5)
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [str(s) for s in sizes])
     _symlog_axis(ax, kurt)
@@ -138,7 +140,8 @@ def convergence_png(layers: np.ndarray, sizes: np.ndarray, kurt: np.ndarray, mod
     cb.set_label("layer")
     ax.set_xlabel("number of items n (the first n)")
     ax.set_ylabel("excess kurtosis of P (symlog)")
-    ax.set_title(f"{model}: convergence of P's excess kurtosis with n")
+    ax.set_title(f"{model}: convergence of P's excess kurtosis with n"
+                 + (" (bars: 95 % bootstrap CI)" if bounds is not None else ""))
     ax.grid(alpha=0.3)
     return _save(fig, path, dpi)
 
