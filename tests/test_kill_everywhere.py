@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KILL_ALL = os.environ.get("KISSTORE_KILL_ALL") == "1"
 SAMPLE = {  # case: (count, tail)
     "extract": (24, 4), "extract-overwrite": (16, 4), "analyze": (16, 6), "edit": (12, 4), "edit-memit": (10, 4),
-    "import-rome": (12, 4), "copy": (12, 4), "s3-extract": (8, 3), "s3-analyze": (8, 6), "s3-copy": (8, 3),
+    "import-rome": (12, 4), "copy": (12, 4), "s3-extract": (8, 3), "s3-analyze": (5, 2), "s3-copy": (8, 3),
 }
 
 
