@@ -4,6 +4,8 @@ that is bit-identical to an uninterrupted run."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -173,7 +175,7 @@ def test_a_run_killed_mid_way_resumes_from_its_checkpoint_bit_identical(method, 
     shutil.copytree(llama_store, b)
     argv = ["--model", str(tiny_models["llama"]), "--method", method, "--layers", "0-2", "--batch", "2",
             "--edits", "12", "--tracked", "6", "--tracked-from", "all", "--rome-steps", "3", "--checkpoint-every", "2",
-            "--nullspace-threshold", "0.05", "--nullspace-relative", "--alphaedit-l2", "1e-3", "--threads", "1", "--run", "r", "--quiet"]
+            "--eval-every", "2", "--nullspace-threshold", "0.05", "--nullspace-relative", "--alphaedit-l2", "1e-3", "--threads", "1", "--run", "r", "--quiet"]
     whole = _cli(["edit", str(a), *argv])
     assert whole.returncode == 0, whole.stderr
     killed = _cli(["edit", str(b), *argv], env={"KISSTORE_FAILPOINT": "edit-step:5"})
@@ -184,6 +186,9 @@ def test_a_run_killed_mid_way_resumes_from_its_checkpoint_bit_identical(method, 
     assert "resuming /edits/r after step 4/6" in resumed.stdout, resumed.stdout
     x, y = _open(a, "r"), _open(b, "r")
     assert not (b / "_staging" / "edit-checkpoints").exists()
+    # CounterFact's evaluation before the kill (steps 0, 2, 4) came back from the checkpoint
+    assert list(x["eval_step"].values) == [0, 2, 4, 6] and np.isfinite(y["efficacy_score"].values).all()
+    assert json.dumps(y.attrs["forecast"]) == json.dumps(x.attrs["forecast"])  # NaN-safe
     for name in x.variables:
         if name == "seconds":
             continue  # wall clock

@@ -337,6 +337,88 @@ def test_items_of_other_facts_exit_2(metric_store, tiny_models, tmp_path):
 
 
 
+# -- batched multi-layer methods: the same evaluation and a forecast per layer ------------------
+
+def test_spread_forecast_functions_match_loops():
+    rng = np.random.default_rng(8)
+    inc, v = rng.uniform(0, 2, size=(5, 3, 4)), rng.uniform(1, 3, size=(3, 4))
+    inc[0] = 0
+    want = np.array([[math.sqrt(sum(inc[j, la, i] / v[la, i] ** 2 for j in range(s + 1) for la in range(3)))
+                      for i in range(4)] for s in range(5)])
+    np.testing.assert_allclose(fc.spread_random_walk_drift(inc, v), want, rtol=1e-12)
+    c2, r2, steps = rng.uniform(0, 1, 3), rng.uniform(1, 5, 3), np.arange(7)
+    want = np.array([[math.sqrt(s * sum(c2[la] * r2[la] / v[la, i] ** 2 for la in range(3))) for i in range(4)]
+                     for s in steps])
+    np.testing.assert_allclose(fc.spread_statistical_drift(c2, r2, v, steps), want, rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def memit_run(metric_store, tiny_models):
+    store, items = metric_store
+    res = CliRunner().invoke(cli, ["edit", str(store), "--model", str(tiny_models["gpt2"]), "--method", "memit",
+                                   "--layers", "0-1", "--batch", "3", "--edits", "8", "--tracked", "6",
+                                   "--tracked-from", "all", "--target", "direct", "--mom2-update-weight", "5",
+                                   "--eval-every", "2", "--items", str(items), "--run", "memit-cf", "--quiet"])
+    assert res.exit_code == 0, res.output
+    return xr.open_datatree(store, engine="zarr")["edits/memit-cf"].ds.load()
+
+
+def test_a_batched_run_scores_the_facts_edited_by_each_evaluated_step(memit_run):
+    ds = memit_run
+    assert ds["eval_step"].values.tolist() == [0, 2, 3]  # steps of 3 facts: 3, 3, 2
+    edit_step = ds["edit_step"].values[:8]
+    for e, s in enumerate(ds["eval_step"].values):
+        rows = np.arange(8) if s == 0 else np.flatnonzero(edit_step <= s)
+        assert len(rows) == (8 if s == 0 else min(3 * s, 8))
+        pn, pt = ds["rewrite_p_new"].values[e, rows], ds["rewrite_p_true"].values[e, rows]
+        assert ds["efficacy_score"].values[e] == pytest.approx(np.mean(pn > pt))
+        main = ds["p_true"].values[s, rows]  # the run scores the facts edited so far and the next batch
+        both = np.isfinite(main)
+        assert both.sum() >= 3
+        np.testing.assert_allclose(pt[both], main[both], rtol=1e-5)  # the run's own probe agrees
+        assert np.isnan(ds["rewrite_p_new"].values[e, np.setdiff1d(np.arange(8), rows)]).all()
+    assert np.isfinite(ds["fluency"].values).all() and np.isfinite(ds["paraphrase_score"].values).all()
+
+
+def test_a_batched_runs_forecast_adds_its_layers_and_fits_each(memit_run):
+    ds = memit_run
+    fit, tracked = ds.attrs["forecast"], ds["role"].values == "tracked"
+    assert ds["value_norm"].dims == ("layer", "item") and (ds["value_norm"].values > 0).all()
+    per_layer = ds["predicted_norm"].values / ds["value_norm"].values[None]
+    np.testing.assert_allclose(ds["forecast_drift_by_layer"].values, per_layer, rtol=1e-12)
+    np.testing.assert_allclose(ds["forecast_drift"].values, np.sqrt((per_layer**2).sum(axis=1)), rtol=1e-12)
+    walk = np.sqrt((np.cumsum(ds["walk_increment"].values, axis=0) / ds["value_norm"].values[None] ** 2).sum(axis=1))
+    np.testing.assert_allclose(ds["forecast_drift_random_walk"].values, walk, rtol=1e-12)
+    drop = np.log(ds["p_true"].values[0, tracked]) - np.log(ds["p_true"].values[1:, tracked])
+    for li in range(2):
+        x = per_layer[1:, li][:, tracked].ravel()
+        assert fit["spearman_logp_drop_by_layer"][li] == pytest.approx(
+            scipy.stats.spearmanr(x, drop.ravel()).statistic, abs=1e-12)
+    # P's statistics per layer, over the tracked facts (the tiny model knows none of them, so none is followed)
+    assert not ds["top1"].values[0, tracked].any()
+    c2 = ds["coefficient_ms"].values[1:][:, :, tracked]
+    np.testing.assert_allclose(fit["mean_p2_by_layer"], c2.mean(axis=(0, 2)), rtol=1e-12)
+    np.testing.assert_allclose(fit["r_rms_by_layer"], np.sqrt((ds["residual_norm"].values[1:] ** 2).mean(axis=0)),
+                               rtol=1e-12)
+    # retention concerns facts the unedited model knows: with none, it is NaN, not a made-up collapse
+    assert np.isnan(ds["forecast_retention_statistical"].values).all()
+    assert fit["predicted_collapse_step_statistical"] == fc.NOT_REACHED
+
+
+def test_one_fact_a_step_makes_the_walk_increment_the_squared_first_change(metric_store, tiny_models):
+    """With B = 1, a step moves key k by c·R: its squared norm is the walk increment, c²|R|²."""
+    store, _ = metric_store
+    res = CliRunner().invoke(cli, ["edit", str(store), "--model", str(tiny_models["gpt2"]), "--method", "alphaedit",
+                                   "--layers", "0-1", "--edits", "3", "--tracked", "4", "--tracked-from", "all",
+                                   "--target", "direct", "--nullspace-threshold", "0.05", "--nullspace-relative",
+                                   "--eval-every", "0", "--run", "alpha-b1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    ds = xr.open_datatree(store, engine="zarr")["edits/alpha-b1"].ds.load()
+    np.testing.assert_allclose(ds["walk_increment"].values[1], ds["predicted_norm"].values[1] ** 2, rtol=1e-9)
+    np.testing.assert_allclose(ds["coefficient_ms"].values[1] * ds["residual_norm"].values[1][:, None] ** 2,
+                               ds["walk_increment"].values[1], rtol=1e-9)
+    assert "eval_step" not in ds.dims and "forecast" in ds.attrs  # the forecast needs no evaluation
+
 # -- the real SmolLM2 on real CounterFact records -------------------------------------------------
 
 @pytest.mark.slow

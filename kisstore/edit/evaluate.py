@@ -192,12 +192,14 @@ class CounterFactEvaluator:
     def due(self, step: int) -> bool:
         return step in self.steps
 
-    def evaluate(self, step: int) -> None:
-        """Score the edited facts (those edited by ``step``; all at step 0) and generate the panel."""
+    def evaluate(self, step: int, n_done: int | None = None) -> None:
+        """Score the edited facts (the first ``n_done``, by default ``step``: those edited by then;
+        all at step 0) and generate the panel. A batched method edits several facts a step."""
         from kisstore.edit.metrics import fluency
 
         e = self.steps.index(step)
-        rows = list(range(len(self.edited) if step == 0 else min(step, len(self.edited))))
+        done = step if n_done is None else n_done
+        rows = list(range(len(self.edited) if step == 0 else min(done, len(self.edited))))
         s = self.rewrite.score(rows)
         self.p["rewrite_p_true"][e, rows], self.p["rewrite_p_new"][e, rows] = s.p_true[rows], s.p_new[rows]
         wanted = set(rows)
@@ -212,6 +214,18 @@ class CounterFactEvaluator:
         if any(self.generation):
             self.texts[e] = greedy_generations(self.lm, self.generation, self.generation_tokens)
             self.entropy[e] = [fluency(t) for t in self.texts[e]]
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything evaluated so far (for a run's checkpoint): the probabilities and the panel."""
+        return {**{k: v.copy() for k, v in self.p.items()}, "generation_text": self.texts.copy(),
+                "generation_entropy": self.entropy.copy()}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Continue from :meth:`state` (a resumed run)."""
+        for k in self.p:
+            self.p[k] = np.array(state[k], dtype=np.float64)
+        self.texts = np.array(state["generation_text"], dtype=object)
+        self.entropy = np.array(state["generation_entropy"], dtype=np.float64)
 
     def dataset(self):
         """The arrays on (eval_step, edit[, paraphrase | neighborhood | generation]), with summaries."""

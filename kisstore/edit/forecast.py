@@ -21,6 +21,14 @@ collapse step is the first where fewer than ``threshold`` of the tracked facts a
 Method-independent: it needs per step and fact only the predicted change's norm (any extra
 dimension, e.g. a ``layer`` of a multi-layer method, is combined as a root sum of squares of
 the per-layer drifts) and ``value_norm``.
+
+A batched, multi-layer method (MEMIT, AlphaEdit) moves key ``k`` at layer l by
+``Σ_b c_b R_b`` per step, with ``c = adjᵀk`` its coefficients on the batch's residuals. Its run
+records ``walk_increment = Σ_b c_b² |R_b|²`` and ``coefficient_ms = mean_b c_b²`` per (step,
+layer, item): the random walk adds the increments, and the statistical forecast uses, per
+layer, the mean square coefficient over the tracked facts times the mean ``|R|²`` of a step
+(``Σ_b |R_b|²``), so ``d(s)² = s · Σ_l E[c²]_l · E[|R|²]_l / |W⁰_l k|²``. The fit is also
+given per layer (``*_by_layer``).
 """
 
 from __future__ import annotations
@@ -109,6 +117,38 @@ def _drift(ds: xr.Dataset) -> np.ndarray:
     return np.asarray(d.transpose("step", "item").values, dtype=np.float64)
 
 
+def _layer_values(ds: xr.Dataset, name: str) -> np.ndarray:
+    """``name`` as (step, layer, item), float64."""
+    return np.asarray(ds[name].transpose("step", "layer", "item").values, dtype=np.float64)
+
+
+def _layer_value_norm(ds: xr.Dataset) -> np.ndarray:
+    """``value_norm`` as (layer, item) (one value per item repeated when it has no layer)."""
+    v = ds["value_norm"]
+    if "layer" not in v.dims:
+        v = v.expand_dims(layer=ds.sizes["layer"])
+    return np.asarray(v.transpose("layer", "item").values, dtype=np.float64)
+
+
+def spread_random_walk_drift(walk_increment: np.ndarray, value_norm: np.ndarray) -> np.ndarray:
+    """``sqrt(Σ_l Σ_{j≤s} inc_jli / |v_li|²)`` per (step, item); ``walk_increment`` (step, layer, item)
+    with row 0 (no edit) zero, ``value_norm`` (layer, item)."""
+    inc = np.nan_to_num(np.asarray(walk_increment, dtype=np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_layer = np.cumsum(inc, axis=0) / np.asarray(value_norm, dtype=np.float64)[None] ** 2
+    return np.sqrt(per_layer.sum(axis=1))
+
+
+def spread_statistical_drift(mean_c2: np.ndarray, mean_r2: np.ndarray, value_norm: np.ndarray,
+                             steps: np.ndarray) -> np.ndarray:
+    """``sqrt(s · Σ_l E[c²]_l E[|R|²]_l / |v_li|²)`` per (step, item), for any steps.
+
+    ``mean_c2``, ``mean_r2``: (layer,); ``value_norm``: (layer, item)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = ((np.asarray(mean_c2) * np.asarray(mean_r2))[:, None] / np.asarray(value_norm) ** 2).sum(axis=0)
+    return np.sqrt(np.asarray(steps, dtype=np.float64)[:, None] * rate[None, :])
+
+
 def add_forecast(ds: xr.Dataset, threshold: float = 0.5, horizon: int = 10) -> xr.Dataset:
     """Add the forecast arrays and its fit to an edit run's dataset (returns it).
 
@@ -119,9 +159,13 @@ def add_forecast(ds: xr.Dataset, threshold: float = 0.5, horizon: int = 10) -> x
     steps = ds["step"].values
     n_e = int(steps[-1])
     drift = _drift(ds)
-    rw = (random_walk_drift(ds["coefficient"].values, ds["residual_norm"].values, ds["value_norm"].values)
-          if ds["coefficient"].dims == ("step", "item") and ds["residual_norm"].dims == ("step",)
-          else np.full_like(drift, np.nan))
+    spread = "walk_increment" in ds and "layer" in ds.dims  # a batched multi-layer method (MEMIT, AlphaEdit)
+    if spread:
+        rw = spread_random_walk_drift(_layer_values(ds, "walk_increment"), _layer_value_norm(ds))
+    elif "coefficient" in ds and ds["coefficient"].dims == ("step", "item") and ds["residual_norm"].dims == ("step",):
+        rw = random_walk_drift(ds["coefficient"].values, ds["residual_norm"].values, ds["value_norm"].values)
+    else:
+        rw = np.full_like(drift, np.nan)
     drop = np.where(tracked[None, :], logp_drop(ds["p_true"].values), np.nan)
     followed = tracked & known[0]  # "still known" concerns the tracked facts the unedited model knows
     measured = known[:, followed].mean(axis=1) if followed.any() else np.full(len(steps), np.nan)
@@ -144,6 +188,17 @@ def add_forecast(ds: xr.Dataset, threshold: float = 0.5, horizon: int = 10) -> x
     fit["spearman_logp_drop_random_walk"] = (float(stats.spearmanr(xr_[okr], y[okr]).statistic)
                                              if okr.sum() >= 3 else float("nan"))
 
+    by_layer = None
+    if "layer" in ds.dims and "layer" in ds["predicted_norm"].dims:
+        by_layer = _layer_values(ds, "predicted_norm") / _layer_value_norm(ds)[None]
+        r2s, rhos = [], []
+        for li in range(by_layer.shape[1]):
+            xl = by_layer[1:, li][:, tracked].ravel()
+            okl = np.isfinite(xl) & np.isfinite(y)
+            r2s.append(linear_r2(xl[okl], y[okl]))
+            rhos.append(float(stats.spearmanr(xl[okl], y[okl]).statistic) if okl.sum() >= 3 else float("nan"))
+        fit["r2_logp_drop_by_layer"], fit["spearman_logp_drop_by_layer"] = r2s, rhos
+
     # the critical drift from half of the tracked facts; the other half checks it
     idx = np.flatnonzero(followed)
     calib, check = idx[0::2], idx[1::2]
@@ -157,10 +212,29 @@ def add_forecast(ds: xr.Dataset, threshold: float = 0.5, horizon: int = 10) -> x
     fit["measured_collapse_step"] = collapse_step(measured, steps, threshold)
 
     # the P statistics alone, extended past the run
-    p_off = ds["coefficient"].values[1:][:, followed] if ds["coefficient"].dims == ("step", "item") else None
-    r = ds["residual_norm"].values[1:] if ds["residual_norm"].dims == ("step",) else None
     horizon_steps = np.arange(horizon * n_e + 1)
-    if p_off is not None and r is not None and p_off.size and np.isfinite(r).any():
+    p_off = r = None
+    if not spread and "coefficient" in ds and ds["coefficient"].dims == ("step", "item"):
+        p_off = ds["coefficient"].values[1:][:, followed]
+        r = ds["residual_norm"].values[1:] if ds["residual_norm"].dims == ("step",) else None
+    if spread and tracked.any() and "coefficient_ms" in ds:
+        # P's statistics over the followed facts (over all tracked ones when the model knows none);
+        # the retention they forecast concerns the followed facts only
+        over = followed if followed.any() else tracked
+        with np.errstate(invalid="ignore"):
+            mean_c2 = np.nanmean(_layer_values(ds, "coefficient_ms")[1:][:, :, over], axis=(0, 2))
+            res = np.asarray(ds["residual_norm"].transpose("step", "layer").values, dtype=np.float64)[1:]
+            mean_r2 = np.nanmean(res**2, axis=0)
+        if followed.any():
+            stat = spread_statistical_drift(mean_c2, mean_r2, _layer_value_norm(ds)[:, followed], horizon_steps)
+            stat_retention = (stat < d_c).mean(axis=1)
+        else:
+            stat_retention = np.full(len(horizon_steps), np.nan)
+        fit["mean_p2_by_layer"] = [float(v) for v in mean_c2]
+        fit["r_rms_by_layer"] = [float(v) for v in np.sqrt(mean_r2)]
+        fit["mean_p2"], fit["r_rms"] = float(np.mean(mean_c2)), float(np.sqrt(np.mean(mean_r2)))
+        fit["predicted_collapse_step_statistical"] = collapse_step(stat_retention, horizon_steps, threshold)
+    elif p_off is not None and r is not None and p_off.size and np.isfinite(r).any():
         mean_p2 = float(np.nanmean(p_off**2))
         r_rms = float(np.sqrt(np.nanmean(r**2)))
         stat = statistical_drift(mean_p2, r_rms, ds["value_norm"].values[followed], horizon_steps)
@@ -175,6 +249,9 @@ def add_forecast(ds: xr.Dataset, threshold: float = 0.5, horizon: int = 10) -> x
         "long_name": "predicted drift |Σ_j P(k*_j, k) r_j| / |W_0 k| (keys, C and r only)", "units": "1"})
     out["forecast_drift_random_walk"] = (("step", "item"), rw, {
         "long_name": "random-walk drift sqrt(Σ_j P² |r_j|²) / |W_0 k|", "units": "1"})
+    if by_layer is not None:
+        out["forecast_drift_by_layer"] = (("step", "layer", "item"), by_layer, {
+            "long_name": "predicted drift per layer |Rᵀ adjᵀ k summed over steps| / |W⁰_l k|", "units": "1"})
     out["logp_true_drop"] = (("step", "item"), drop, {
         "long_name": "measured drop of log p(target_true) since step 0 (tracked facts)", "units": "nats"})
     out["measured_retention"] = ("step", measured, {"long_name": "share of tracked facts still known (top-1)",

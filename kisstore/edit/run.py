@@ -368,10 +368,7 @@ def run_edit(opts: EditOptions, progress: Callable[[str], None] | None = None) -
     plan = plan_edit(opts)
     say = progress or (lambda _msg: None)
     prompts = None
-    if opts.eval_every and opts.method in SPREAD_METHODS and not plan.done:
-        say(f"note: CounterFact's evaluation (--eval-every) is not yet measured in {opts.method} runs; "
-            "their efficacy and tracked facts' retention are (docs/editing.md)")
-    elif opts.eval_every and not plan.done:  # a bad --items fails before the model loads
+    if opts.eval_every and not plan.done:  # a bad --items fails before the model loads
         from kisstore.edit.metrics import resolve_prompts
 
         store_ro = Store(opts.store, opts.storage_options, read_only=True)
@@ -402,7 +399,7 @@ def run_edit(opts: EditOptions, progress: Callable[[str], None] | None = None) -
         settings = run_settings(opts, plan.model_id, plan.layer, plan.layers)
         if opts.overwrite:
             discard_checkpoints(store, plan.run)
-        ds = spread_edits(lm, plan, opts, say, store, settings)
+        ds = spread_edits(lm, plan, opts, say, store, settings, prompts=prompts)
         chunks = None
     else:
         ds = sequential_edits(lm, plan, opts, say, prompts=prompts)
@@ -546,7 +543,8 @@ def add_evaluation(ds: xr.Dataset, counterfact, value_norm: np.ndarray, collapse
     """CounterFact's metrics (when evaluated) and the forgetting forecast, added to the run's arrays."""
     from kisstore.edit.forecast import add_forecast
 
-    ds["value_norm"] = ("item", value_norm, {"long_name": "|W_0 k|: the fact's unedited MLP value at the layer"})
+    dims = ("layer", "item") if np.ndim(value_norm) == 2 else ("item",)
+    ds["value_norm"] = (dims, value_norm, {"long_name": "|W_0 k|: the fact's unedited MLP value at the layer"})
     if counterfact is not None:
         extra = counterfact.dataset()
         attrs = {**ds.attrs, **extra.attrs}

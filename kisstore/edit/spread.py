@@ -49,6 +49,7 @@ RECORD = {
     "live_relative_error": ("step", "layer", "item"), "interference_predicted": ("step", "layer", "item"),
     "interference_measured": ("step", "layer", "item"), "interference_live": ("step", "layer", "item"),
     "key_drift": ("step", "layer", "item"),
+    "walk_increment": ("step", "layer", "item"), "coefficient_ms": ("step", "layer", "item"),
     "update_norm": ("step", "layer"), "residual_norm": ("step", "layer"),
     "step_relative_error": ("step", "layer"), "step_live_relative_error": ("step", "layer"),
     "target_residual_norm": ("step", "item"), "target_remaining_norm": ("step", "item"),
@@ -68,6 +69,9 @@ ATTRS = {
     "key_drift": ("|live key - stored key| (keys move when lower layers are edited)", None),
     "update_norm": ("|ΔW| (Frobenius) of the step at the layer", None),
     "residual_norm": ("|R| (Frobenius) of the residual share given to the layer", None),
+    "walk_increment": ("Σ_b c_b² |R_b|² of the step, c = adjᵀk the key's coefficients on the batch's residuals",
+                       None),
+    "coefficient_ms": ("mean over the batch of c_b², the key's squared coefficients (P statistics)", "1"),
     "step_relative_error": ("predicted vs measured over all facts of the step", "1"),
     "step_live_relative_error": ("predicted vs live over all facts of the step", "1"),
     "target_residual_norm": ("|z - h^L| of the step's facts before the step", None),
@@ -168,8 +172,12 @@ def write_checkpoint(store: Store, run: str, step: int, arrays: dict[str, tuple[
 
 
 # -- the loop ------------------------------------------------------------------------------------
-def spread_edits(lm, plan, opts, say: Callable[[str], None], store: Store, settings: dict[str, Any]) -> xr.Dataset:
-    """Run the plan's edits in batches over its layer range; checkpoint every few steps; resume."""
+def spread_edits(lm, plan, opts, say: Callable[[str], None], store: Store, settings: dict[str, Any],
+                 prompts=None) -> xr.Dataset:
+    """Run the plan's edits in batches over its layer range; checkpoint every few steps; resume.
+
+    With ``opts.eval_every``, CounterFact's evaluation (``prompts``) runs at step 0 and every
+    ``eval_every`` steps; the forecast is added from the recorded arrays at the end."""
     import torch
 
     from kisstore.edit.evaluate import FactProbe, capture_at_keys
@@ -208,13 +216,23 @@ def spread_edits(lm, plan, opts, say: Callable[[str], None], store: Store, setti
             rec[name] = np.full(shape, np.nan)
     for name in ("predicted_norm", "measured_norm", "live_norm", "relative_error", "live_relative_error",
                  "interference_predicted", "interference_measured", "interference_live", "key_drift",
-                 "step_relative_error", "step_live_relative_error"):
+                 "step_relative_error", "step_live_relative_error", "walk_increment", "coefficient_ms"):
         rec[name][0] = 0.0
     rec["seconds"][0] = 0.0
     weights = np.stack(w0)  # (layer, d_model, d_ff) float64 master copies
     predicted = np.zeros((n_l, n, d_model))  # cumulative Σ Rᵀ adjᵀ k per layer (theory side)
     at_edit = {k: np.zeros((n_l, n, d_model)) for k in ("predicted", "measured", "live")}
     start = 1
+    counterfact = None
+    if opts.eval_every:
+        from kisstore.edit.evaluate import CounterFactEvaluator
+        from kisstore.edit.metrics import PromptSource, eval_steps
+
+        counterfact = CounterFactEvaluator(lm, plan.items[:n_e], prompts or PromptSource(),
+                                           eval_steps(steps - 1, opts.eval_every), batch_tokens=opts.batch_tokens)
+
+    def done_by(step: int) -> int:
+        return sum(len(b) for b in groups[:step])  # facts edited at steps ≤ step
 
     def score(step: int) -> None:
         upto = list(range(min(sum(len(b) for b in groups[:step + 1]), n_e)))  # edited so far + next batch
@@ -229,6 +247,11 @@ def spread_edits(lm, plan, opts, say: Callable[[str], None], store: Store, setti
             out[f"state_at_edit_{k}"] = (("layer", "item", "d_model"), v)
         for k, v in method.state().items():
             out[f"state_{k}"] = (("layer", "d_ff", "d_ff_"), v)
+        if counterfact is not None:
+            for k, v in counterfact.state().items():
+                dims = ("cf_eval_step", "cf_generation") if k.startswith("generation") else \
+                    ("cf_eval_step", "cf_edit", *(() if k.startswith("rewrite") else (f"cf_{k.split('_')[0]}",)))
+                out[f"counterfact_{k}"] = (dims, v)
         return out
 
     try:
@@ -246,12 +269,17 @@ def spread_edits(lm, plan, opts, say: Callable[[str], None], store: Store, setti
             method.load_state({k[len("state_"):]: resumed[k].values for k in resumed.data_vars
                                if k.startswith("state_") and k not in
                                ("state_weights", "state_predicted", *(f"state_at_edit_{a}" for a in at_edit))})
+            if counterfact is not None:
+                counterfact.load_state({k[len("counterfact_"):]: resumed[k].values for k in resumed.data_vars
+                                        if k.startswith("counterfact_")})
             for i, m in enumerate(modules):
                 set_down_proj_weight(m, weights[i])
             say(f"[{plan.model_id}] resuming /edits/{plan.run} after step {start - 1}/{steps - 1} "
                 "from its checkpoint")
         else:
             score(0)
+            if counterfact is not None:
+                counterfact.evaluate(0)
         for j in range(start, steps):
             t = time.perf_counter()
             b = groups[j - 1]
@@ -280,7 +308,10 @@ def spread_edits(lm, plan, opts, say: Callable[[str], None], store: Store, setti
                 delta = resid.T @ adj.T
                 weights[idx] = weights[idx] + delta
                 set_down_proj_weight(modules[idx], weights[idx])
-                predicted[idx] += (keys[idx] @ adj) @ resid  # theory: adj, R and the stored keys only
+                coeff = keys[idx] @ adj  # (item, B): each stored key's coefficients on the batch's residuals
+                predicted[idx] += coeff @ resid  # theory: adj, R and the stored keys only
+                rec["walk_increment"][j, idx] = (coeff**2) @ np.sum(resid * resid, axis=1)
+                rec["coefficient_ms"][j, idx] = np.mean(coeff**2, axis=1)
                 rec["update_norm"][j, idx] = float(np.linalg.norm(delta))
                 rec["residual_norm"][j, idx] = float(np.linalg.norm(resid))
             ins, outs = capture_at_keys(probe, inputs=modules, outputs=[*modules, block])
@@ -305,6 +336,8 @@ def spread_edits(lm, plan, opts, say: Callable[[str], None], store: Store, setti
             rec["efficacy"][j] = float(np.mean(rec["p_new"][j, b]))
             rec["efficacy_success"][j] = float(np.mean(rec["p_new"][j, b] > rec["p_true"][j, b]))
             rec["seconds"][j] = time.perf_counter() - t
+            if counterfact is not None and counterfact.due(j):
+                counterfact.evaluate(j, done_by(j))  # CounterFact's metrics (not counted in the step's seconds)
             tracked = slice(n_e, n)
             say(f"[step {j}/{steps - 1}] {len(b)} facts: efficacy {rec['efficacy'][j]:.3g}, "
                 f"tracked p_true {np.nanmean(rec['p_true'][j, tracked]):.3g}, top-1 "
@@ -318,7 +351,11 @@ def spread_edits(lm, plan, opts, say: Callable[[str], None], store: Store, setti
             for m, o in zip(modules, originals, strict=True):
                 m.weight.copy_(o)  # the caller's model is left as it was loaded
     ranks = getattr(method, "ranks", None)
-    return build_spread_dataset(plan, rec, edit_step, ranks)
+    from kisstore.edit.run import add_evaluation
+
+    ds = build_spread_dataset(plan, rec, edit_step, ranks)
+    value_norm = np.stack([_norm(keys[i] @ w0[i].T) for i in range(n_l)])  # (layer, item): |W⁰_l k|
+    return add_evaluation(ds, counterfact, value_norm, opts.collapse_threshold)
 
 
 def build_spread_dataset(plan, rec: dict[str, np.ndarray], edit_step: np.ndarray, ranks) -> xr.Dataset:
