@@ -66,8 +66,14 @@ def _print(s: dict) -> None:
         if an["scaling_rows"] is not None:
             click.echo(f"{path}/scaling  scaling table, {an['scaling_rows']} rows")
     for name, e in s.get("edits", {}).items():
+        where = f"layers {_layers(e['layers'])}" if e.get("layers") else f"layer {e['layer']}"
+        batches = f" (batches of {e['batch']})" if e.get("batch") else ""
         click.echo(f"/edits/{name}  [{'complete' if e['complete'] else 'incomplete'}] {e['method']} on "
-                   f"{e['model']} layer {e['layer']}, {e['steps']} steps, {e['tracked']} tracked")
+                   f"{e['model']} {where}, {e['edits']} edits in {e['steps']} steps{batches}, {e['tracked']} tracked")
+    for name, c in s.get("edits_in_progress", {}).items():
+        at = "no complete checkpoint yet" if c["step"] is None else \
+            f"checkpoint after step {c['step']}, {c['seconds_since_checkpoint']} s ago"
+        click.echo(f"/edits/{name}  [edit {c['status']}] {at}; the same `kisstore edit` command resumes it")
     for name, p in s["in_progress"].items():
         click.echo(f"/_checkpoints/{name}  [{p['status']}] items done: {p['items_done']}, layers done: "
                    f"{p['layers_done']}, last checkpoint {p['seconds_since_checkpoint']} s ago")

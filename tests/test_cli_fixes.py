@@ -118,10 +118,11 @@ def test_info_lists_analyses_and_edit_runs_in_text_and_json(tmp_path):
     a = summary["analysis"]["a"]
     assert a["layers"] == [0, 1] and a["n_items"] == 20 and a["ridge"] == 0.1 and a["items"] == "all"
     assert summary["edits"]["a-direct-layer1-e5-seed0"] == {
-        "model": "a", "method": "direct", "layer": 1, "steps": 5, "tracked": 7, "complete": True}
+        "model": "a", "method": "direct", "layer": 1, "layers": None, "batch": None, "edits": 5, "steps": 5,
+        "tracked": 7, "complete": True}
     text = run_cli("info", path, check=True).stdout
     assert "/analysis/a  layers 0,1, 20 items (all), ridge 0.1" in text, text
-    assert "/edits/a-direct-layer1-e5-seed0  [complete] direct on a layer 1, 5 steps, 7 tracked" in text, text
+    assert "/edits/a-direct-layer1-e5-seed0  [complete] direct on a layer 1, 5 edits in 5 steps, 7 tracked" in text, text
 
 
 def _synthetic_store_on_corpus(path, corpus):

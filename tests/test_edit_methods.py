@@ -181,6 +181,8 @@ def test_a_run_killed_mid_way_resumes_from_its_checkpoint_bit_identical(method, 
     killed = _cli(["edit", str(b), *argv], env={"KISSTORE_FAILPOINT": "edit-step:5"})
     assert killed.returncode == -9, killed.stderr  # SIGKILL after step 5 (checkpoint after step 4)
     assert (b / "_staging" / "edit-checkpoints" / "r" / "s000004").is_dir()
+    shown = _cli(["info", str(b)])  # the killed run is listed, with how to resume it
+    assert shown.returncode == 0 and "/edits/r  [edit in progress] checkpoint after step 4" in shown.stdout, shown.stdout
     resumed = _cli(["edit", str(b), *argv[:-1]])  # the same command (with its per-step lines)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming /edits/r after step 4/6" in resumed.stdout, resumed.stdout

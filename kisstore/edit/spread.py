@@ -40,7 +40,7 @@ from kisstore.store import layout
 from kisstore.store.io import Store
 
 SPREAD_METHODS = ("memit", "alphaedit")
-CHECKPOINTS = f"{layout.STAGING}/edit-checkpoints"
+CHECKPOINTS = layout.EDIT_CHECKPOINTS
 
 # recorded arrays: name → dims (step first); filled step by step, checkpointed whole
 RECORD = {

@@ -48,6 +48,27 @@ def describe(store: Store) -> dict[str, Any]:
                     "layers_done": len(state.get("done_counts") or {}),
                     "tokens_in_running_pass": state.get("tokens", 0),
                 }
+        out["edits_in_progress"] = _edit_checkpoints(store)
+    return out
+
+
+def _edit_checkpoints(store: Store) -> dict[str, Any]:
+    """Every edit run with a checkpoint (a run killed or still running): its newest complete step.
+
+    Staging is never consolidated, so it is listed from the store itself."""
+    from kisstore.store.commit import _children
+
+    if not store.has(layout.EDIT_CHECKPOINTS):
+        return {}
+    out = {}
+    for run in sorted(_children(store, layout.EDIT_CHECKPOINTS)):
+        base = f"{layout.EDIT_CHECKPOINTS}/{run}"
+        steps = sorted(int(n[1:]) for n in _children(store, base) if n.startswith("s") and n[1:].isdigit()
+                       and store.has(f"{base}/{n}") and store.group_attrs(f"{base}/{n}").get("complete") is True)
+        age = checkpoint_age(store, f"{base}/s{steps[-1]:06d}") if steps else None
+        stale = age is not None and age > STALE_AFTER_S
+        out[run] = {"status": "stale" if stale else "in progress", "step": steps[-1] if steps else None,
+                    "seconds_since_checkpoint": None if age is None else round(age)}
     return out
 
 
@@ -97,10 +118,14 @@ def analyses_summary(store: Store) -> dict[str, Any]:
 
 
 def _edit_summary(g: zarr.Group) -> dict[str, Any]:
-    """One /edits/<run>: method, layer, number of sequential edits and whether it was finished."""
+    """One /edits/<run>: method, layer(s), edits, steps (a batched method edits ``batch`` facts a
+    step), tracked facts and whether it was finished."""
     a = dict(g.attrs)
+    edits, batch = a.get("edits"), a.get("batch")
+    steps = -(-edits // batch) if isinstance(edits, int) and isinstance(batch, int) and batch > 0 else edits
     return {"model": a.get("model_id"), "method": a.get("method"), "layer": a.get("layer"),
-            "steps": a.get("edits"), "tracked": a.get("tracked"), "complete": a.get("complete") is True}
+            "layers": a.get("layers"), "batch": a.get("batch"), "edits": a.get("edits"),
+            "steps": steps, "tracked": a.get("tracked"), "complete": a.get("complete") is True}
 
 
 def checkpoint_age(store: Store, path: str) -> float | None:

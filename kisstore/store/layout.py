@@ -16,6 +16,7 @@ KEY = "key"  # the keys (layer, item, d_ff) of a model; schema 1 (kisstore 0.1) 
 LEGACY_KEY = "keys"
 CHECKPOINTS = "_checkpoints"
 STAGING = "_staging"  # results written in full here first, then moved into place (never consolidated)
+EDIT_CHECKPOINTS = f"{STAGING}/edit-checkpoints"  # an edit run's state every few steps (kisstore.edit.spread)
 LOCKS = ".kisstore-locks"  # writer leases (kisstore.store.lock)
 EVERY_CHUNK_WRITTEN = "kisstore_every_chunk_written"  # group attribute: a missing chunk file is damage
 CHUNK_MANIFEST = "kisstore_chunk_manifest"  # array attribute: each chunk key's stored crc32c (store.integrity)
