@@ -212,3 +212,20 @@ def test_edit_benchmark_times_both_rules_against_re_solving_on_small_shapes():
     results = {r.key: r for r in editing.run(d_ff=24, d_model=5, n_layers=2, batch=2, steps=4)}
     assert set(results) == {f"edit_{m}_{k}" for m in ("memit", "alphaedit") for k in ("edits_per_s", "scratch_ratio")}
     assert all(np.isfinite(r.value) and r.value > 0 for r in results.values())
+
+
+def test_memit_on_a_model_benchmark_times_a_step_against_re_solving_and_one_batch_agrees(tiny_models):
+    from benchmarks import editing
+    from kisstore.models.loading import load_model
+
+    lm = load_model(str(tiny_models["llama"]), device="cpu", dtype="float32")
+    before = [p.detach().clone() for p in lm.model.parameters()]
+    results = {r.key: r for r in editing.run_model(lm, layers=[0, 1, 2], batch=2, steps=3)}
+    assert set(results) == {"edit_memit_model_edits_per_s", "edit_memit_model_scratch_ratio"}
+    assert all(np.isfinite(r.value) and r.value > 0 for r in results.values())
+    details = results["edit_memit_model_scratch_ratio"].details
+    assert details["edits"] == 6 and details["steps"] == 3
+    # at the first step both paths make the same update from W₀ (one batch), to the last bit
+    assert details["first_step_max_abs_difference"] == 0.0
+    assert all(np.array_equal(a, b.detach()) for a, b in zip(before, lm.model.parameters(), strict=True))
+
