@@ -158,6 +158,15 @@ def main(argv: list[str] | None = None) -> int:
                                n_large=cfg.n_large, measure_large=cfg.measure_large, device=args.device,
                                progress=progress)
 
+    if "edit" in only:
+        from benchmarks import editing
+
+        progress("benchmark 7: MEMIT/AlphaEdit update rules, one step vs re-solving every edit so far")
+        results += editing.run(d_ff=lm.d_ff, d_model=int(lm.model.config.hidden_size), progress=progress)
+        progress("benchmark 7: MEMIT on the model, one step vs re-solving every edit so far")
+        results += editing.run_model(lm, batch=5 if args.quick else 10, steps=3 if args.quick else 6,
+                                     progress=progress)
+
     if "memory" in only:
         if kind == "cuda":
             notes.append("Benchmark 5 (analysis time and memory) is a CPU benchmark; see the CPU section.")
@@ -172,12 +181,6 @@ def main(argv: list[str] | None = None) -> int:
             gc.collect()
             progress(f"benchmark 5: kisstore extract (128 items, {cfg.store_tokens} corpus tokens) and analyze")
             results += memory.run(device=args.device, n_items=128, corpus_tokens=cfg.store_tokens, progress=progress)
-
-    if "edit" in only:
-        from benchmarks import editing
-
-        progress("benchmark 7: MEMIT/AlphaEdit update rules, one step vs re-solving every edit so far")
-        results += editing.run(d_ff=lm.d_ff, d_model=int(lm.model.config.hidden_size), progress=progress)
 
     scale = None
     if "scale" in only:

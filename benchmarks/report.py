@@ -190,8 +190,13 @@ What is compared, and how:
    one step of `kisstore edit --method memit|alphaedit` (every layer's closed-form update for one
    batch of 10 edits, 6 layers, SmolLM2's d_ff × d_model) against re-solving every edit made so
    far from the unedited weights (one batched update over all of them), interleaved step by
-   step over 8 steps; edits per second of the update rule alone. The model's own work per step
-   (target optimisation, live forward, scoring) is in each run's `seconds` (docs/editing.md).
+   step over 8 steps; edits per second of the update rule alone. Then **MEMIT on the model**
+   (`run_model`: layers n/4 … n/4+5, batches of 10, 6 steps; `--quick` 5 and 3): a step as
+   `kisstore edit --method memit` applies it to the live model (the forward reading h at the last
+   layer, per layer the forward reading the batch's keys, the solve, the weight write) against
+   re-solving all edits so far at once from W₀, interleaved step by step; targets fixed per fact
+   beforehand, so neither side pays an optimisation. kisstore's measurement forwards per step
+   (predicted, measured, live, scoring) are in each run's `seconds` (docs/editing.md).
 
 Timing discipline: the corpus work is interleaved batch by batch (the forwards, kisstore,
 layer_stats per sampled layer, GEMM; order rotated each batch) and summarised by the median of per-batch ratios;

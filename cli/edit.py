@@ -32,7 +32,7 @@ from kisstore_cli.common import (
 @click.option("--mom2-update-weight", type=float, default=15000.0, show_default=True, metavar="λ",
               help="memit: MEMIT's weight on C = E[kkᵀ] (λC stands for the keys to preserve).")
 @click.option("--checkpoint-every", type=int, default=10, show_default=True, metavar="N",
-              help="memit/alphaedit: write the run's state into the store every N steps; the same command "
+              help="Write the run's state into the store every N steps (every method); the same command "
                    "resumes from it after a kill.")
 @click.option("--edits", type=int, required=True, metavar="E", help="Number of sequential edits (facts drawn from the store).")
 @click.option("--tracked", type=int, default=None, metavar="K",
@@ -75,7 +75,8 @@ from kisstore_cli.common import (
               help="Forecast: the step where fewer than F of the tracked facts are still known (collapse).")
 @click.option("--dpi", type=int, default=150, show_default=True, help="Resolution of the --report PNGs.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="Write the figures (PNG) and report.html (offline; every run of the store on this model and layer) to DIR.")
+              help="Write the run's figures (PNG) and report.html (offline; every complete run of the store on "
+                   "this model, methods side by side) to DIR.")
 @click.option("--overwrite", is_flag=True, help="Replace a run of the same name.")
 @click.option("--quiet", is_flag=True, help="No per-step lines.")
 @storage_option
@@ -99,13 +100,8 @@ def edit_command(store, model, layer, layer_spec, batch, target, mom2_update_wei
         from kisstore.errors import InputError
 
         raise InputError(f"--dpi must lie between 20 and 1200, got {dpi}")
-    if report_dir and method in ("memit", "alphaedit"):
-        from kisstore.errors import InputError
-
-        raise InputError("--report draws rome/direct runs; a memit/alphaedit run's arrays are in the store")
     output_dir(report_dir, "--report")  # an unwritable destination fails before the edits, not after
     from kisstore.edit import EditOptions, RomeOptions, run_edit
-    from kisstore.edit.report import forgetting_table
 
     opts = EditOptions(
         store=store, model=model, layer=layer, edits=edits, tracked=tracked, tracked_from=tracked_from, method=method, seed=seed,
@@ -121,7 +117,16 @@ def edit_command(store, model, layer, layer_spec, batch, target, mom2_update_wei
     run, ds = run_edit(opts, progress=None if quiet else click.echo)
     if "layer" in ds.dims:  # memit/alphaedit: (step, layer, item)
         _spread_summary(run, ds, every=max(1, ds.sizes["step"] // 10))
-        return
+    else:
+        _summary(run, ds, edits)
+    if report_dir:
+        _write_reports(store, [run], Path(report_dir), dpi, storage_options_from(storage_options), main=ds,
+                       others=True)
+
+
+def _summary(run, ds, edits: int) -> None:
+    from kisstore.edit.report import forgetting_table
+
     rows = forgetting_table(ds, every=max(1, edits // 10))
     click.echo(f"{'step':>5} {'top-1':>6} {'p_true':>7} {'efficacy':>8} {'|interf.|':>10} {'AlphaEdit':>10}")
     for r in rows:
@@ -131,13 +136,58 @@ def edit_command(store, model, layer, layer_spec, batch, target, mom2_update_wei
                f"{ds.attrs['max_relative_error']:.1e} on the float64 weights, "
                f"{ds.attrs['max_live_relative_error']:.1e} in the live model's forward "
                f"(max relative errors), {ds.attrs['seconds']:.0f} s")
-    if report_dir:
-        from kisstore.edit.html import store_runs, write_html
-        from kisstore.edit.report import write_report
 
-        paths = write_report(ds, Path(report_dir), dpi=dpi)
-        page = write_html(store_runs(store, run, storage_options_from(storage_options)) or [ds], Path(report_dir))
-        click.echo(f"wrote {len(paths)} figures and {page.name} to {report_dir}")
+
+def _write_reports(store, runs: list[str], out: Path, dpi: int, storage_options, main=None, subfolders=False,
+                   others=False) -> None:
+    """The first run's figures in ``out`` (each run's in ``out/<run>`` with ``subfolders``), the
+    methods side by side when there are several, and report.html over all of them (with
+    ``others``: the first run and every other complete run of the store on its model)."""
+    from kisstore.edit.html import store_runs, write_html
+    from kisstore.edit.report import write_comparison, write_report
+
+    if others:
+        datasets = store_runs(store, runs[0], storage_options) or [main]
+    else:
+        datasets = [store_runs(store, r, storage_options, others=False)[0] for r in runs]
+    paths = []
+    for ds in datasets if subfolders else datasets[:1]:
+        paths += write_report(ds, out / ds.attrs["run"] if subfolders else out, dpi=dpi)
+    if len(datasets) > 1:
+        paths.append(write_comparison(datasets, out, dpi=dpi))
+    page = write_html(datasets, out)
+    click.echo(f"wrote {len(paths)} figures and {page.name} ({len(datasets)} run{'s' * (len(datasets) > 1)}) to {out}")
+
+
+@click.command("edit-report")
+@store_argument
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--model", default=None, metavar="M",
+              help="Only the runs on this model (its group name or alias) [default: the store's one model with runs].")
+@click.option("--run", "run_names", multiple=True, metavar="NAME",
+              help="A run under /edits to report (repeatable; the first is the main one) [default: every complete "
+                   "run on the model].")
+@click.option("--dpi", type=int, default=150, show_default=True, help="Resolution of the PNGs.")
+@storage_option
+@handle_errors
+def edit_report_command(store, out, model, run_names, dpi, storage_options):
+    """Report edit runs of STORE side by side (ROME, MEMIT, AlphaEdit, … on one model) in the
+    folder OUT: report.html (offline), each run's figures in OUT/<run>/ and methods_compared.png.
+
+    
+    Example:
+      kisstore edit-report cf.zarr edit-report --model smollm2-135m
+      kisstore edit-report cf.zarr out --run rome-300 --run memit-300 --run alphaedit-300
+    """
+    from kisstore.edit.html import complete_runs
+    from kisstore.errors import InputError
+
+    if dpi < 20 or dpi > 1200:
+        raise InputError(f"--dpi must lie between 20 and 1200, got {dpi}")
+    options = storage_options_from(storage_options)
+    runs = complete_runs(store, options, model=model, names=list(run_names))
+    output_dir(out, "OUT")
+    _write_reports(store, runs, Path(out), dpi, options, subfolders=True)
 
 
 def _spread_summary(run, ds, every: int) -> None:
@@ -160,4 +210,4 @@ def _spread_summary(run, ds, every: int) -> None:
                f"layer {first} (max relative errors; above it the live keys move), {ds.attrs['seconds']:.0f} s")
 
 
-COMMANDS = [edit_command]
+COMMANDS = [edit_command, edit_report_command]

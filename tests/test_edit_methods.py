@@ -145,7 +145,6 @@ BAD = {
     "unknown target": (["--method", "memit", "--layers", "0-1", "--target", "x", "--edits", "2"], "unknown --target"),
     "zero checkpoint": (["--method", "memit", "--layers", "0-1", "--checkpoint-every", "0", "--edits", "2"],
                         "--checkpoint-every"),
-    "report": (["--method", "memit", "--layers", "0-1", "--edits", "2", "--report", "r"], "--report"),
 }
 
 
@@ -166,31 +165,41 @@ def _cli(argv, env=None):
 
 
 @pytest.mark.slow  # four fresh interpreters per method (~90 s on the shared 2 cores)
-@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+@pytest.mark.parametrize("method", ["memit", "alphaedit", "rome", "direct"])
 def test_a_run_killed_mid_way_resumes_from_its_checkpoint_bit_identical(method, llama_store, tiny_models, tmp_path):
     import shutil
 
     a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
     shutil.copytree(llama_store, a)
     shutil.copytree(llama_store, b)
-    argv = ["--model", str(tiny_models["llama"]), "--method", method, "--layers", "0-2", "--batch", "2",
-            "--edits", "12", "--tracked", "6", "--tracked-from", "all", "--rome-steps", "3", "--checkpoint-every", "2",
-            "--eval-every", "2", "--nullspace-threshold", "0.05", "--nullspace-relative", "--alphaedit-l2", "1e-3", "--threads", "1", "--run", "r", "--quiet"]
+    spread = method in ("memit", "alphaedit")
+    # memit/alphaedit: 12 edits in 6 steps of 2; rome/direct: 8 edits, one a step (chained checkpoints)
+    shape = ["--layers", "0-2", "--batch", "2", "--edits", "12"] if spread else ["--layer", "1", "--edits", "8"]
+    argv = ["--model", str(tiny_models["llama"]), "--method", method, *shape, "--tracked", "6", "--tracked-from",
+            "all", "--rome-steps", "3", "--checkpoint-every", "2", "--eval-every", "2", "--nullspace-threshold", "0.05",
+            "--nullspace-relative", "--alphaedit-l2", "1e-3", "--threads", "1", "--run", "r", "--quiet"]
+    steps = 6 if spread else 8
     whole = _cli(["edit", str(a), *argv])
     assert whole.returncode == 0, whole.stderr
+    assert not (a / "_staging").exists()  # nothing staged is left after the commit (no empty /_staging/edits)
     killed = _cli(["edit", str(b), *argv], env={"KISSTORE_FAILPOINT": "edit-step:5"})
     assert killed.returncode == -9, killed.stderr  # SIGKILL after step 5 (checkpoint after step 4)
-    assert (b / "_staging" / "edit-checkpoints" / "r" / "s000004").is_dir()
+    kept = sorted(p.name for p in (b / "_staging" / "edit-checkpoints" / "r").iterdir() if p.name.startswith("s"))
+    # whole checkpoints replace each other; chained ones keep the rows of the steps since the one before
+    assert kept == (["s000004"] if spread else ["s000002", "s000004"]), kept
     shown = _cli(["info", str(b)])  # the killed run is listed, with how to resume it
     assert shown.returncode == 0 and "/edits/r  [edit in progress] checkpoint after step 4" in shown.stdout, shown.stdout
     resumed = _cli(["edit", str(b), *argv[:-1]])  # the same command (with its per-step lines)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming /edits/r after step 4/6" in resumed.stdout, resumed.stdout
+    assert f"resuming /edits/r after step 4/{steps}" in resumed.stdout, resumed.stdout
+    assert "[step 4/" not in resumed.stdout and f"[step 5/{steps}]" in resumed.stdout  # steps 1-4 not redone
     x, y = _open(a, "r"), _open(b, "r")
-    assert not (b / "_staging" / "edit-checkpoints").exists()
+    assert not (b / "_staging").exists()
     # CounterFact's evaluation before the kill (steps 0, 2, 4) came back from the checkpoint
-    assert list(x["eval_step"].values) == [0, 2, 4, 6] and np.isfinite(y["efficacy_score"].values).all()
+    assert list(x["eval_step"].values) == list(range(0, steps + 1, 2))
+    assert np.isfinite(y["efficacy_score"].values).all()
     assert json.dumps(y.attrs["forecast"]) == json.dumps(x.attrs["forecast"])  # NaN-safe
+    assert set(x.variables) == set(y.variables)
     for name in x.variables:
         if name == "seconds":
             continue  # wall clock
@@ -205,3 +214,20 @@ def test_edit_benchmark_times_both_rules_against_re_solving_on_small_shapes():
     results = {r.key: r for r in editing.run(d_ff=24, d_model=5, n_layers=2, batch=2, steps=4)}
     assert set(results) == {f"edit_{m}_{k}" for m in ("memit", "alphaedit") for k in ("edits_per_s", "scratch_ratio")}
     assert all(np.isfinite(r.value) and r.value > 0 for r in results.values())
+
+
+def test_memit_on_a_model_benchmark_times_a_step_against_re_solving_and_one_batch_agrees(tiny_models):
+    from benchmarks import editing
+    from kisstore.models.loading import load_model
+
+    lm = load_model(str(tiny_models["llama"]), device="cpu", dtype="float32")
+    before = [p.detach().clone() for p in lm.model.parameters()]
+    results = {r.key: r for r in editing.run_model(lm, layers=[0, 1, 2], batch=2, steps=3)}
+    assert set(results) == {"edit_memit_model_edits_per_s", "edit_memit_model_scratch_ratio"}
+    assert all(np.isfinite(r.value) and r.value > 0 for r in results.values())
+    details = results["edit_memit_model_scratch_ratio"].details
+    assert details["edits"] == 6 and details["steps"] == 3
+    # at the first step both paths make the same update from W₀ (one batch), to the last bit
+    assert details["first_step_max_abs_difference"] == 0.0
+    assert all(np.array_equal(a, b.detach()) for a, b in zip(before, lm.model.parameters(), strict=True))
+

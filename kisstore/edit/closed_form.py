@@ -106,6 +106,17 @@ class AlphaEditSequence:
         self._projected.append(pk)
         return RankOneEdit(residual.copy(), u, residual)
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The cache (edited keys and their projections, (m, d) each) for a run's checkpoint."""
+        d = self.projector.shape[0]
+        return {name: np.stack(rows) if rows else np.zeros((0, d))
+                for name, rows in (("keys", self._keys), ("projected", self._projected))}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Continue from :meth:`state` (a resumed run)."""
+        self._keys = [np.array(r, dtype=np.float64) for r in state["keys"]]
+        self._projected = [np.array(r, dtype=np.float64) for r in state["projected"]]
+
 
 def whitened_keys(keys: np.ndarray, lower: np.ndarray) -> np.ndarray:
     """``Z = L⁻¹ Kᵀ`` (d_ff, N): keys in whitening space, where ``G = ZᵀZ``."""

@@ -1,8 +1,10 @@
 """An HTML report of edit runs: one self-contained file (inline SVG, CSS and a few lines of JS).
 
 It opens offline and needs no kisstore: the forgetting curve of every run (several runs of one
-store side by side), CounterFact's metrics over the evaluated steps, the forecast drift against
-the measured loss, and the facts the edits hurt most, with their text on hover.
+store side by side, and the methods on one chart against the number of facts edited),
+CounterFact's metrics over the evaluated steps, the forecast drift against the measured loss
+(for a MEMIT/AlphaEdit run also per layer, against the live model's change), and the facts the
+edits hurt most, with their text on hover.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from kisstore.edit.report import forgetting_curve
+from kisstore.edit.report import (
+    drift_by_layer,
+    forgetting_curve,
+    is_spread,
+    method_comparison,
+    run_title,
+)
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
 _W, _H, _M = 600, 300, (28, 16, 46, 58)  # width, height, margins: top, right, bottom, left
@@ -23,7 +31,7 @@ _W, _H, _M = 600, 300, (28, 16, 46, 58)  # width, height, margins: top, right, b
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1340px}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd}
-.row{display:flex;flex-wrap:wrap;gap:18px} .panel{flex:0 0 auto}
+.row{display:flex;flex-wrap:wrap;gap:18px} .panel{flex:0 0 auto} .panel.wide{flex:1 1 100%;min-width:0}
 svg{background:#fff;border:1px solid #e4e4e4} svg text{font-size:11px;fill:#333}
 svg .title{font-size:13px;font-weight:600} .axis line,.axis path{stroke:#888} .grid{stroke:#eee}
 table{border-collapse:collapse;font-size:13px} td,th{border-bottom:1px solid #eee;padding:3px 8px;text-align:left}
@@ -100,7 +108,8 @@ class _Axes:
                    f'{html.escape(self.ylabel)}</text>')
         return "".join(out)
 
-    def line(self, x, y, color: str, label: str, dash: bool = False, markers: bool = True, unit: str = "") -> None:
+    def line(self, x, y, color: str, label: str, dash: bool = False, markers: bool = True, unit: str = "",
+             xname: str = "step") -> None:
         x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
         ok = np.isfinite(x) & np.isfinite(y)
         if not ok.any():
@@ -110,7 +119,7 @@ class _Axes:
         self.parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.8"{style} points="{pts}"/>')
         if markers:
             for a, b in zip(x[ok], y[ok], strict=True):
-                tip = html.escape(f"{label}\nstep {a:g}: {_fmt(b)}{unit}", quote=True)
+                tip = html.escape(f"{label}\n{xname} {a:g}: {_fmt(b)}{unit}", quote=True)
                 self.parts.append(f'<circle cx="{self.px(a):.1f}" cy="{self.py(b):.1f}" r="3" fill="{color}" '
                                   f'data-tip="{tip}"/>')
 
@@ -141,6 +150,15 @@ def _label(ds: xr.Dataset) -> str:
     return f"{ds.attrs.get('method', '?')} — {ds.attrs.get('run', '')}"
 
 
+def _where(ds: xr.Dataset) -> str:
+    """'layer 4' or 'layers 3–8, batches of 20'."""
+    if is_spread(ds):
+        lay = [int(x) for x in ds["layer"].values]
+        span = f"layers {lay[0]}–{lay[-1]}" if len(lay) > 1 else f"layer {lay[0]}"
+        return f"{span}, batches of {ds.attrs.get('batch', '?')}"
+    return f"layer {ds.attrs.get('layer', '')}"
+
+
 def fact_text(ds: xr.Dataset, i: int) -> str:
     """The fact's prompt with its subject, and its true target: 'The mother tongue of X is → French'."""
     prompt = str(ds["prompt"].values[i]).replace("{}", str(ds["subject"].values[i]), 1)
@@ -163,12 +181,12 @@ def hurt_most(ds: xr.Dataset, n: int = 10) -> list[dict]:
 
 def _forgetting_panel(ds: xr.Dataset) -> str:
     c = forgetting_curve(ds)
-    ax = _Axes((0, float(c["step"][-1])), (0, 1.0), f"Forgetting — {_label(ds)}", "number of sequential edits",
+    ax = _Axes((0, float(c["edited"][-1])), (0, 1.0), f"Forgetting — {_label(ds)}", "number of facts edited",
                "probability / share of facts")
     entries = [("tracked: top-1 (share known)", COLORS[0], False), ("tracked: mean p(true)", COLORS[1], False),
                ("efficacy p(new) after edit", COLORS[2], False), ("edited so far: mean p(new)", COLORS[3], True)]
     for (label, color, dash), key in zip(entries, ("top1", "p_true", "efficacy", "retention"), strict=True):
-        ax.line(c["step"], c[key], color, label, dash=dash, markers=c["step"][-1] <= 120)
+        ax.line(c["edited"], c[key], color, label, dash=dash, markers=len(c["edited"]) <= 121, xname="facts edited")
     ax.legend(entries)
     return ax.svg("forgetting")
 
@@ -225,6 +243,68 @@ def _forecast_panels(ds: xr.Dataset) -> str:
     return f'<div class="panel">{ax.svg("drift")}</div><div class="panel">{rx.svg("retention")}</div>'
 
 
+def _layer_panels(ds: xr.Dataset) -> str:
+    """A spread run: each tracked fact's predicted drift per layer against the live model's."""
+    d = drift_by_layer(ds)
+    ok = np.isfinite(d["predicted"]) & np.isfinite(d["live"])
+    top = float(max(np.max(d["predicted"][ok]), np.max(d["live"][ok]))) * 1.05 if ok.any() else 1.0
+    ax = _Axes((0, top), (0, top), f"Drift per layer, predicted vs live, step {int(ds['step'].values[-1])}",
+               "predicted drift |ΣRᵀadjᵀk| / |W⁰k| (store only)", "live drift |Δ live value| / |W⁰k|")
+    ax.parts.append(f'<line x1="{ax.px(0):.1f}" y1="{ax.py(0):.1f}" x2="{ax.px(top):.1f}" y2="{ax.py(top):.1f}" '
+                    'stroke="#999" stroke-dasharray="3,3"/>')
+    entries = []
+    for li, lay in enumerate(d["layer"]):
+        color = COLORS[li % len(COLORS)]
+        tips = [f"layer {lay}: {fact_text(ds, i)}\npredicted drift {_fmt(d['predicted'][li, k])}, live "
+                f"{_fmt(d['live'][li, k])}" for k, i in enumerate(d["tracked"])]
+        ax.points(d["predicted"][li], d["live"][li], tips, color=color)
+        entries.append((f"layer {lay}", color, False))
+    ax.legend(entries[:12])
+    fit = ds.attrs.get("forecast", {})
+    r2 = fit.get("r2_logp_drop_by_layer", [float("nan")] * len(d["layer"]))
+    rho = fit.get("spearman_logp_drop_by_layer", [float("nan")] * len(d["layer"]))
+    rows = ["<table class='layers'><tr><th>layer</th><th>median predicted drift</th><th>median live drift</th>"
+            "<th>max rel. error, predicted vs live</th><th>R² (drift vs log-p drop)</th><th>Spearman ρ</th></tr>"]
+    for li, lay in enumerate(d["layer"]):
+        with np.errstate(all="ignore"):
+            med_p, med_l = np.nanmedian(d["predicted"][li]), np.nanmedian(d["live"][li])
+        rows.append(f"<tr><td class='num'>{int(lay)}</td><td class='num'>{_fmt(med_p)}</td>"
+                    f"<td class='num'>{_fmt(med_l)}</td><td class='num'>{_fmt(d['live_error'][li])}</td>"
+                    f"<td class='num'>{_fmt(r2[li])}</td><td class='num'>{_fmt(rho[li])}</td></tr>")
+    rows.append("</table><p class='muted'>The prediction uses the stored keys; above the first layer the live "
+                "keys have moved (edits below change them), which it does not include.</p>")
+    return f'<div class="panel">{ax.svg("layerdrift")}</div><div class="panel wide">{"".join(rows)}</div>'
+
+
+def _comparison_panels(runs: Sequence[xr.Dataset]) -> str:
+    """Every run on one chart (tracked facts still known against facts edited) and a table."""
+    top = max(float(forgetting_curve(ds)["edited"][-1]) for ds in runs)
+    ax = _Axes((0, top), (0, 1.0), "Tracked facts still known, per method", "number of facts edited",
+               "share of tracked facts known (top-1)", width=_W + 120)
+    entries = []
+    for k, ds in enumerate(runs):
+        c = forgetting_curve(ds)
+        color = COLORS[k % len(COLORS)]
+        ax.line(c["edited"], c["top1"], color, _label(ds), markers=len(c["edited"]) <= 121, xname="facts edited")
+        entries.append((f"{ds.attrs.get('method', '?')} ({_where(ds).split(',')[0]})", color, False))
+    ax.legend(entries)
+    head = ("<table class='compare'><tr><th>run</th><th>method</th><th>where</th><th>facts edited</th>"
+            "<th>efficacy</th><th>generalization</th><th>specificity</th><th>fluency (bits)</th>"
+            "<th>tracked known</th><th>R²</th><th>ρ</th><th>collapse predicted / measured</th><th>seconds</th></tr>")
+    body = []
+    for ds, r in zip(runs, method_comparison(runs), strict=True):
+        body.append(f"<tr><td>{html.escape(str(r['run']))}</td><td>{html.escape(str(r['method']))}</td>"
+                    f"<td>{html.escape(_where(ds))}</td><td class='num'>{r['edited']}</td>"
+                    + "".join(f"<td class='num'>{_fmt(r[k])}</td>" for k in
+                              ("efficacy_score", "paraphrase_score", "neighborhood_score", "fluency", "top1", "r2",
+                               "rho"))
+                    + f"<td class='num'>{r['collapse_predicted']} / {r['collapse_measured']}</td>"
+                    f"<td class='num'>{_fmt(r['seconds'])}</td></tr>")
+    return (f'<div class="panel">{ax.svg("compare")}</div>'
+            f'<div class="panel wide">{head}{"".join(body)}</table><p class="muted">CounterFact\'s scores at each '
+            "run's last evaluated step; a collapse step of −1: not reached.</p></div>")
+
+
 def _hurt_panel(ds: xr.Dataset) -> str:
     rows = hurt_most(ds)
     if not rows:
@@ -257,7 +337,7 @@ def _hurt_panel(ds: xr.Dataset) -> str:
 
 def _summary(ds: xr.Dataset) -> str:
     fit = ds.attrs.get("forecast", {})
-    cells = [("method", ds.attrs.get("method")), ("layer", ds.attrs.get("layer")), ("edits", ds.attrs.get("edits")),
+    cells = [("method", ds.attrs.get("method")), ("where", _where(ds)), ("edits", ds.attrs.get("edits")),
              ("tracked", ds.attrs.get("tracked")), ("max rel. error (pred vs measured)",
                                                     _fmt(ds.attrs.get("max_relative_error", float("nan")))),
              ("R² (drift vs log-p drop)", _fmt(fit.get("r2_logp_drop", float("nan")))),
@@ -275,7 +355,8 @@ def render(runs: Sequence[xr.Dataset], title: str = "kisstore edit report") -> s
     if not runs:
         raise ValueError("no runs to report")
     main = runs[0]
-    head = (f"{main.attrs.get('model_id', '')} · layer {main.attrs.get('layer', '')} · "
+    wheres = list(dict.fromkeys(_where(ds) for ds in runs))
+    head = (f"{main.attrs.get('model_id', '')} · {' / '.join(wheres)} · "
             f"{len(runs)} run{'s' if len(runs) > 1 else ''}")
     version = html.escape(str(main.attrs.get("versions", {}).get("kisstore", "")))
     parts = [f"<h1>{html.escape(title)}</h1><p class='muted'>{html.escape(head)} (kisstore {version}). "
@@ -285,11 +366,16 @@ def render(runs: Sequence[xr.Dataset], title: str = "kisstore edit report") -> s
              + "</div>",
              "<h2>Forgetting curve per method</h2><div class='row'>"
              + "".join(f"<div class='panel'>{_forgetting_panel(ds)}</div>" for ds in runs) + "</div>"]
+    if len(runs) > 1:
+        parts.append(f"<h2>Methods side by side</h2><div class='row'>{_comparison_panels(runs)}</div>")
     for ds in runs:
         parts.append(f"<h2>CounterFact metrics over steps — {html.escape(_label(ds))}</h2>"
                      f"<div class='row'>{_metrics_panels(ds)}</div>")
         parts.append(f"<h2>Predicted vs measured drift — {html.escape(_label(ds))}</h2>"
                      f"<div class='row'>{_forecast_panels(ds)}</div>")
+        if is_spread(ds):
+            parts.append(f"<h2>Drift per layer — {html.escape(_label(ds))} ({html.escape(run_title(ds))})</h2>"
+                         f"<div class='row'>{_layer_panels(ds)}</div>")
         parts.append(f"<h2>Facts hurt most — {html.escape(_label(ds))}</h2><div class='row'>{_hurt_panel(ds)}</div>")
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<meta name='viewport' content='width=device-width'><style>{_CSS}</style></head><body>"
@@ -305,8 +391,10 @@ def write_html(runs: Sequence[xr.Dataset], folder: str | Path, name: str = "repo
     return path
 
 
-def store_runs(store: str, main_run: str, storage_options: dict | None = None) -> list[xr.Dataset]:
-    """The main run and every other complete run of the store on the same model and layer."""
+def store_runs(store: str, main_run: str, storage_options: dict | None = None, others: bool = True
+               ) -> list[xr.Dataset]:
+    """The main run and (``others``) every other complete run of the store on the same model (any
+    method, layer), without the change vectors (the largest arrays; not drawn)."""
     from kisstore.edit.run import EDITS
     from kisstore.store.io import Store
 
@@ -315,13 +403,54 @@ def store_runs(store: str, main_run: str, storage_options: dict | None = None) -
     if EDITS not in tree.children:
         return []
     runs = tree[EDITS]
-    vectors = ["predicted_change", "measured_change"]  # not drawn; the largest arrays of a run
+    vectors = ["predicted_change", "measured_change"]
     main = runs[main_run].ds.drop_vars(vectors, errors="ignore").load()
     out = [main]
-    for name, node in runs.children.items():
+    for name, node in runs.children.items() if others else ():
         attrs = node.attrs
         if name == main_run or attrs.get("complete") is not True:
             continue
-        if attrs.get("model_id") == main.attrs.get("model_id") and attrs.get("layer") == main.attrs.get("layer"):
+        if attrs.get("model_id") == main.attrs.get("model_id"):
             out.append(node.ds.drop_vars(vectors, errors="ignore").load())
     return out
+
+
+def complete_runs(store: str, storage_options: dict | None = None, model: str | None = None,
+                  names: Sequence[str] = ()) -> list[str]:
+    """The runs ``kisstore edit-report`` draws: ``names`` (each must be a complete run of the store,
+    on ``model`` when given) or every complete run of ``model`` (default: the one model with runs)."""
+    from kisstore.edit.run import EDITS
+    from kisstore.errors import InputError, StoreError
+    from kisstore.store import layout
+    from kisstore.store.io import Store
+    from kisstore.store.urls import redact
+
+    st = Store(store, storage_options or {}, read_only=True)
+    if not st.exists():
+        raise StoreError(f"no store at {redact(store, storage_options or {})}")
+    st.validate()
+    runs = {}
+    if st.has(EDITS):
+        from kisstore.store.commit import _children
+
+        for name in sorted(_children(st, EDITS)):
+            attrs = st.group_attrs(f"{EDITS}/{name}") if st.has(f"{EDITS}/{name}") else {}
+            if attrs.get("complete") is True:
+                runs[name] = str(attrs.get("model_id"))
+    if not runs:
+        raise InputError("the store holds no complete edit run (/edits); run kisstore edit first")
+    want = layout.sanitize_model_id(model) if model is not None else None
+    if want is not None and want not in runs.values():
+        raise InputError(f"the store has no edit run on model {want!r} (runs on: {', '.join(sorted(set(runs.values())))})")
+    for name in names:
+        if name not in runs:
+            raise InputError(f"no complete run {name!r} under /edits (runs: {', '.join(runs)})")
+        if want is not None and runs[name] != want:
+            raise InputError(f"run {name!r} is on model {runs[name]!r}, not {want!r}")
+    if names:
+        return list(dict.fromkeys(names))
+    models = sorted(set(runs.values()))
+    if want is None and len(models) > 1:
+        raise InputError(f"the store has edit runs on {len(models)} models ({', '.join(models)}); pass --model")
+    want = want or models[0]
+    return [name for name, m in runs.items() if m == want]

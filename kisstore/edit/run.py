@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from kisstore import failpoints
 from kisstore._version import __version__
 from kisstore.data.items import Item
 from kisstore.edit import closed_form as cf
@@ -72,7 +73,7 @@ class EditOptions:
     batch: int = 1  # memit/alphaedit: facts per step
     target: str = "rome"  # memit/alphaedit: how v* (z) is chosen: rome's optimisation or direct
     mom2_update_weight: float = 15000.0  # memit: MEMIT's λ on the store's C = E[kkᵀ] (its GPT-J value)
-    checkpoint_every: int = 10  # memit/alphaedit: steps between checkpoints in the store
+    checkpoint_every: int = 10  # steps between checkpoints in the store (every method)
     storage_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -374,10 +375,9 @@ def run_edit(opts: EditOptions, progress: Callable[[str], None] | None = None) -
         store_ro = Store(opts.store, opts.storage_options, read_only=True)
         prompts = resolve_prompts(opts.items, store_ro.group_attrs(layout.ITEMS), plan.items[: plan.n_edits])
     if plan.done:
-        if opts.method in SPREAD_METHODS:
-            from kisstore.edit.spread import discard_checkpoints
+        from kisstore.edit.checkpoint import discard_checkpoints
 
-            discard_checkpoints(Store(opts.store, opts.storage_options), plan.run)  # a kill after the commit
+        discard_checkpoints(Store(opts.store, opts.storage_options), plan.run)  # a kill after the commit
         say(f"[{plan.model_id}] /{edit_path(plan.run)} is already complete in the store with these settings; "
             "nothing to do (pass --overwrite to redo it)")
         stored = Store(opts.store, opts.storage_options, read_only=True)
@@ -393,33 +393,50 @@ def run_edit(opts: EditOptions, progress: Callable[[str], None] | None = None) -
         f"({time.perf_counter() - t0:.1f} s)")
     store = Store(opts.store, opts.storage_options)
     path = edit_path(plan.run)
-    if spread:
-        from kisstore.edit.spread import discard_checkpoints, spread_edits
+    from kisstore.edit.checkpoint import discard_checkpoints
 
-        settings = run_settings(opts, plan.model_id, plan.layer, plan.layers)
-        if opts.overwrite:
-            discard_checkpoints(store, plan.run)
+    settings = run_settings(opts, plan.model_id, plan.layer, plan.layers)
+    if opts.overwrite:
+        discard_checkpoints(store, plan.run)
+    if spread:
+        from kisstore.edit.spread import spread_edits
+
         ds = spread_edits(lm, plan, opts, say, store, settings, prompts=prompts)
         chunks = None
     else:
-        ds = sequential_edits(lm, plan, opts, say, prompts=prompts)
+        ds = sequential_edits(lm, plan, opts, say, prompts=prompts, store=store, settings=settings)
         chunks = {v: (1, *ds[v].shape[1:]) for v in ("predicted_change", "measured_change") if v in ds}
     ds.attrs.update(run_attrs(opts, plan, lm, time.perf_counter() - t0))
     # staged in full, then moved into place in one commit: an earlier run of the same name is
     # replaced whole, and a kill leaves either the old run or the new one
     store.write_dataset(commit.staged(path), ds, chunks=chunks)
     store.set_attrs(commit.staged(path), {"complete": True})
-    commit.commit(store, [commit.move(commit.staged(path), path)])
-    if spread:
-        discard_checkpoints(store, plan.run)  # after the commit: a kill before it resumes from them
+    # the staged run's parent (/_staging/edits) goes in the same commit once it is empty
+    commit.commit(store, [commit.move(commit.staged(path), path),
+                          commit.delete_if_empty(commit.staged(EDITS))])
+    discard_checkpoints(store, plan.run)  # after the commit: a kill before it resumes from them
     return plan.run, ds
 
 
-def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str], None], prompts=None) -> xr.Dataset:
-    """Apply the plan's edits one after another to the live model; measure and predict each step."""
+# the per-step rows a rome/direct checkpoint holds only since the checkpoint before it (chained)
+_HISTORY = ("measured", "measured_alpha", "live")
+
+
+def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str], None], prompts=None,
+                     store: Store | None = None, settings: dict[str, Any] | None = None) -> xr.Dataset:
+    """Apply the plan's edits one after another to the live model; measure and predict each step.
+
+    With ``store``, the state is checkpointed every ``opts.checkpoint_every`` steps (chained,
+    kisstore.edit.checkpoint) and a killed run resumes from its newest checkpoint."""
     import torch
 
     from kisstore.analysis.geometry import regularize, whitening
+    from kisstore.edit.checkpoint import (
+        checkpoint_chain,
+        evaluator_arrays,
+        load_evaluator,
+        write_checkpoint,
+    )
     from kisstore.edit.evaluate import FactProbe
     from kisstore.edit.targets import direct_delta, rome_delta
     from kisstore.edit.weights import down_proj_weight, set_down_proj_weight
@@ -479,13 +496,49 @@ def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str],
 
         counterfact = CounterFactEvaluator(lm, plan.items[:n_e], prompts or PromptSource(),
                                            eval_steps(n_e, opts.eval_every), batch_tokens=opts.batch_tokens)
+    history = {"measured": measured, "measured_alpha": measured_alpha, "live": live}
+    full = {"residual": residual, "residual_alpha": residual_alpha, "coeff_alpha": coeff_alpha, "lam_norm": lam_norm,
+            "update_norm": update_norm, "update_norm_alpha": update_norm_alpha, "hit_alpha": hit_alpha,
+            "key_gram": key_gram, "opt_steps": opt_steps, "opt_nll": opt_nll, "opt_nll_start": opt_nll_start,
+            "seconds": seconds, "p_true": p_true, "p_new": p_new, "top1": top1}  # filled in place
+    last_checkpoint = 0
+
+    def state_arrays(step: int) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+        out = {f"state_{k}": (tuple(f"{k}_{a}" for a in range(v.ndim)), v) for k, v in full.items()}
+        out["state_w"] = (("d_model", "d_ff"), w)
+        out["state_w_alpha"] = (("d_model", "d_ff"), w_alpha)
+        for k, v in alpha_seq.state().items():
+            out[f"state_alpha_{k}"] = (("alpha_edit", "d_ff"), v)
+        for k in _HISTORY:  # only the rows since the checkpoint before
+            out[f"rows_{k}"] = (("row", "item", "d_model"), history[k][last_checkpoint + 1: step + 1])
+        out.update(evaluator_arrays(counterfact))
+        return out
+
     try:
         live_base = probe.outputs(module)
         check_same_model(plan, base, live_base)
-        score(0)
-        if counterfact is not None:
-            counterfact.evaluate(0)
-        for j in range(1, steps):
+        chain = [] if store is None or opts.overwrite else checkpoint_chain(store, plan.run, settings or {})
+        if chain:
+            newest = chain[-1]
+            for ds in chain:
+                first, last = int(ds.attrs["first_step"]), int(ds.attrs["step"])
+                for k in _HISTORY:
+                    history[k][first: last + 1] = ds[f"rows_{k}"].values
+            for k, v in full.items():
+                v[...] = newest[f"state_{k}"].values
+            w = np.array(newest["state_w"].values, dtype=np.float64)
+            w_alpha = np.array(newest["state_w_alpha"].values, dtype=np.float64)
+            alpha_seq.load_state({k: newest[f"state_alpha_{k}"].values for k in ("keys", "projected")})
+            load_evaluator(counterfact, newest)
+            last_checkpoint = int(newest.attrs["step"])
+            set_down_proj_weight(module, w)
+            say(f"[{plan.model_id}] resuming /edits/{plan.run} after step {last_checkpoint}/{n_e} "
+                "from its checkpoint")
+        else:
+            score(0)
+            if counterfact is not None:
+                counterfact.evaluate(0)
+        for j in range(last_checkpoint + 1, steps):
             t = time.perf_counter()
             item, k = plan.items[j - 1], keys[j - 1]
             current = w @ k
@@ -521,6 +574,10 @@ def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str],
                 f"p_new {p_new[j - 1, j - 1]:.3g} → {p_new[j, j - 1]:.3g} (p_true {p_true[j, j - 1]:.3g}); "
                 f"tracked p_true {np.nanmean(p_true[j, tracked]):.3g}, top-1 {np.mean(top1[j, tracked]):.0%} "
                 f"({seconds[j]:.1f} s)")
+            if store is not None and j % opts.checkpoint_every == 0 and j < steps - 1:
+                write_checkpoint(store, plan.run, j, state_arrays(j), settings or {}, first_step=last_checkpoint + 1)
+                last_checkpoint = j
+            failpoints.hit("edit-step")  # crash-safety tests: a SIGKILL between two steps
     finally:
         with torch.no_grad():
             module.weight.copy_(original)  # the caller's model is left as it was loaded

@@ -19,13 +19,13 @@ change them), which the stored-key prediction does not include: ``key_drift`` sa
 
 Every ``checkpoint_every`` steps the whole state (float64 weights, cumulative predictions, the
 method's cache, every array recorded so far) is written to
-``/_staging/edit-checkpoints/<run>/s<step>`` (never visible to readers); the same command again
-resumes from the newest complete checkpoint and produces the same arrays, bit for bit.
+``/_staging/edit-checkpoints/<run>/s<step>`` (never visible to readers; kisstore.edit.checkpoint,
+shared with ROME/direct runs); the same command again resumes from the newest complete
+checkpoint and produces the same arrays, bit for bit.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,12 +35,15 @@ import xarray as xr
 
 from kisstore import failpoints
 from kisstore.edit import closed_form as cf
-from kisstore.errors import InputError
-from kisstore.store import layout
+from kisstore.edit.checkpoint import (
+    evaluator_arrays,
+    latest_checkpoint,
+    load_evaluator,
+    write_checkpoint,
+)
 from kisstore.store.io import Store
 
 SPREAD_METHODS = ("memit", "alphaedit")
-CHECKPOINTS = layout.EDIT_CHECKPOINTS
 
 # recorded arrays: name → dims (step first); filled step by step, checkpointed whole
 RECORD = {
@@ -87,10 +90,6 @@ ATTRS = {
 }
 
 
-def checkpoint_root(run: str) -> str:
-    return f"{CHECKPOINTS}/{run}"
-
-
 def batches(n_edits: int, size: int) -> list[list[int]]:
     """The edited facts (0…n_edits−1, in edit order) in consecutive batches of ``size``."""
     return [list(range(s, min(s + size, n_edits))) for s in range(0, n_edits, size)]
@@ -114,61 +113,6 @@ def _block_template(module_template: str) -> str:
     """``model.layers.{i}.mlp.down_proj`` → ``model.layers.{i}``: the layer's transformer block."""
     cut = module_template.index("{i}") + len("{i}")
     return module_template[:cut]
-
-
-# -- checkpoints ---------------------------------------------------------------------------------
-def _checkpoints(store: Store, run: str) -> list[tuple[int, str, bool]]:
-    """(step, path, complete) of every checkpoint group of ``run``."""
-    from kisstore.store.commit import _children
-
-    root = checkpoint_root(run)
-    if not store.has(root):
-        return []
-    out = []
-    for name in _children(store, root):
-        path = f"{root}/{name}"
-        if name.startswith("s") and name[1:].isdigit() and store.has(path):
-            out.append((int(name[1:]), path, store.group_attrs(path).get("complete") is True))
-    return sorted(out)
-
-
-def discard_checkpoints(store: Store, run: str) -> None:
-    """Remove every checkpoint of ``run`` (and the checkpoints folder once it is empty)."""
-    from kisstore.store.commit import _children
-
-    if store.has(checkpoint_root(run)):
-        store.delete(checkpoint_root(run))
-    for parent in (CHECKPOINTS, layout.STAGING):
-        if store.has(parent) and not _children(store, parent):
-            store.delete(parent)
-
-
-def latest_checkpoint(store: Store, run: str, settings: dict[str, Any]) -> xr.Dataset | None:
-    """The newest complete checkpoint of ``run`` made with ``settings``, loaded; None if there is none.
-
-    A checkpoint of other settings is refused (its work would be lost silently otherwise)."""
-    done = [(s, p) for s, p, ok in _checkpoints(store, run) if ok]
-    if not done:
-        return None
-    _, path = done[-1]
-    ds = xr.open_zarr(store.zstore, group=path, zarr_format=3, consolidated=False).load()
-    if json.loads(ds.attrs.get("settings", "{}")) != settings:
-        raise InputError(f"run {run!r} has a checkpoint made with other settings; rerun with the same settings "
-                         "to resume it, or pass --overwrite to discard it")
-    return ds
-
-
-def write_checkpoint(store: Store, run: str, step: int, arrays: dict[str, tuple[tuple[str, ...], np.ndarray]],
-                     settings: dict[str, Any]) -> None:
-    """Write the state after ``step`` in full, mark it complete, then drop the older checkpoints."""
-    path = f"{checkpoint_root(run)}/s{step:06d}"
-    ds = xr.Dataset({k: (dims, v) for k, (dims, v) in arrays.items()})
-    ds.attrs.update({"step": int(step), "settings": json.dumps(settings, sort_keys=True), "complete": False})
-    store.write_dataset(path, ds)
-    store.set_attrs(path, {"complete": True})  # set last: a kill before it leaves an ignored partial
-    for s, old, _ in _checkpoints(store, run):
-        if s != step:
-            store.delete(old)
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -247,11 +191,7 @@ def spread_edits(lm, plan, opts, say: Callable[[str], None], store: Store, setti
             out[f"state_at_edit_{k}"] = (("layer", "item", "d_model"), v)
         for k, v in method.state().items():
             out[f"state_{k}"] = (("layer", "d_ff", "d_ff_"), v)
-        if counterfact is not None:
-            for k, v in counterfact.state().items():
-                dims = ("cf_eval_step", "cf_generation") if k.startswith("generation") else \
-                    ("cf_eval_step", "cf_edit", *(() if k.startswith("rewrite") else (f"cf_{k.split('_')[0]}",)))
-                out[f"counterfact_{k}"] = (dims, v)
+        out.update(evaluator_arrays(counterfact))
         return out
 
     try:
@@ -269,9 +209,7 @@ def spread_edits(lm, plan, opts, say: Callable[[str], None], store: Store, setti
             method.load_state({k[len("state_"):]: resumed[k].values for k in resumed.data_vars
                                if k.startswith("state_") and k not in
                                ("state_weights", "state_predicted", *(f"state_at_edit_{a}" for a in at_edit))})
-            if counterfact is not None:
-                counterfact.load_state({k[len("counterfact_"):]: resumed[k].values for k in resumed.data_vars
-                                        if k.startswith("counterfact_")})
+            load_evaluator(counterfact, resumed)
             for i, m in enumerate(modules):
                 set_down_proj_weight(m, weights[i])
             say(f"[{plan.model_id}] resuming /edits/{plan.run} after step {start - 1}/{steps - 1} "
