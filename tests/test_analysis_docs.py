@@ -78,6 +78,11 @@ def test_the_five_first_queries_give_what_numpy_and_scipy_give_on_unsorted_case_
     first = ns["table"].reindex(ns["table"]["P"].abs().sort_values(ascending=False).index).iloc[0]
     j = int(np.argmax(np.where(off[i], np.abs(p[0][i]), -1)))
     assert first["subject_"] == subjects[int(ids[j])] and np.isclose(first["P"], p[0][i, j])
+    # the top pairs' text, joined by case id: the same pairs as numpy's ranking of |P|, with /items' subjects
+    top_text = ns["top_text"]
+    np.testing.assert_allclose(top_text["top_p"].values, p[0][rows[order], cols[order]], rtol=1e-12)
+    assert top_text["subject"].tolist() == [subjects[int(ids[r])] for r in rows[order]]
+    assert top_text["subject_"].tolist() == [subjects[int(ids[c])] for c in cols[order]]
     # 4. mean whitened angle per layer
     wa = stored["whitened_angle"].values
     np.testing.assert_allclose(ns["angles"].mean(["item", "item_"])["whitened_angle"].values,

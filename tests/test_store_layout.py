@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from kisstore.store import chunking
+from kisstore.store import chunking, open_store
+from kisstore.store import layout as store_layout
 from kisstore.store import text as text_twins
 from tests.conftest import run_cli
 
@@ -123,7 +124,7 @@ def test_every_layer_matrix_is_one_object_and_small_arrays_one_chunk(two_layouts
     root = two_layouts["new"]
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != "zarr.json"}
     for array in ("models/m/key", "models/m/cov", "analysis/m/p_matrix", "models/m/layer", "models/m/n_tokens",
-                  "analysis/m/stats", "analysis/m/top_subject", "items/subject"):
+                  "analysis/m/stats", "analysis/m/pair_set", "items/subject"):
         assert [f for f in files if f.startswith(array + "/c/")] == [f"{array}/c/" + "/".join(
             ["0"] * len(json.loads((root / array / "zarr.json").read_text())["shape"]))], array
 
@@ -139,8 +140,11 @@ def test_text_twins_encode_utf8_exactly():
 
 
 def test_every_text_array_has_a_numeric_twin(two_layouts):
+    """Every stored text array has a twin, except an analysis' label coordinates, which copy /items
+    text: those hold exactly /items' text at their case ids (what a core-Zarr reader joins)."""
     tree = xr.open_datatree(two_layouts["new"], engine="zarr")
-    text_arrays = 0
+    items = tree["items"].to_dataset()
+    text_arrays = copies = 0
     for node in list(tree.subtree):
         if node.name == text_twins.GROUP:
             continue
@@ -151,14 +155,41 @@ def test_every_text_array_has_a_numeric_twin(two_layouts):
             continue
         twins = node[text_twins.GROUP].to_dataset(inherit=False)
         for name in names:
+            if store_layout.FROM_ITEMS in ds[name].attrs:
+                copies += 1
+                (dim,) = ds[name].dims
+                field = ds[name].attrs[store_layout.FROM_ITEMS]
+                assert f"{name}_utf8" not in twins
+                want = items[field].sel(item=node[dim].values).values
+                assert [str(v) for v in ds[name].values] == [str(v) for v in want], name
+                continue
             text_arrays += 1
             codes = twins[f"{name}_utf8"]
             assert codes.dtype == np.uint8 and codes.dims == (*ds[name].dims, "utf8_byte")
             decoded = [bytes(r).rstrip(b"\0").decode("utf-8") for r in codes.values.reshape(-1, codes.shape[-1])]
             assert decoded == [str(v) for v in ds[name].values.ravel()], name
-    # counted on this fixture; the README's demo store has 46 (/items 5, /models 1 key_token,
-    # /analysis 36: quantity, stat, pair_set, bound, 20 top-pair texts, 2 most-exposed subjects, 6 labels; scaling 4)
-    assert text_arrays == 41
+    # counted on this fixture: /items 5, /analysis/m 4 (quantity, stat, pair_set, bound), scaling 4
+    # (model, family, quantity, stat); the 6 labels on item/item_ copy /items. The top pairs' text
+    # (20 arrays) and the most exposed/disruptive subjects (2) are not stored: 41 text arrays before.
+    assert (text_arrays, copies) == (13, 6)
+    assert not [v for v in tree["analysis/m"].data_vars if v in store_layout.joined_text()]
+
+
+def test_the_top_pairs_text_is_joined_from_items_on_opening(two_layouts):
+    """kisstore.open_store joins the text of the top pairs and most exposed/disruptive facts from
+    /items through the stored case ids: the same as numpy indexing /items by those ids."""
+    tree = open_store(str(two_layouts["new"]))
+    an, items = tree["analysis/m"].to_dataset(), tree["items"].to_dataset()
+    ids = list(items["item"].values)
+    for name, (id_var, field) in store_layout.joined_text().items():
+        if field not in items:
+            continue
+        got = an[name].values
+        case = an[id_var].values
+        texts = np.asarray([str(v) for v in items[field].values], dtype=object)
+        want = np.where(case >= 0, texts[[ids.index(c) if c >= 0 else 0 for c in case.ravel()]].reshape(case.shape), "")
+        np.testing.assert_array_equal(got.astype(str), want.astype(str), err_msg=name)
+    assert (an["top_item"].values >= 0).all() and an["top_subject_"].attrs["long_name"]
 
 
 def _tensorstore(path: Path):
@@ -189,12 +220,12 @@ def test_zarrs_strict_reads_the_numeric_arrays_and_refuses_text(two_layouts):
     want = xr.open_datatree(root, engine="zarr")
     with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline", "codec_pipeline.strict": True}):
         cov = zarr.open_array(root / "models/m/cov", mode="r")[...]
-        codes = zarr.open_array(root / "analysis/m/text_utf8/top_subject_utf8", mode="r")[...]
+        codes = zarr.open_array(root / "analysis/m/text_utf8/pair_set_utf8", mode="r")[...]
         with pytest.raises(Exception) as refused:  # noqa: PT011 -- zarrs' own error type
             zarr.open_array(root / "items/subject", mode="r")[...]
     assert type(refused.value).__name__ == "UnsupportedDataTypeError"
     np.testing.assert_array_equal(cov, want["models/m"]["cov"].values)
-    np.testing.assert_array_equal(text_twins.decode(codes), want["analysis/m"]["top_subject"].values.astype(object))
+    np.testing.assert_array_equal(text_twins.decode(codes), want["analysis/m"]["pair_set"].values.astype(object))
 
 
 # -- checkpoints of another layout ----------------------------------------------------------------

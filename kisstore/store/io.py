@@ -407,11 +407,14 @@ def _sync(coro):
 
 def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> xr.DataTree:
     """Open a kisstore store lazily (Dask-backed, one chunk per layer) as an xarray DataTree."""
+    from kisstore.store import text
+
     store = Store(url, storage_options, read_only=True)
     store.validate()
     with storage_errors(url, storage_options):
         try:
-            return xr.open_datatree(store.zstore, engine="zarr", chunks={}, zarr_format=3)
+            # analyses store their top pairs' case ids, not the /items text at them: join it back (lazily)
+            return text.join_tree_text(xr.open_datatree(store.zstore, engine="zarr", chunks={}, zarr_format=3))
         except KeyError as e:
             if "dimension_names" not in str(e):
                 raise
@@ -423,4 +426,4 @@ def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> xr
                               and path.split("/")[0] not in (layout.CHECKPOINTS, layout.STAGING))
         nodes = {"/" + path: xr.open_dataset(store.zstore, group=path or None, engine="zarr", chunks={},
                                              zarr_format=3) for path in paths}
-        return xr.DataTree.from_dict(nodes)
+        return text.join_tree_text(xr.DataTree.from_dict(nodes))
