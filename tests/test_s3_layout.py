@@ -99,6 +99,38 @@ def test_opening_without_loading_indexes_is_at_most_10_requests(demo):
     assert len(seen) <= 1 + 15, seen  # 16 measured: the root zarr.json, then one GET per index coordinate
 
 
+def test_kisstore_open_store_is_at_most_10_requests_with_every_index(demo):
+    """Issue #20: at most 10 requests to open the demo store. kisstore.open_store builds every index
+    from the values each coordinate carries in the consolidated metadata (store.indexes): 5 measured
+    (the root zarr.json's HEAD for `exists`, HEAD and GET to validate, HEAD and GET to open), no chunk
+    read, and the same labels as xarray's own open, which reads each coordinate's chunk (38 above)."""
+    import kisstore
+
+    s3 = demo.s3
+    with s3.requests() as seen:
+        tree = kisstore.open_store(demo.url, s3.options)
+    assert len(seen) <= 10, seen
+    assert not [p for _, p in seen if "/c/" in p], seen  # every index from the metadata
+    assert [p.rsplit("/", 1)[-1] for _, p in seen] == ["zarr.json"] * len(seen)
+    plain = xr.open_datatree(demo.local, engine="zarr")
+    n = 0
+    for node in plain.subtree:
+        ds, got = node.to_dataset(inherit=False), tree[node.path].to_dataset(inherit=False)
+        for name in ds.dims:
+            if name in ds.coords:
+                want = ds[name].variable.copy()
+                want.attrs = {k: v for k, v in want.attrs.items() if k != "kisstore_index_values"}
+                assert want.identical(got[name].variable) and want.dtype == got[name].dtype, (node.path, name)
+                assert name in got.indexes
+                n += 1
+    assert n == 15
+    # labels work as with xarray's open, and the top pairs' text is joined from /items
+    an = tree[f"analysis/{MODEL}"]
+    assert float(an["stats"].sel(quantity="p_matrix", stat="mean", layer=3)) == float(
+        plain[f"analysis/{MODEL}"]["stats"].sel(quantity="p_matrix", stat="mean", layer=3))
+    assert str(an["top_subject"].isel(layer=0, rank=0).values).startswith("Subject ")
+
+
 @pytest.mark.parametrize(("group", "name"), [(f"analysis/{MODEL}", "p_matrix"), (f"models/{MODEL}", "cov"),
                                              (f"models/{MODEL}", "key")])
 def test_reading_one_layer_is_at_most_3_requests_for_that_layer_only(demo, group, name):

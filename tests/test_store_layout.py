@@ -192,6 +192,103 @@ def test_the_top_pairs_text_is_joined_from_items_on_opening(two_layouts):
     assert (an["top_item"].values >= 0).all() and an["top_subject_"].attrs["long_name"]
 
 
+# -- indexes from the metadata ------------------------------------------------------------------
+def _dimension_coordinates(tree: xr.DataTree):
+    for node in tree.subtree:
+        ds = node.to_dataset(inherit=False)
+        for name in ds.dims:
+            if name in ds.coords:
+                yield node.path, name, ds[name].variable
+
+
+def _without_index_values(var: xr.Variable) -> xr.Variable:
+    var = var.copy()
+    var.attrs = {k: v for k, v in var.attrs.items() if k != store_layout.INDEX_VALUES}
+    return var
+
+
+def test_each_small_index_carries_its_stored_values(two_layouts):
+    """Every dimension coordinate of both layouts holds, in its zarr.json, exactly the values of
+    its chunk (what open_store builds the index from)."""
+    for layout in ("new", "old"):
+        root = two_layouts[layout]
+        plain = xr.open_datatree(root, engine="zarr")
+        seen = 0
+        for path, name, var in _dimension_coordinates(plain):
+            meta = json.loads((root / path.strip("/") / name / "zarr.json").read_text())
+            stored = meta["attributes"][store_layout.INDEX_VALUES]
+            assert stored == var.values.tolist(), (layout, path, name)
+            seen += 1
+        assert seen >= 12, seen
+
+
+def test_open_store_builds_the_same_indexes_as_xarray_with_or_without_stored_values(two_layouts, tmp_path):
+    """open_store's indexes equal xarray's own (values, data type, attributes), from the stored
+    values; and from the chunks for a store written before them (kisstore 0.2.0: the attribute
+    removed here from every zarr.json, the consolidated metadata's included)."""
+    import shutil
+
+    old = tmp_path / "020.zarr"
+    shutil.copytree(two_layouts["new"], old)
+    for meta in old.rglob("zarr.json"):
+        text = meta.read_text()
+        doc = json.loads(text)
+
+        def strip(node):
+            if isinstance(node, dict):
+                node.pop(store_layout.INDEX_VALUES, None)
+                for v in node.values():
+                    strip(v)
+
+        strip(doc)
+        meta.write_text(json.dumps(doc))
+    assert store_layout.INDEX_VALUES not in (old / "zarr.json").read_text()
+    for root in (two_layouts["new"], old):
+        plain, mine = xr.open_datatree(root, engine="zarr"), open_store(str(root))
+        for path, name, var in _dimension_coordinates(plain):
+            got = mine[path].to_dataset(inherit=False)
+            assert _without_index_values(var).identical(got[name].variable), (root, path, name)
+            assert var.dtype == got[name].dtype and name in got.indexes, (root, path, name)
+            assert store_layout.INDEX_VALUES not in got[name].attrs
+        got = mine["analysis/m"].sel(layer=2, item=505)["p_matrix"].values
+        np.testing.assert_array_equal(got, plain["analysis/m"].sel(layer=2, item=505)["p_matrix"].values)
+
+
+def test_verify_reports_index_values_that_differ_from_the_data(two_layouts, tmp_path):
+    """Index values edited in the metadata (the array's zarr.json and the consolidated copy alike,
+    so nothing else differs) would relabel the arrays open_store opens: `info --verify` names them."""
+    import shutil
+
+    root = tmp_path / "s.zarr"
+    shutil.copytree(two_layouts["new"], root)
+    assert run_cli("info", "--verify", str(root)).returncode == 0
+    array = root / "models/m/layer/zarr.json"
+    doc = json.loads(array.read_text())
+    doc["attributes"][store_layout.INDEX_VALUES] = [0, 1, 3, 2]
+    array.write_text(json.dumps(doc))
+    top = json.loads((root / "zarr.json").read_text())
+    top["consolidated_metadata"]["metadata"]["models/m/layer"] = doc
+    (root / "zarr.json").write_text(json.dumps(top))
+    proc = run_cli("info", "--verify", str(root))
+    assert proc.returncode != 0
+    assert f"/models/m/layer: its {store_layout.INDEX_VALUES} attribute differs from its data" in proc.stdout + proc.stderr
+
+
+def test_large_or_unrepresentable_indexes_are_read_from_their_chunk():
+    from kisstore.store import indexes
+
+    n = store_layout.INDEX_VALUES_MAX
+    ds = xr.Dataset({"v": (("item", "x"), np.zeros((n + 1, 3)))},
+                    coords={"item": np.arange(n + 1), "x": [0.5, np.nan, 2.0]})
+    ds["item"].attrs[store_layout.INDEX_VALUES] = [1, 2]  # stale, read along with a dataset: dropped
+    out = indexes.with_index_values(ds)
+    assert store_layout.INDEX_VALUES not in out["item"].attrs  # over the limit
+    assert store_layout.INDEX_VALUES not in out["x"].attrs  # NaN is no JSON number
+    small = indexes.with_index_values(ds.isel(item=slice(0, 3)))
+    assert small["item"].attrs[store_layout.INDEX_VALUES] == [0, 1, 2]
+    assert store_layout.INDEX_VALUES not in ds.isel(item=slice(0, 3))["x"].attrs
+
+
 def _tensorstore(path: Path):
     ts = pytest.importorskip("tensorstore")
     return ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}, read=True).result()

@@ -20,6 +20,8 @@ LOCKS = ".kisstore-locks"  # writer leases (kisstore.store.lock)
 EVERY_CHUNK_WRITTEN = "kisstore_every_chunk_written"  # group attribute: a missing chunk file is damage
 CHUNK_MANIFEST = "kisstore_chunk_manifest"  # array attribute: each chunk key's stored crc32c (store.integrity)
 ITEM_FIELDS = ("subject", "prompt", "relation_id", "target_true", "target_new")
+INDEX_VALUES = "kisstore_index_values"  # attribute of a dimension coordinate: its values (store.indexes)
+INDEX_VALUES_MAX = 4096  # larger dimension coordinates are read from their chunk only
 FROM_ITEMS = "kisstore_text_of_items"  # attribute of an analysis' label coordinate: the /items field it copies
 
 
