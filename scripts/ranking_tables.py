@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import xarray as xr
+
+from kisstore.store import open_store
 
 
 def _ci(ds, var, **sel) -> str:
@@ -99,7 +100,7 @@ def main() -> None:
     ap.add_argument("--pair-layers", default="0,25")
     ap.add_argument("--top", type=int, default=10)
     a = ap.parse_args()
-    tree = xr.open_datatree(a.store, engine="zarr", chunks={})
+    tree = open_store(a.store)  # joins the top pairs' text from /items (the store keeps their case ids)
     model = a.model or [m for m in tree["analysis"].children if m != "scaling"][0]
     keep = [v for v in tree[f"analysis/{model}"].to_dataset().data_vars
             if v not in ("gram", "p_matrix", "whitened_cos", "whitened_angle", "activation_cos", "activation_angle",

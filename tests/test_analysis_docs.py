@@ -44,7 +44,7 @@ def test_the_five_first_queries_give_what_numpy_and_scipy_give_on_unsorted_case_
     from kisstore.store import Store
 
     path = str(tmp_path / "store.zarr")
-    ids = np.random.default_rng(5).permutation(np.arange(100, 100 + 7 * 24, 7))  # unsorted, 7 relations
+    ids = np.random.default_rng(5).permutation(np.arange(100, 100 + 5 * 24, 5))  # unsorted, 7 relations (step 5, coprime to 7)
     s = Store(path)
     s.init()
     s.write_dataset("items", items_dataset(ids))
@@ -78,6 +78,11 @@ def test_the_five_first_queries_give_what_numpy_and_scipy_give_on_unsorted_case_
     first = ns["table"].reindex(ns["table"]["P"].abs().sort_values(ascending=False).index).iloc[0]
     j = int(np.argmax(np.where(off[i], np.abs(p[0][i]), -1)))
     assert first["subject_"] == subjects[int(ids[j])] and np.isclose(first["P"], p[0][i, j])
+    # the top pairs' text, joined by case id: the same pairs as numpy's ranking of |P|, with /items' subjects
+    top_text = ns["top_text"]
+    np.testing.assert_allclose(top_text["top_p"].values, p[0][rows[order], cols[order]], rtol=1e-12)
+    assert top_text["subject"].tolist() == [subjects[int(ids[r])] for r in rows[order]]
+    assert top_text["subject_"].tolist() == [subjects[int(ids[c])] for c in cols[order]]
     # 4. mean whitened angle per layer
     wa = stored["whitened_angle"].values
     np.testing.assert_allclose(ns["angles"].mean(["item", "item_"])["whitened_angle"].values,
@@ -86,8 +91,10 @@ def test_the_five_first_queries_give_what_numpy_and_scipy_give_on_unsorted_case_
     rel = ids % 7
     same = (rel[:, None] == rel[None, :]) & off
     diff = (rel[:, None] != rel[None, :])
+    assert same.sum() > 0 and diff.sum() > 0 and np.unique(rel).size == 7  # both sets hold pairs
     for mask, name in ((same, "within"), (diff, "between")):
         want = [scipy.stats.kurtosis(p[k][mask]) for k in range(2)]
         xmask = ns["same"] if name == "within" else ~ns["same"]
         got = ns["excess_kurtosis"](ns["p_all"].where(xmask)).values
+        assert np.isfinite(want).all()
         np.testing.assert_allclose(got, want, rtol=1e-9)

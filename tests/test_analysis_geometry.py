@@ -145,3 +145,14 @@ def test_top_pairs_are_the_largest_off_diagonal_entries_in_order():
     np.testing.assert_array_equal(values, off)
     np.testing.assert_array_equal(m[rows, cols], values)
     assert np.all(rows != cols)
+
+
+def test_the_2norm_condition_number_of_a_damaged_c_is_nan_and_whitening_names_the_damage():
+    """analyze computes cond_2norm and the whitening of a layer in separate Dask tasks: on a C
+    with NaN entries LAPACK's eigensolver raised 'Eigenvalues did not converge' (exit 1) whenever
+    the cond_2norm task ran first, instead of whitening's one-line error."""
+    c = np.eye(4)
+    c[1, 2] = c[2, 1] = np.nan
+    assert np.isnan(geometry.condition_number_2norm(c))
+    with pytest.raises(NumericalError, match="holds 2 NaN or infinite entries"):
+        geometry.whitening(c, layer=0)

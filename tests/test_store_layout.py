@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from kisstore.store import chunking
+from kisstore.store import chunking, open_store
+from kisstore.store import layout as store_layout
 from kisstore.store import text as text_twins
 from tests.conftest import run_cli
 
@@ -123,7 +124,7 @@ def test_every_layer_matrix_is_one_object_and_small_arrays_one_chunk(two_layouts
     root = two_layouts["new"]
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != "zarr.json"}
     for array in ("models/m/key", "models/m/cov", "analysis/m/p_matrix", "models/m/layer", "models/m/n_tokens",
-                  "analysis/m/stats", "analysis/m/top_subject", "items/subject"):
+                  "analysis/m/stats", "analysis/m/pair_set", "items/subject"):
         assert [f for f in files if f.startswith(array + "/c/")] == [f"{array}/c/" + "/".join(
             ["0"] * len(json.loads((root / array / "zarr.json").read_text())["shape"]))], array
 
@@ -139,8 +140,11 @@ def test_text_twins_encode_utf8_exactly():
 
 
 def test_every_text_array_has_a_numeric_twin(two_layouts):
+    """Every stored text array has a twin, except an analysis' label coordinates, which copy /items
+    text: those hold exactly /items' text at their case ids (what a core-Zarr reader joins)."""
     tree = xr.open_datatree(two_layouts["new"], engine="zarr")
-    text_arrays = 0
+    items = tree["items"].to_dataset()
+    text_arrays = copies = 0
     for node in list(tree.subtree):
         if node.name == text_twins.GROUP:
             continue
@@ -151,14 +155,138 @@ def test_every_text_array_has_a_numeric_twin(two_layouts):
             continue
         twins = node[text_twins.GROUP].to_dataset(inherit=False)
         for name in names:
+            if store_layout.FROM_ITEMS in ds[name].attrs:
+                copies += 1
+                (dim,) = ds[name].dims
+                field = ds[name].attrs[store_layout.FROM_ITEMS]
+                assert f"{name}_utf8" not in twins
+                want = items[field].sel(item=node[dim].values).values
+                assert [str(v) for v in ds[name].values] == [str(v) for v in want], name
+                continue
             text_arrays += 1
             codes = twins[f"{name}_utf8"]
             assert codes.dtype == np.uint8 and codes.dims == (*ds[name].dims, "utf8_byte")
             decoded = [bytes(r).rstrip(b"\0").decode("utf-8") for r in codes.values.reshape(-1, codes.shape[-1])]
             assert decoded == [str(v) for v in ds[name].values.ravel()], name
-    # counted on this fixture; the README's demo store has 46 (/items 5, /models 1 key_token,
-    # /analysis 36: quantity, stat, pair_set, bound, 20 top-pair texts, 2 most-exposed subjects, 6 labels; scaling 4)
-    assert text_arrays == 41
+    # counted on this fixture: /items 5, /analysis/m 4 (quantity, stat, pair_set, bound), scaling 4
+    # (model, family, quantity, stat); the 6 labels on item/item_ copy /items. The top pairs' text
+    # (20 arrays) and the most exposed/disruptive subjects (2) are not stored: 41 text arrays before.
+    assert (text_arrays, copies) == (13, 6)
+    assert not [v for v in tree["analysis/m"].data_vars if v in store_layout.joined_text()]
+
+
+def test_the_top_pairs_text_is_joined_from_items_on_opening(two_layouts):
+    """kisstore.open_store joins the text of the top pairs and most exposed/disruptive facts from
+    /items through the stored case ids: the same as numpy indexing /items by those ids."""
+    tree = open_store(str(two_layouts["new"]))
+    an, items = tree["analysis/m"].to_dataset(), tree["items"].to_dataset()
+    ids = list(items["item"].values)
+    for name, (id_var, field) in store_layout.joined_text().items():
+        if field not in items:
+            continue
+        got = an[name].values
+        case = an[id_var].values
+        texts = np.asarray([str(v) for v in items[field].values], dtype=object)
+        want = np.where(case >= 0, texts[[ids.index(c) if c >= 0 else 0 for c in case.ravel()]].reshape(case.shape), "")
+        np.testing.assert_array_equal(got.astype(str), want.astype(str), err_msg=name)
+    assert (an["top_item"].values >= 0).all() and an["top_subject_"].attrs["long_name"]
+
+
+# -- indexes from the metadata ------------------------------------------------------------------
+def _dimension_coordinates(tree: xr.DataTree):
+    for node in tree.subtree:
+        ds = node.to_dataset(inherit=False)
+        for name in ds.dims:
+            if name in ds.coords:
+                yield node.path, name, ds[name].variable
+
+
+def _without_index_values(var: xr.Variable) -> xr.Variable:
+    var = var.copy()
+    var.attrs = {k: v for k, v in var.attrs.items() if k != store_layout.INDEX_VALUES}
+    return var
+
+
+def test_each_small_index_carries_its_stored_values(two_layouts):
+    """Every dimension coordinate of both layouts holds, in its zarr.json, exactly the values of
+    its chunk (what open_store builds the index from)."""
+    for layout in ("new", "old"):
+        root = two_layouts[layout]
+        plain = xr.open_datatree(root, engine="zarr")
+        seen = 0
+        for path, name, var in _dimension_coordinates(plain):
+            meta = json.loads((root / path.strip("/") / name / "zarr.json").read_text())
+            stored = meta["attributes"][store_layout.INDEX_VALUES]
+            assert stored == var.values.tolist(), (layout, path, name)
+            seen += 1
+        assert seen >= 12, seen
+
+
+def test_open_store_builds_the_same_indexes_as_xarray_with_or_without_stored_values(two_layouts, tmp_path):
+    """open_store's indexes equal xarray's own (values, data type, attributes), from the stored
+    values; and from the chunks for a store written before them (kisstore 0.2.0: the attribute
+    removed here from every zarr.json, the consolidated metadata's included)."""
+    import shutil
+
+    old = tmp_path / "020.zarr"
+    shutil.copytree(two_layouts["new"], old)
+    for meta in old.rglob("zarr.json"):
+        text = meta.read_text()
+        doc = json.loads(text)
+
+        def strip(node):
+            if isinstance(node, dict):
+                node.pop(store_layout.INDEX_VALUES, None)
+                for v in node.values():
+                    strip(v)
+
+        strip(doc)
+        meta.write_text(json.dumps(doc))
+    assert store_layout.INDEX_VALUES not in (old / "zarr.json").read_text()
+    for root in (two_layouts["new"], old):
+        plain, mine = xr.open_datatree(root, engine="zarr"), open_store(str(root))
+        for path, name, var in _dimension_coordinates(plain):
+            got = mine[path].to_dataset(inherit=False)
+            assert _without_index_values(var).identical(got[name].variable), (root, path, name)
+            assert var.dtype == got[name].dtype and name in got.indexes, (root, path, name)
+            assert store_layout.INDEX_VALUES not in got[name].attrs
+        got = mine["analysis/m"].sel(layer=2, item=505)["p_matrix"].values
+        np.testing.assert_array_equal(got, plain["analysis/m"].sel(layer=2, item=505)["p_matrix"].values)
+
+
+def test_verify_reports_index_values_that_differ_from_the_data(two_layouts, tmp_path):
+    """Index values edited in the metadata (the array's zarr.json and the consolidated copy alike,
+    so nothing else differs) would relabel the arrays open_store opens: `info --verify` names them."""
+    import shutil
+
+    root = tmp_path / "s.zarr"
+    shutil.copytree(two_layouts["new"], root)
+    assert run_cli("info", "--verify", str(root)).returncode == 0
+    array = root / "models/m/layer/zarr.json"
+    doc = json.loads(array.read_text())
+    doc["attributes"][store_layout.INDEX_VALUES] = [0, 1, 3, 2]
+    array.write_text(json.dumps(doc))
+    top = json.loads((root / "zarr.json").read_text())
+    top["consolidated_metadata"]["metadata"]["models/m/layer"] = doc
+    (root / "zarr.json").write_text(json.dumps(top))
+    proc = run_cli("info", "--verify", str(root))
+    assert proc.returncode != 0
+    assert f"/models/m/layer: its {store_layout.INDEX_VALUES} attribute differs from its data" in proc.stdout + proc.stderr
+
+
+def test_large_or_unrepresentable_indexes_are_read_from_their_chunk():
+    from kisstore.store import indexes
+
+    n = store_layout.INDEX_VALUES_MAX
+    ds = xr.Dataset({"v": (("item", "x"), np.zeros((n + 1, 3)))},
+                    coords={"item": np.arange(n + 1), "x": [0.5, np.nan, 2.0]})
+    ds["item"].attrs[store_layout.INDEX_VALUES] = [1, 2]  # stale, read along with a dataset: dropped
+    out = indexes.with_index_values(ds)
+    assert store_layout.INDEX_VALUES not in out["item"].attrs  # over the limit
+    assert store_layout.INDEX_VALUES not in out["x"].attrs  # NaN is no JSON number
+    small = indexes.with_index_values(ds.isel(item=slice(0, 3)))
+    assert small["item"].attrs[store_layout.INDEX_VALUES] == [0, 1, 2]
+    assert store_layout.INDEX_VALUES not in ds.isel(item=slice(0, 3))["x"].attrs
 
 
 def _tensorstore(path: Path):
@@ -189,12 +317,12 @@ def test_zarrs_strict_reads_the_numeric_arrays_and_refuses_text(two_layouts):
     want = xr.open_datatree(root, engine="zarr")
     with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline", "codec_pipeline.strict": True}):
         cov = zarr.open_array(root / "models/m/cov", mode="r")[...]
-        codes = zarr.open_array(root / "analysis/m/text_utf8/top_subject_utf8", mode="r")[...]
+        codes = zarr.open_array(root / "analysis/m/text_utf8/pair_set_utf8", mode="r")[...]
         with pytest.raises(Exception) as refused:  # noqa: PT011 -- zarrs' own error type
             zarr.open_array(root / "items/subject", mode="r")[...]
     assert type(refused.value).__name__ == "UnsupportedDataTypeError"
     np.testing.assert_array_equal(cov, want["models/m"]["cov"].values)
-    np.testing.assert_array_equal(text_twins.decode(codes), want["analysis/m"]["top_subject"].values.astype(object))
+    np.testing.assert_array_equal(text_twins.decode(codes), want["analysis/m"]["pair_set"].values.astype(object))
 
 
 # -- checkpoints of another layout ----------------------------------------------------------------

@@ -25,7 +25,11 @@ def regularize(cov: np.ndarray, ridge: float = 0.0) -> np.ndarray:
 
 
 def _condition_number(c: np.ndarray) -> tuple[float, float]:
-    """Exact 2-norm condition number and smallest eigenvalue (used only on the error path)."""
+    """Exact 2-norm condition number and smallest eigenvalue (NaN for a C with NaN or infinite
+    entries, which ``whitening`` reports; LAPACK's eigensolver would fail on it first when the
+    per-layer tasks run in another order)."""
+    if not np.isfinite(c).all():
+        return float("nan"), float("nan")
     w = np.linalg.eigvalsh(c)
     lo, hi = float(w[0]), float(w[-1])
     return (hi / lo if lo > 0 else float("inf")), lo

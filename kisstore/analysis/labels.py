@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 
 from kisstore.analysis import lift
+from kisstore.store import layout
 
 # /items field → long name of the coordinate on `item` (and, with a trailing "_", on `item_`)
 LABELS = {
@@ -33,8 +34,10 @@ def item_labels(items_ds: xr.Dataset, case_ids: np.ndarray) -> dict[str, tuple]:
         if field not in text:
             continue
         values = np.array([str(v) for v in text[field].values], dtype=object)
-        coords[field] = (lift.ITEM, values, {"long_name": desc})
-        coords[f"{field}_"] = (lift.ITEM_, values, {"long_name": f"{desc}; column (disturbed) fact"})
+        # a copy of /items text: no numeric twin (core-Zarr readers join `item` with /items/text_utf8)
+        coords[field] = (lift.ITEM, values, {"long_name": desc, layout.FROM_ITEMS: field})
+        coords[f"{field}_"] = (lift.ITEM_, values, {"long_name": f"{desc}; column (disturbed) fact",
+                                                    layout.FROM_ITEMS: field})
     pos = np.arange(case_ids.size, dtype=np.int64)
     coords[POSITION] = (lift.ITEM, pos, {"long_name": "position of the fact in the analysis (0 = first)"})
     coords[f"{POSITION}_"] = (lift.ITEM_, pos,

@@ -98,9 +98,9 @@ def kde_adaptive(matrices: xr.DataArray, grid: np.ndarray | None = None,
         dask="parallelized", output_dtypes=[np.float64],
         dask_gufunc_kwargs={"output_sizes": {"_kde": 2 * g + 1}},
     )
-    pos = np.arange(g, dtype=np.int64)
-    dens = both.isel(_kde=slice(0, g)).rename(_kde="grid").assign_coords(grid=pos)
-    x = both.isel(_kde=slice(g, 2 * g)).rename(_kde="grid").assign_coords(grid=pos)
+    # `grid` is positional (kde_x holds each point's value): no coordinate
+    dens = both.isel(_kde=slice(0, g)).rename(_kde="grid")
+    x = both.isel(_kde=slice(g, 2 * g)).rename(_kde="grid")
     return dens, x, both.isel(_kde=2 * g, drop=True)
 
 
@@ -173,7 +173,7 @@ def ranked_pairs(matrix: xr.DataArray, k: int, labels: list[xr.DataArray], rank:
         dask="parallelized", output_dtypes=[np.float64, np.int64, np.int64] + [bool] * len(labels),
         dask_gufunc_kwargs={"output_sizes": {"rank": k}},
     )
-    return tuple(o.assign_coords(rank=np.arange(k, dtype=np.int64)) for o in outs)
+    return outs  # `rank` is positional (0 = strongest): no coordinate, so no index to store and load
 
 
 def fact_summary(p: xr.DataArray) -> xr.DataArray:
@@ -201,7 +201,7 @@ def top_facts(score: xr.DataArray, k: int, dim: str) -> tuple[xr.DataArray, xr.D
         dask="parallelized", output_dtypes=[np.float64, np.int64],
         dask_gufunc_kwargs={"output_sizes": {dim: k}},
     )
-    return tuple(o.assign_coords({dim: np.arange(k, dtype=np.int64)}) for o in outs)
+    return outs  # positional: no coordinate
 
 
 def take_or(positions: xr.DataArray, values, dim: str, missing) -> xr.DataArray:

@@ -61,6 +61,8 @@ def write_analysis(store: Store, result: xr.DataTree, progress: Callable[[str], 
             kept = plan.get(model)
             ds = _merged(read_analysis(store, model, name), kept, ds) if kept else ds
             ds.attrs["analysis_name"] = name if name_is_set(name) else None
+            # text that is /items text at the case ids beside it is not stored (read_analysis joins it)
+            ds = ds.drop_vars([v for v in layout.joined_text() if v in ds.variables])
             merge_note = f", keeping stored layer(s) {_short_list(kept)}" if kept else ""
             progress(f"[{i}/{len(models)}] {model}: {ds.sizes['layer']} layers × {ds.sizes['item']} items "
                      f"(d_ff {ds.attrs.get('d_ff', '?')}) → {root}/{model}{merge_note}")
@@ -188,6 +190,8 @@ def _short_list(values: list[int]) -> str:
 def _merged(stored: xr.Dataset, keep: list[int], new: xr.Dataset) -> xr.Dataset:
     """``new`` with the stored layers ``keep`` added (lazily), in layer order, one chunk per layer."""
     old = stored.sel(layer=keep)
+    # positional dimensions an older analysis labelled with 0…n−1 (rank, fact_rank, grid)
+    old = old.drop_vars([d for d in ("rank", "fact_rank", "grid") if d in old.coords and d not in new.coords])
     for var in old.variables.values():
         var.encoding = {}
     # the per-fact labels do not depend on the layer (and an analysis by kisstore 0.1 has none)
@@ -263,7 +267,14 @@ def read_analysis(store: Store, model: str, name: str | None = None) -> xr.Datas
         where = "the default analysis" if layout.analysis_root(name) == layout.ANALYSIS else f"analysis {name!r}"
         have = ", ".join(stored_models(store, name)) or "no models"
         raise InputError(f"{where} has no model {model!r} ({have})")
-    return _open(store, path)
+    from kisstore.store import text
+
+    ds = _open(store, path)
+    if store.has(layout.ITEMS):  # the top pairs' text, joined from /items through their case ids (lazily)
+        items = xr.open_dataset(store.zstore, group=layout.ITEMS, engine="zarr", chunks={}, zarr_format=3,
+                                consolidated=False)
+        ds = text.join_item_text(ds, items)
+    return ds
 
 
 def read_scaling(store: Store, name: str | None = None) -> xr.Dataset:

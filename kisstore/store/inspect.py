@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import zarr
 
 from kisstore.errors import StoreError
@@ -187,6 +188,9 @@ def verify(store: Store, progress: bool = True) -> list[str]:
                     continue
                 if manifest is not None and raw is not None and manifest.get(key) != integrity.digest_of(raw, node):
                     problems.append(f"{path} {what} {idx}: does not match its manifest (swapped or replaced)")
+            stated = (node.get("attributes") or {}).get(layout.INDEX_VALUES)
+            if stated is not None and not _same_values(arr, stated):  # what open_store labels with
+                problems.append(f"{path}: its {layout.INDEX_VALUES} attribute differs from its data")
         for name, sub in group.groups():
             if prefix == "/" and name == layout.STAGING:
                 continue  # an interrupted analysis's scratch, not part of the store (removed by the next run)
@@ -197,6 +201,14 @@ def verify(store: Store, progress: bool = True) -> list[str]:
     with storage_errors(store.url, store.storage_options):
         walk(root, "/")
     return problems
+
+
+def _same_values(arr, stated) -> bool:
+    """Whether the 1-D array ``arr`` holds exactly the list ``stated`` (store.indexes)."""
+    try:
+        return arr.ndim == 1 and np.asarray(arr[...]).tolist() == stated
+    except Exception:  # unreadable: its chunks are reported already
+        return True
 
 
 def _chunk_slices(arr):

@@ -17,7 +17,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from kisstore import failpoints
 from kisstore._version import __version__
 from kisstore.errors import InputError, StoreError
-from kisstore.store import chunking, layout
+from kisstore.store import chunking, indexes, layout
 from kisstore.store.urls import normalize_s3_options, redact, split_url
 
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
@@ -234,6 +234,7 @@ class Store:
         for name in ds.variables:
             encoding[name] = {"compressors": default_compressors(), **(plan[name].encoding() if name in plan else {})}
         ds = chunking.chunked_for_store(ds, chunks)  # Dask blocks that are whole shards (or chunks)
+        ds = indexes.with_index_values(ds)  # small indexes open from the metadata (store.indexes)
         for var in ds.variables.values():
             var.encoding = {}
             # a manifest read along with a dataset describes the chunks it was read from, not these
@@ -407,11 +408,17 @@ def _sync(coro):
 
 def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> xr.DataTree:
     """Open a kisstore store lazily (Dask-backed, one chunk per layer) as an xarray DataTree."""
+    from kisstore.store import text
+
     store = Store(url, storage_options, read_only=True)
     store.validate()
     with storage_errors(url, storage_options):
         try:
-            return xr.open_datatree(store.zstore, engine="zarr", chunks={}, zarr_format=3)
+            # analyses store their top pairs' case ids, not the /items text at them: join it back (lazily)
+            # indexes from the values in the metadata (store.indexes): no coordinate chunk is read
+            tree = xr.open_datatree(store.zstore, engine="zarr", chunks={}, zarr_format=3,
+                                    create_default_indexes=False)
+            return text.join_tree_text(indexes.indexed_tree(tree))
         except KeyError as e:
             if "dimension_names" not in str(e):
                 raise
@@ -423,4 +430,4 @@ def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> xr
                               and path.split("/")[0] not in (layout.CHECKPOINTS, layout.STAGING))
         nodes = {"/" + path: xr.open_dataset(store.zstore, group=path or None, engine="zarr", chunks={},
                                              zarr_format=3) for path in paths}
-        return xr.DataTree.from_dict(nodes)
+        return text.join_tree_text(xr.DataTree.from_dict(nodes))

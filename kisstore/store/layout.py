@@ -21,6 +21,25 @@ LOCKS = ".kisstore-locks"  # writer leases (kisstore.store.lock)
 EVERY_CHUNK_WRITTEN = "kisstore_every_chunk_written"  # group attribute: a missing chunk file is damage
 CHUNK_MANIFEST = "kisstore_chunk_manifest"  # array attribute: each chunk key's stored crc32c (store.integrity)
 ITEM_FIELDS = ("subject", "prompt", "relation_id", "target_true", "target_new")
+INDEX_VALUES = "kisstore_index_values"  # attribute of a dimension coordinate: its values (store.indexes)
+INDEX_VALUES_MAX = 4096  # larger dimension coordinates are read from their chunk only
+FROM_ITEMS = "kisstore_text_of_items"  # attribute of an analysis' label coordinate: the /items field it copies
+
+
+def joined_text() -> dict[str, tuple[str, str]]:
+    """The text variables of an analysis that are ``/items`` text addressed by an integer case-id
+    variable beside them: name → (case-id variable, /items field). They are not stored (the ids
+    are; a case id of −1, no such pair, reads as ""): ``kisstore.open_store`` and
+    ``read_analysis`` join them back from ``/items`` lazily (``kisstore.store.text.join_item_text``).
+    Analyses written before this layout hold them as stored arrays, which are read as they are."""
+    out = {}
+    for prefix in ("top", "top_wcos"):
+        for end in ("", "_"):
+            for field in ITEM_FIELDS:
+                out[f"{prefix}_{field}{end}"] = (f"{prefix}_item{end}", field)
+    for name in ("most_exposed", "most_disruptive"):
+        out[f"{name}_subject"] = (name, "subject")
+    return out
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

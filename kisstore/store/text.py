@@ -10,8 +10,14 @@ along a last dimension ``utf8_byte``, padded with zero bytes to the group's long
 twin, the string array stays whole). Any reader of core Zarr decodes it as
 ``bytes(row).rstrip(b"\\0").decode("utf-8")``.
 
-The twins are written when the group is sealed (``Store.seal``), from the stored text, so
-lazily computed text (an analysis's top pairs) is not computed twice.
+The twins are written when the group is sealed (``Store.seal``), from the stored text. An
+analysis' label coordinates that copy ``/items`` text (``subject``, ``relation_id``,
+``target_true`` on ``item`` and ``item_``, marked with the attribute ``kisstore_text_of_items``)
+get no twin: a core-Zarr reader joins the integer ``item`` coordinate with ``/items/text_utf8``.
+
+An analysis does not store the text of its top pairs and most exposed/disruptive facts either:
+it stores their case ids (``top_item``, ``top_item_``, ``most_exposed``, …), and
+:func:`join_item_text` joins the text back from ``/items`` on reading (``layout.joined_text``).
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import xarray as xr
+
+from kisstore.store import layout
 
 if TYPE_CHECKING:
     from kisstore.store.io import Store
@@ -54,7 +63,8 @@ def decode(codes: np.ndarray) -> np.ndarray:
 
 def twins(ds: xr.Dataset) -> xr.Dataset | None:
     """The ``text_utf8`` dataset of ``ds`` (its text arrays encoded), None when it has no text."""
-    text = {name: var for name, var in ds.variables.items() if is_text(var)}
+    text = {name: var for name, var in ds.variables.items()
+            if is_text(var) and layout.FROM_ITEMS not in var.attrs}
     if not text:
         return None
     values = {name: np.asarray(var.values) for name, var in text.items()}
@@ -76,7 +86,8 @@ def write_twins(store: Store, path: str) -> bool:
     import zarr
 
     group = zarr.open_group(store.zstore, path=path, mode="r", zarr_format=3, use_consolidated=False)
-    if not any(np.dtype(a.dtype).kind in ("O", "T", "U") for _, a in group.arrays()):
+    if not any(np.dtype(a.dtype).kind in ("O", "T", "U") and layout.FROM_ITEMS not in a.attrs
+               for _, a in group.arrays()):
         return False
     ds = xr.open_dataset(store.zstore, group=path, engine="zarr", zarr_format=3, consolidated=False,
                          chunks=None, decode_cf=False)
@@ -85,3 +96,46 @@ def write_twins(store: Store, path: str) -> bool:
         return False
     store.write_dataset(f"{path}/{GROUP}", encoded, seal_text=False)
     return True
+
+
+def _take(case_ids: np.ndarray, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` (one per case id) at the case ids ``ids`` (any shape); −1 or unknown ids → ""."""
+    pos = pd.Index(case_ids).get_indexer(np.asarray(ids).ravel())
+    table = np.append(np.asarray(values, dtype=object).astype(str).astype(object), "")
+    return table[pos].reshape(np.shape(ids))
+
+
+def join_item_text(ds: xr.Dataset, items: xr.Dataset) -> xr.Dataset:
+    """``ds`` (an analysis) with the text variables of ``layout.joined_text`` it lacks, joined
+    from ``items`` (the store's /items) through the case ids stored beside them. Lazy where the
+    ids or the items are (Dask): nothing is read until the text is."""
+    if "item" not in items.indexes:
+        return ds
+    case_ids = np.asarray(items.indexes["item"])
+    new = {}
+    for name, (ids, field) in layout.joined_text().items():
+        if name in ds.variables or ids not in ds.data_vars or field not in items.data_vars:
+            continue
+        values = xr.Variable(("_items",), items[field].variable.data)
+        new[name] = xr.apply_ufunc(
+            lambda i, v: _take(case_ids, i, v), ds[ids].variable, values,
+            input_core_dims=[[], ["_items"]], dask="parallelized", output_dtypes=[object],
+            dask_gufunc_kwargs={"allow_rechunk": True})
+        side = "second (column)" if ids.endswith("_") else "first (row)"
+        new[name].attrs["long_name"] = f"{field} of the {side} fact of {ids} (joined from /items)"
+    return ds.assign(new) if new else ds
+
+
+def join_tree_text(tree: xr.DataTree) -> xr.DataTree:
+    """``tree`` with :func:`join_item_text` applied to every analysis node (lazily)."""
+    if layout.ITEMS not in tree.children:
+        return tree
+    items = tree[layout.ITEMS].to_dataset()
+    for node in list(tree.subtree):
+        if any(ids in node.data_vars for ids, _ in layout.joined_text().values()):
+            ds = node.to_dataset(inherit=False)
+            joined = join_item_text(ds, items)
+            for name in joined.data_vars:
+                if name not in ds.variables:
+                    node[name] = joined[name]
+    return tree
