@@ -27,7 +27,7 @@ def cli(debug: bool) -> None:
 def _register() -> None:
     import importlib
 
-    for name in ("extract", "info", "models", "analyze", "export", "copy", "edit"):
+    for name in ("extract", "info", "models", "analyze", "export", "copy", "edit", "zoo"):
         try:
             mod = importlib.import_module(f"kisstore_cli.{name}")
         except ModuleNotFoundError as e:
