@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kisstore.data.items import load_items
 from kisstore.extract import ExtractOptions, run_extract
+from kisstore.extract.pipeline import one_layer_bytes
 from tests import tiny
 
 # written here independently of kisstore.models.registry
@@ -107,7 +108,7 @@ def test_layers_split_over_several_passes_give_the_same_covariance(tiny_models, 
     many = tmp_path / "many.zarr"
     (mid,) = _extract(tiny_models["llama"], one, tiny_items, tiny_corpus)
     d = 36
-    _extract(tiny_models["llama"], many, tiny_items, tiny_corpus, max_memory=12 * d * d)  # one layer per pass
+    _extract(tiny_models["llama"], many, tiny_items, tiny_corpus, max_memory=one_layer_bytes(d))  # one layer per pass
     a = xr.open_datatree(one, engine="zarr")[f"models/{mid}"].ds
     b = xr.open_datatree(many, engine="zarr")[f"models/{mid}"].ds
     np.testing.assert_allclose(a["cov"].values, b["cov"].values, rtol=1e-12)
@@ -261,7 +262,7 @@ def test_compiled_corpus_pass_equals_numpy_with_layers_over_several_passes(
     monkeypatch.setattr(hooks, "BACKEND", "aot_eager")
     store = tmp_path / "s.zarr"
     (mid,) = _extract(tiny_models[arch], store, tiny_items, tiny_corpus, max_length=48, compile=True,
-                      max_memory=12 * 48 * 48)  # under two layers' accumulators for every tiny d_ff
+                      max_memory=one_layer_bytes(48))  # under three layers' accumulators for every tiny d_ff
     ds = xr.open_datatree(store, engine="zarr")[f"models/{mid}"].ds
     expect, n = _numpy_cov(tiny_models[arch], arch, tiny_corpus, 48)
     assert (ds["n_tokens"].values == n).all()
@@ -326,7 +327,7 @@ def test_compiled_pass_keeps_compiling_model_after_model_in_one_process(tiny_mod
     archs = ["gpt2", "gptj", "gpt_neox", "llama"]
     ids = run_extract(ExtractOptions(models=[str(tiny_models[a]) for a in archs] + [str(wide)], store=str(store),
                                      items=str(tiny_items), corpus=str(tiny_corpus), progress=False, max_length=48,
-                                     compile=True, max_memory=12 * 52 * 52))  # one layer per pass for all five
+                                     compile=True, max_memory=one_layer_bytes(52)))  # 1 layer a pass (d_ff 44–52) to 3 (36)
     configs = {a: tiny.config_for(a) for a in archs}
     d_ff = {52, configs["gpt2"].n_inner, configs["gptj"].n_inner, configs["gpt_neox"].intermediate_size,
             configs["llama"].intermediate_size}

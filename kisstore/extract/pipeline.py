@@ -17,7 +17,7 @@ from kisstore._version import __version__
 from kisstore.data.corpus import resolve_corpus
 from kisstore.data.items import Item, ItemSet, load_items
 from kisstore.errors import InputError, StoreError
-from kisstore.extract.accumulate import SecondMoment, symmetric
+from kisstore.extract.accumulate import SecondMoment, layer_bytes, staging_bytes, unpack_symmetric
 from kisstore.extract.checkpoint import Checkpoint
 from kisstore.extract.covariance import (
     WINDOW,
@@ -108,18 +108,33 @@ def validate(opts: ExtractOptions) -> None:
 
 
 def layer_groups(layers: Sequence[int], d: int, budget: int | None) -> list[list[int]]:
-    """Fewest consecutive groups whose float64 accumulators (plus a float32 product) fit the budget."""
-    per_layer = 12 * d * d
+    """Fewest consecutive groups whose float64 accumulators (each the packed lower triangle,
+    8·d(d+1)/2 bytes), plus the one float32 product they share in flight, fit the budget."""
     if budget is None:
         return [list(layers)]
-    per_pass = budget // per_layer
+    per_pass = pass_layers(d, budget)
     if per_pass < 1:
         raise InputError(
-            f"--max-memory {budget} bytes is below one layer's accumulator ({per_layer} bytes for d_ff={d})"
+            f"--max-memory {budget} bytes is below one layer's accumulator ({one_layer_bytes(d)} bytes for d_ff={d})"
         )
     n_pass = -(-len(layers) // per_pass)
     size = -(-len(layers) // n_pass)
     return [list(layers[i : i + size]) for i in range(0, len(layers), size)]
+
+
+def stage_bytes(d: int) -> int:
+    """The float32 staging of either kernel path (the larger): one product in flight."""
+    return max(staging_bytes(d, "onednn"), staging_bytes(d, "torch"))
+
+
+def one_layer_bytes(d: int) -> int:
+    """The least budget that runs: one layer's float64 triangle and the staging buffer."""
+    return layer_bytes(d) + stage_bytes(d)
+
+
+def pass_layers(d: int, budget: int) -> int:
+    """How many layers' accumulators one corpus pass holds within ``budget`` bytes."""
+    return max(0, (budget - stage_bytes(d)) // layer_bytes(d))
 
 
 def default_memory(device: str) -> int:
@@ -170,7 +185,7 @@ def default_budget(lm, cpu_kernels: str, compile: bool = False) -> int:
     budget = default_memory(lm.device)
     if linears_on_onednn(cpu_kernels, lm.device, compile):
         budget -= copied_weight_bytes(lm.model)
-    return max(budget, 12 * lm.d_ff**2)  # too little memory: one layer per pass, not a refusal
+    return max(budget, one_layer_bytes(lm.d_ff))  # too little memory: one layer per pass, not a refusal
 
 
 def context_length(config) -> int | None:
@@ -360,10 +375,18 @@ class ModelRun:
             "dtype": self.lm.dtype,
         }
 
+    def open_checkpoint(self) -> dict[str, Any]:
+        state = self.ckpt.open(self.layers, self.lm.d_ff)
+        if self.ckpt.restarted_old_layout:
+            self.ckpt.restarted_old_layout = False
+            log(f"[{self.model_id}] the store's unfinished extraction was checkpointed by an earlier kisstore "
+                "(full d_ff × d_ff sums, not packed triangles); it cannot be resumed and starts over")
+        return state
+
     # -- item pass ----------------------------------------------------------------------
     def run_items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         self.load()
-        state = self.ckpt.open(self.layers, self.lm.d_ff)
+        state = self.open_checkpoint()
         want = [it.case_id for it in self.items]
         found = None
         if state.get("items_done"):
@@ -400,7 +423,7 @@ class ModelRun:
             return ds["cov"].values.astype(np.float64), ds["n_tokens"].values.astype(np.int64)
         if self.client is not None:
             return self.run_corpus_sharded()
-        state = self.ckpt.open(self.layers, self.lm.d_ff)
+        state = self.open_checkpoint()
         d, o = self.lm.d_ff, self.opts
         budget = o.max_memory if o.max_memory is not None else default_budget(self.lm, o.cpu_kernels, o.compile)
         rows_of = {layer: r for r, layer in enumerate(self.layers)}
@@ -469,7 +492,7 @@ class ModelRun:
                 _bar.update(batch.tokens)
 
             def checkpoint(batch, _g=group, _rows=rows, _p=progress, _m=moments, _h=hasher):
-                self.ckpt.save_partial(_rows, (_m[x].sum_upper() for x in _g), group_rows=_rows,
+                self.ckpt.save_partial(_rows, (_m[x].packed() for x in _g), group_rows=_rows,
                                        docs=_p["docs"], tokens=_p["tokens"],
                                        corpus_windows=_h.committed(_p["docs"]), corpus_files=files)
 
@@ -481,7 +504,7 @@ class ModelRun:
             count = moments[group[0]].count
             check_count(count, d, o.corpus)
             self.note_short_corpus(count)
-            self.ckpt.save_done(rows, (moments[x].sum_upper() for x in group), [count] * len(group),
+            self.ckpt.save_done(rows, (moments[x].packed() for x in group), [count] * len(group),
                                 group_rows=None, docs=0, tokens=0, corpus_documents=progress["docs"],
                                 corpus_windows=hasher.committed(progress["docs"]), corpus_files=files)
             expect = self.ckpt.state["corpus_windows"]  # the next group's pass must read the same
@@ -519,11 +542,13 @@ class ModelRun:
                 f"--corpus-tokens {cap}; the covariance uses all {count} (n_tokens records it)")
 
     def final_cov(self, done_counts: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """C = S / n of every layer, unpacked from the checkpoint's finished sums."""
         d = self.lm.d_ff
         n_tokens = np.array([done_counts[r] for r in range(len(self.layers))], dtype=np.int64)
         cov = np.empty((len(self.layers), d, d), dtype=np.float64)
         for r in range(len(self.layers)):
-            cov[r] = symmetric(self.ckpt.load_done(r)) / n_tokens[r]
+            unpack_symmetric(self.ckpt.load_done(r), d, out=cov[r])  # in place: no d × d temporary
+            cov[r] /= n_tokens[r]
         return cov, n_tokens
 
     def run_corpus_sharded(self) -> tuple[np.ndarray, np.ndarray]:
@@ -532,7 +557,7 @@ class ModelRun:
         from kisstore.extract.covariance import count_documents
 
         o = self.opts
-        state = self.ckpt.open(self.layers, self.lm.d_ff)
+        state = self.open_checkpoint()
         done = {int(k): v for k, v in (state.get("done_counts") or {}).items()}
         if len(done) < len(self.layers):
             corpus = resolve_corpus(o.corpus)
