@@ -149,26 +149,32 @@ def test_second_model_shares_items_and_complete_model_is_skipped(tiny_models, ti
 
 
 @pytest.mark.parametrize("arch", tiny.ARCHS)
-def test_logits_at_chosen_positions_equal_the_full_logits_there(arch, tiny_models):
-    """The item pass runs the LM head on the target-predicting positions only."""
-    from kisstore.extract.keys import _logits_at
+def test_logits_at_chosen_pairs_equal_the_full_logits_there(arch, tiny_models):
+    """The item pass runs the LM head on the target-predicting (row, position) pairs only."""
+    from kisstore.extract.keys import pair_logits
 
     model = AutoModelForCausalLM.from_pretrained(tiny_models[arch]).eval()
     ids = torch.randint(0, 250, (3, 12))
     mask = torch.ones_like(ids)
     mask[2, 9:] = 0
+    pairs = [(0, 2), (1, 5), (2, 8), (0, 11), (1, 0)]
+    rows, cols = [r for r, _ in pairs], [c for _, c in pairs]
+    seen = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, a, out: seen.append(tuple(a[0].shape)))
     with torch.inference_mode():
         full = model(input_ids=ids, attention_mask=mask).logits
-        got = _logits_at(model, ids, mask, [2, 5, 11])
+        got = pair_logits(model, ids, mask, pairs)
 
-        class Ignores(torch.nn.Module):  # a forward that takes the keyword but returns every position
+        class NoHead(torch.nn.Module):  # a model whose head kisstore cannot reach: full logits, indexed
             def forward(self, input_ids, attention_mask, **kwargs):
                 return model(input_ids=input_ids, attention_mask=attention_mask)
 
-        ignored = _logits_at(Ignores(), ids, mask, [2, 5, 11])
-    assert got.shape == (3, 3, full.shape[-1])
-    np.testing.assert_allclose(got.numpy(), full[:, [2, 5, 11]].numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(ignored.numpy(), full[:, [2, 5, 11]].numpy())
+        fallback = pair_logits(NoHead(), ids, mask, pairs)
+    handle.remove()
+    assert seen[1] == (1, len(pairs), model.config.hidden_size if arch != "gpt2" else model.config.n_embd)
+    assert got.shape == (len(pairs), full.shape[-1])
+    np.testing.assert_allclose(got.numpy(), full[rows, cols].numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(fallback.numpy(), full[rows, cols].numpy())
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

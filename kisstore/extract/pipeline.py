@@ -211,6 +211,7 @@ class ModelRun:
         self.cleared = False
         self.lease = None  # the ModelLock held while this model is written
         self.d_ff_hint: int | None = None
+        self.final_provenance: dict[str, Any] | None = None  # taken by final_cov, before the weights go
         self.max_length = opts.max_length  # capped at the model's context by prepare()
 
     def check_lease(self) -> None:
@@ -542,8 +543,12 @@ class ModelRun:
                 f"--corpus-tokens {cap}; the covariance uses all {count} (n_tokens records it)")
 
     def final_cov(self, done_counts: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """C = S / n of every layer, unpacked from the checkpoint's finished sums."""
+        """C = S / n of every layer, unpacked from the checkpoint's finished sums. The model is
+        unloaded first (its provenance kept): the weights and the float64 covariances, the two
+        largest arrays of an extraction, are never in memory together."""
         d = self.lm.d_ff
+        self.final_provenance = self.provenance()
+        self.unload()
         n_tokens = np.array([done_counts[r] for r in range(len(self.layers))], dtype=np.int64)
         cov = np.empty((len(self.layers), d, d), dtype=np.float64)
         for r in range(len(self.layers)):
@@ -859,11 +864,15 @@ def _extract_locked(opts: ExtractOptions, store: Store, runs: list[ModelRun], ca
     written = []
     for run in reversed(runs):  # the last model of phase 1 is still loaded
         cov, n_tokens = run.run_corpus()
+        attrs = {**(run.final_provenance if run.final_provenance is not None else run.provenance()),
+                 "complete": False}
+        run.unload()  # (final_cov unloaded an extracting model already; an imported covariance's goes here)
         keys, known, p_true, token_ids, tokens = results[run.model_id]
         sel = np.asarray(selected)
         ds = model_dataset(keys[:, sel], cov, n_tokens, known[sel], p_true[sel], run.layers,
                            [candidates[i].case_id for i in selected], token_ids[sel], tokens[sel])
-        ds.attrs = {**run.provenance(), "complete": False}
+        del cov  # the dataset holds it
+        ds.attrs = attrs
         path = layout.model_path(run.model_id)
         # a complete model being overwritten stays readable until the new one replaces it whole;
         # a new model is written in place, hidden from readers until it is committed
