@@ -36,7 +36,7 @@ def _numpy_sum(keys) -> np.ndarray:
 @needs_onednn
 @pytest.mark.parametrize("d", [1000, 1536, 64])
 def test_onednn_second_moment_equals_float64_numpy(d, monkeypatch):
-    monkeypatch.setattr(acc, "FLUSH_TOKENS", 1500)  # several flushes, some batches between them
+    monkeypatch.setattr(acc, "STAGE_BYTES", 64 * 1024)  # rectangles in row chunks of the staging bound
     keys = _keys(0, (700, 1, 37, 900, 1200, 0, 333), d)
     m = SecondMoment(d, kernels="onednn")
     assert m.kernels == "onednn" and len(m._edges) - 1 == min(max(d // acc.PANEL, 1), acc.MAX_PANELS)
@@ -53,6 +53,28 @@ def test_onednn_second_moment_equals_float64_numpy(d, monkeypatch):
     np.testing.assert_allclose(got, expect, rtol=2e-5, atol=2e-6 * np.abs(expect).max())
 
 
+@pytest.mark.parametrize("kernels", [pytest.param("onednn", marks=needs_onednn), "torch"])
+@pytest.mark.parametrize("d", [700, 1536])
+def test_packed_sum_is_the_lower_triangle_of_float64_numpy_in_half_the_memory(kernels, d, monkeypatch):
+    """The float64 sum is held as d(d+1)/2 numbers and nothing else outlives a batch; its packed
+    layout is numpy's tril_indices order of Σkkᵀ, to float32 rounding of the products."""
+    monkeypatch.setattr(acc, "STAGE_BYTES", 100_000)  # several row chunks per rectangle
+    keys = _keys(4, (513, 2, 260), d)
+    m = SecondMoment(d, kernels=kernels)
+    for k in keys:
+        m.add(k)
+    held = sum(a.nbytes for a in m._rect) + sum(a.nbytes for a in m._diag)
+    assert held == acc.layer_bytes(d) == 8 * d * (d + 1) // 2
+    expect = _numpy_sum(keys)[np.tril_indices(d)]
+    got = m.packed()
+    assert got.shape == (d * (d + 1) // 2,)
+    assert np.abs(got - expect).max() / np.abs(expect).max() < 2e-6
+    np.testing.assert_array_equal(acc.unpack_symmetric(got, d)[np.tril_indices(d)], got)
+    np.testing.assert_array_equal(acc.pack_lower(acc.unpack_symmetric(got, d)), got)
+    width = max(b - a for a, b in zip(m._edges, m._edges[1:], strict=False))
+    assert acc.staging_bytes(d, kernels) <= max(4 * width * width, acc.STAGE_BYTES)
+
+
 @needs_onednn
 def test_onednn_and_torch_kernels_agree_to_float32_rounding():
     keys = _keys(1, (512, 640, 96), 1536)
@@ -66,23 +88,39 @@ def test_onednn_and_torch_kernels_agree_to_float32_rounding():
 
 
 @needs_onednn
-def test_restoring_a_checkpoint_at_a_flush_repeats_the_run_bit_for_bit():
-    """The corpus pass flushes at each resumable point; a run restored there adds the same way."""
+@pytest.mark.parametrize("kernels", ["onednn", "torch"])
+def test_restoring_a_checkpoint_after_any_batch_repeats_the_run_bit_for_bit(kernels):
+    """No float32 partial sum outlives a batch: a run restored from the packed sum after any batch
+    adds the rest exactly as the uninterrupted one did."""
     keys = _keys(2, (300, 250, 410, 120), 700)
-    whole = SecondMoment(700, kernels="onednn")
-    for k in keys[:2]:
+    whole = SecondMoment(700, kernels=kernels)
+    saved = []
+    for k in keys:
         whole.add(k)
-    whole.flush()
-    saved, count = whole.sum_upper(), whole.count
-    for k in keys[2:]:
-        whole.add(k)
-    resumed = SecondMoment(700, kernels="onednn")
-    resumed.add(keys[0])  # stale float32 panels that load() must drop
-    resumed.load(saved, count)
-    for k in keys[2:]:
-        resumed.add(k)
-    assert resumed.count == whole.count
-    np.testing.assert_array_equal(resumed.sum_upper(), whole.sum_upper())
+        saved.append((whole.packed(), whole.count))
+    for cut in range(len(keys) - 1):
+        resumed = SecondMoment(700, kernels=kernels)
+        resumed.add(keys[3])  # a sum that load() must replace
+        resumed.load(*saved[cut])
+        for k in keys[cut + 1:]:
+            resumed.add(k)
+        assert resumed.count == whole.count
+        np.testing.assert_array_equal(resumed.packed(), whole.packed())
+
+
+@needs_onednn
+def test_a_packed_sum_moves_between_kernel_paths():
+    """The packed layout does not depend on the kernels' block edges (192- vs 384-column blocks)."""
+    keys = _keys(3, (400,), 1536)
+    a = SecondMoment(1536, kernels="onednn")
+    a.add(keys[0])
+    b = SecondMoment(1536, kernels="torch")
+    b.load(a.packed(), a.count)
+    assert a._edges != b._edges
+    np.testing.assert_array_equal(b.packed(), a.packed())
+    np.testing.assert_array_equal(b.total(), a.total())
+    with pytest.raises(ValueError, match="packed sum of d_ff 1536"):
+        b.load(np.zeros((1536, 1536)), 1)  # a full matrix (an earlier checkpoint's) is never read as packed
 
 
 @needs_onednn

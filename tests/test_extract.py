@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kisstore.data.items import load_items
 from kisstore.extract import ExtractOptions, run_extract
+from kisstore.extract.pipeline import one_layer_bytes
 from tests import tiny
 
 # written here independently of kisstore.models.registry
@@ -107,7 +108,7 @@ def test_layers_split_over_several_passes_give_the_same_covariance(tiny_models, 
     many = tmp_path / "many.zarr"
     (mid,) = _extract(tiny_models["llama"], one, tiny_items, tiny_corpus)
     d = 36
-    _extract(tiny_models["llama"], many, tiny_items, tiny_corpus, max_memory=12 * d * d)  # one layer per pass
+    _extract(tiny_models["llama"], many, tiny_items, tiny_corpus, max_memory=one_layer_bytes(d))  # one layer per pass
     a = xr.open_datatree(one, engine="zarr")[f"models/{mid}"].ds
     b = xr.open_datatree(many, engine="zarr")[f"models/{mid}"].ds
     np.testing.assert_allclose(a["cov"].values, b["cov"].values, rtol=1e-12)
@@ -148,26 +149,32 @@ def test_second_model_shares_items_and_complete_model_is_skipped(tiny_models, ti
 
 
 @pytest.mark.parametrize("arch", tiny.ARCHS)
-def test_logits_at_chosen_positions_equal_the_full_logits_there(arch, tiny_models):
-    """The item pass runs the LM head on the target-predicting positions only."""
-    from kisstore.extract.keys import _logits_at
+def test_logits_at_chosen_pairs_equal_the_full_logits_there(arch, tiny_models):
+    """The item pass runs the LM head on the target-predicting (row, position) pairs only."""
+    from kisstore.extract.keys import pair_logits
 
     model = AutoModelForCausalLM.from_pretrained(tiny_models[arch]).eval()
     ids = torch.randint(0, 250, (3, 12))
     mask = torch.ones_like(ids)
     mask[2, 9:] = 0
+    pairs = [(0, 2), (1, 5), (2, 8), (0, 11), (1, 0)]
+    rows, cols = [r for r, _ in pairs], [c for _, c in pairs]
+    seen = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, a, out: seen.append(tuple(a[0].shape)))
     with torch.inference_mode():
         full = model(input_ids=ids, attention_mask=mask).logits
-        got = _logits_at(model, ids, mask, [2, 5, 11])
+        got = pair_logits(model, ids, mask, pairs)
 
-        class Ignores(torch.nn.Module):  # a forward that takes the keyword but returns every position
+        class NoHead(torch.nn.Module):  # a model whose head kisstore cannot reach: full logits, indexed
             def forward(self, input_ids, attention_mask, **kwargs):
                 return model(input_ids=input_ids, attention_mask=attention_mask)
 
-        ignored = _logits_at(Ignores(), ids, mask, [2, 5, 11])
-    assert got.shape == (3, 3, full.shape[-1])
-    np.testing.assert_allclose(got.numpy(), full[:, [2, 5, 11]].numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(ignored.numpy(), full[:, [2, 5, 11]].numpy())
+        fallback = pair_logits(NoHead(), ids, mask, pairs)
+    handle.remove()
+    assert seen[1] == (1, len(pairs), model.config.hidden_size if arch != "gpt2" else model.config.n_embd)
+    assert got.shape == (len(pairs), full.shape[-1])
+    np.testing.assert_allclose(got.numpy(), full[rows, cols].numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(fallback.numpy(), full[rows, cols].numpy())
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -261,7 +268,7 @@ def test_compiled_corpus_pass_equals_numpy_with_layers_over_several_passes(
     monkeypatch.setattr(hooks, "BACKEND", "aot_eager")
     store = tmp_path / "s.zarr"
     (mid,) = _extract(tiny_models[arch], store, tiny_items, tiny_corpus, max_length=48, compile=True,
-                      max_memory=12 * 48 * 48)  # under two layers' accumulators for every tiny d_ff
+                      max_memory=one_layer_bytes(48))  # under three layers' accumulators for every tiny d_ff
     ds = xr.open_datatree(store, engine="zarr")[f"models/{mid}"].ds
     expect, n = _numpy_cov(tiny_models[arch], arch, tiny_corpus, 48)
     assert (ds["n_tokens"].values == n).all()
@@ -326,7 +333,7 @@ def test_compiled_pass_keeps_compiling_model_after_model_in_one_process(tiny_mod
     archs = ["gpt2", "gptj", "gpt_neox", "llama"]
     ids = run_extract(ExtractOptions(models=[str(tiny_models[a]) for a in archs] + [str(wide)], store=str(store),
                                      items=str(tiny_items), corpus=str(tiny_corpus), progress=False, max_length=48,
-                                     compile=True, max_memory=12 * 52 * 52))  # one layer per pass for all five
+                                     compile=True, max_memory=one_layer_bytes(52)))  # 1 layer a pass (d_ff 44–52) to 3 (36)
     configs = {a: tiny.config_for(a) for a in archs}
     d_ff = {52, configs["gpt2"].n_inner, configs["gptj"].n_inner, configs["gpt_neox"].intermediate_size,
             configs["llama"].intermediate_size}

@@ -85,3 +85,40 @@ def test_resume_with_another_batch_size_is_said_and_recorded(reference, tiny_mod
                                                          "compiled": False}]
     np.testing.assert_array_equal(ds["n_tokens"].values, reference["n_tokens"].values)
     np.testing.assert_allclose(ds["cov"].values, reference["cov"].values, rtol=1e-5, atol=1e-9)
+
+
+def _as_full_matrix_checkpoint(group_path) -> int:
+    """Rewrite a checkpoint as kisstore wrote it before packed accumulators: each sum a full
+    (layers, d_ff, d_ff) array holding the upper triangle, and no ``sums_layout`` attribute."""
+    import zarr
+
+    from kisstore.extract.accumulate import unpack_symmetric
+    from kisstore.store.io import default_compressors
+
+    g = zarr.open_group(str(group_path), mode="r+", zarr_format=3, use_consolidated=False)
+    rewritten = 0
+    for name in ("done", "partial_0", "partial_1"):
+        packed = g[name][...]
+        n, size = packed.shape
+        d = int((np.sqrt(8 * size + 1) - 1) / 2)
+        full = np.stack([np.triu(unpack_symmetric(p, d)) for p in packed])
+        g.create_array(name, shape=full.shape, chunks=(1, d, d), dtype="float64", fill_value=0.0, overwrite=True,
+                       compressors=default_compressors(), dimension_names=("layer_row", "d_ff", "d_ff_"))[...] = full
+        rewritten += 1
+    del g.attrs["sums_layout"]
+    return rewritten
+
+
+def test_a_checkpoint_of_full_matrix_sums_starts_over_and_is_never_read_as_packed(
+        reference, tiny_models, tiny_items, long_corpus, tmp_path):
+    store = tmp_path / "s.zarr"
+    args = _args(tiny_models["llama"], store, tiny_items, long_corpus)
+    killed = run_cli(*args, env={"KISSTORE_FAILPOINT": "corpus_batch:15"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert _as_full_matrix_checkpoint(store / "_checkpoints" / "llama") == 3
+    rerun = run_cli(*args, check=True)
+    assert "checkpointed by an earlier kisstore" in rerun.stdout and "starts over" in rerun.stdout
+    assert "resuming corpus pass" not in rerun.stdout
+    ds = xr.open_datatree(store, engine="zarr")["models/llama"].ds
+    np.testing.assert_array_equal(ds["cov"].values, reference["cov"].values)
+    np.testing.assert_array_equal(ds["key"].values, reference["key"].values)

@@ -327,8 +327,8 @@ def test_zarrs_strict_reads_the_numeric_arrays_and_refuses_text(two_layouts):
 
 # -- checkpoints of another layout ----------------------------------------------------------------
 def _rechunk_checkpoint(group_path: Path, edge: int) -> int:
-    """Rewrite every d_ff × d_ff array of an extraction checkpoint with ``edge``-wide tiles (as
-    another kisstore version would have written it), keeping its values and attributes."""
+    """Rewrite every packed-triangle sum array of an extraction checkpoint in ``edge``²-number
+    chunks (as another kisstore version would have written it), keeping its values and attributes."""
     import zarr
 
     from kisstore.store.io import default_compressors
@@ -336,14 +336,14 @@ def _rechunk_checkpoint(group_path: Path, edge: int) -> int:
     group = zarr.open_group(str(group_path), mode="r+", zarr_format=3, use_consolidated=False)
     rewritten = 0
     for name, arr in list(group.arrays()):
-        if arr.ndim != 3 or arr.shape[1] != arr.shape[2]:
+        if arr.ndim != 2 or tuple(arr.metadata.dimension_names or ()) != ("layer_row", "packed_tril"):
             continue
         values, attrs, dims = arr[...], dict(arr.attrs), arr.metadata.dimension_names
-        new = group.create_array(name, shape=arr.shape, chunks=(1, edge, edge), dtype=arr.dtype, fill_value=0.0,
+        new = group.create_array(name, shape=arr.shape, chunks=(1, edge * edge), dtype=arr.dtype, fill_value=0.0,
                                  compressors=default_compressors(), dimension_names=dims, overwrite=True)
         new[...] = values
         new.attrs.update(attrs)
-        assert new.chunks == (1, edge, edge)
+        assert new.chunks == (1, edge * edge) != arr.chunks
         rewritten += 1
     return rewritten
 

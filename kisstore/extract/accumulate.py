@@ -1,14 +1,32 @@
-"""Second-moment accumulators: Σ k kᵀ over token vectors, float32 per product, float64 in total."""
+"""Second-moment accumulators: Σ k kᵀ over token vectors, float32 per product, float64 in total.
+
+The float64 sum holds only the lower triangle of S (the upper one of Sᵀ = S), exactly
+d(d+1)/2 numbers: 4·d² + 4·d bytes per layer, half of a full d × d matrix. Each batch's
+float32 products pass through one bounded staging buffer on their way into it (see
+:class:`SecondMoment`).
+
+Two layouts of that triangle:
+
+- **blocked**, in memory: the columns are cut into b blocks; block i keeps its rows below the
+  diagonal block as a dense (d − e_{i+1}, w_i) rectangle and its diagonal block's lower
+  triangle packed row by row. A batch's products land on whole rectangle rows.
+- **packed**, in checkpoints and shard files: the lower triangle row by row (numpy's
+  ``tril_indices`` order: row j's entries S[j, 0..j] start at j(j+1)/2), the same for either
+  kernel path and any block edges, so a checkpoint written by one resumes under the other.
+"""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-BLOCK = 384  # width of the blocks whose row panels make the torch path's upper triangle
+BLOCK = 384  # target width of the torch path's column blocks
 MAX_BLOCKS = 8
 PANEL = 192  # target width of the oneDNN path's column blocks (d // PANEL of them, 1 to MAX_PANELS)
 MAX_PANELS = 8
-FLUSH_TOKENS = 8192  # the oneDNN path's float32 panels go into the float64 sum at least this often
+STAGE_BYTES = 16 * 2**20  # bound on one float32 product in flight (rows of a rectangle per GEMM call)
+LAYOUT = "packed-tril-v1"  # the name checkpoints and shard files record for the packed layout
 
 
 def block_edges(d: int, width: int = BLOCK, most: int = MAX_BLOCKS) -> list[int]:
@@ -17,29 +35,63 @@ def block_edges(d: int, width: int = BLOCK, most: int = MAX_BLOCKS) -> list[int]
     return [round(i * d / b) for i in range(b + 1)]
 
 
+def edges_for(d: int, kernels: str) -> list[int]:
+    return block_edges(d, PANEL, MAX_PANELS) if kernels == "onednn" else block_edges(d)
+
+
+def packed_size(d: int) -> int:
+    """Numbers in the lower triangle of a d × d matrix, diagonal included."""
+    return d * (d + 1) // 2
+
+
+def chunk_rows(width: int) -> int:
+    """Rows of one rectangle product whose float32 result stays within ``STAGE_BYTES``."""
+    return max(1, STAGE_BYTES // (4 * width))
+
+
+def staging_bytes(d: int, kernels: str = "torch") -> int:
+    """Largest float32 product one :meth:`SecondMoment.add` holds at a time (all layers share it:
+    the layers are added one after the other): a diagonal block, or a rectangle's row chunk."""
+    e = edges_for(d, kernels)
+    return max(4 * (e[i + 1] - e[i]) * max(e[i + 1] - e[i], min(d - e[i + 1], chunk_rows(e[i + 1] - e[i])))
+               for i in range(len(e) - 1))
+
+
+def layer_bytes(d: int) -> int:
+    """The float64 sum of one layer: its lower triangle, 8·d(d+1)/2 bytes."""
+    return 8 * packed_size(d)
+
+
+@functools.cache
+def _tril_flat(w: int) -> np.ndarray:
+    """Flat indices, into a row-major w × w block, of its lower triangle in row order."""
+    r, c = np.tril_indices(w)
+    return (r * w + c).astype(np.int64)
+
+
 class SecondMoment:
     """Running uncentred sum S = Σ_t k_t k_tᵀ and count n for one layer.
 
-    Only the upper triangle is computed (``syrk``'s saving without leaving torch's thread pool:
-    a BLAS with its own threads, called from inside the forward, fights torch's OpenMP threads
-    for the cores and made the corpus pass 3× slower on 2 cores). Two ways, chosen by
-    ``kernels``:
+    Only the lower triangle is computed and kept, in the blocked layout (module docstring).
+    Every :meth:`add` computes, for each column block i of width w, the float32 products of the
+    batch's keys: the diagonal block ``k_iᵀ k_i`` (w × w) and the rectangle below it
+    ``k_{i+1:}ᵀ k_i`` in row chunks of at most ``STAGE_BYTES`` (16 MiB), and adds each into the
+    float64 sum at once. So the float32 staging is one product at a time, at most
+    :func:`staging_bytes` (max(4·w², 16 MiB)), and nothing float32 outlives a call: a run resumed
+    from any checkpoint repeats the uninterrupted run's additions bit for bit, wherever it was cut.
+    The products do 1/2 + 1/(2b) of a full GEMM's work. Two ways, chosen by ``kernels``:
 
-    - ``"onednn"`` (CPU, where ``kisstore.extract.cpu_kernels`` finds the op): the keys' columns
-      are cut into b blocks; panel i of S (columns of block i, rows from block i on) gets
-      ``k_{i:}ᵀ k_i`` added *inside* oneDNN's GEMM into a float32 panel (1/2 + 1/(2b) of a full
-      GEMM's work). Block i is the GEMM's small "weight" operand, which oneDNN repacks on every
-      call; the other way round (row panels, the long block repacked) was ~7% slower. The
-      float32 panels, transposed, are added into the float64 sum's upper triangle at least every
-      ``FLUSH_TOKENS`` tokens and at every :meth:`flush` (the corpus pass flushes at each
-      resumable point, so a resumed run repeats the same additions bit for bit).
-    - ``"torch"`` (CPU fallback, and CUDA): b row panels, panel i = ``k_iᵀ k_{i:}`` (block i's
-      rows, columns from block i on), one float32 torch matmul each, added straight into the
-      float64 sum, which lives on the model's device (a float64 tensor on CUDA). One wide GEMM
-      per panel instead of b − i square block products: fewer launches, better GEMM shapes
-      (4 % faster on CPU here), the same FLOPs.
+    - ``"onednn"`` (CPU, where ``kisstore.extract.cpu_kernels`` finds the op): the keys
+      transposed to a contiguous (d, tokens) matrix, whose row slices are the operands of
+      oneDNN's GEMM (a strided view would go through a reference kernel ~100× slower); the
+      block is the GEMM's small "weight" operand, which oneDNN repacks on every call (the other
+      way round was ~7 % slower). Blocks of ~192 columns, at most 8.
+    - ``"torch"`` (CPU fallback, and CUDA): torch matmuls on the model's device, the float64 sum
+      on that device too. Blocks of ~384 columns, at most 8.
 
-    Entries below the diagonal blocks are never written; only the upper triangle is meaningful.
+    The float32 products of one batch go into the float64 sum in one addition each, as the
+    earlier full-matrix accumulator's flushes did every ~8192 tokens; adding every batch costs
+    the same here (a contiguous add against the earlier transposed one).
     """
 
     def __init__(self, d: int, device: str = "cpu", kernels: str = "auto"):
@@ -49,23 +101,20 @@ class SecondMoment:
         self.device = device
         self.count = 0
         self.kernels = resolve(kernels, device)
-        self._pending = 0  # tokens in the float32 panels, not yet in the float64 sum
-        if self.kernels == "onednn":
-            self._edges = block_edges(d, PANEL, MAX_PANELS)
-            # float32 panels; None: empty since the last flush (the next product overwrites, no zeroing)
-            self._panels: list = [None] * (len(self._edges) - 1)
-        else:
-            self._edges = block_edges(d)
+        self._edges = edges_for(d, self.kernels)
+        e = self._edges
+        shapes = [((d - e[i + 1], e[i + 1] - e[i]), packed_size(e[i + 1] - e[i])) for i in range(len(e) - 1)]
         if device == "cpu":
-            # column-major: a transposed (rows, width) panel lands on whole columns, and the torch
-            # path's column blocks too. Committed now (np.zeros maps pages lazily): the first
-            # flush would otherwise pay d²·8 bytes of page faults in the middle of the pass
-            self._sum = np.empty((d, d), dtype=np.float64, order="F")
-            self._sum.fill(0.0)
+            # committed now (np.zeros maps pages lazily): the first batch would otherwise pay the
+            # sum's page faults in the middle of the pass
+            self._rect = [_committed_zeros(s) for s, _ in shapes]
+            self._diag = [_committed_zeros((n,)) for _, n in shapes]
         else:
             import torch
 
-            self._sum = torch.zeros((d, d), dtype=torch.float64, device=device)
+            self._rect = [torch.zeros(s, dtype=torch.float64, device=device) for s, _ in shapes]
+            self._diag = [torch.zeros(n, dtype=torch.float64, device=device) for _, n in shapes]
+            self._index = {}
 
     def add(self, k) -> None:
         """Add a (tokens, d) block of keys (torch tensor or numpy array)."""
@@ -77,60 +126,124 @@ class SecondMoment:
         k = (k.detach() if hasattr(k, "detach") else torch.from_numpy(np.asarray(k))).float()
         e = self._edges
         if self.kernels == "onednn":
-            # kᵀ as a contiguous (d, tokens) matrix: its row slices are the panels' operands
-            # (oneDNN takes a strided view through a reference kernel ~100× slower)
             kt = k.cpu().T.contiguous()
             op = torch.ops.mkldnn._linear_pointwise
-            for i, panel in enumerate(self._panels):
-                tail, block = kt[e[i] :], kt[e[i] : e[i + 1]]  # panel i = tail · blockᵀ: (d − e_i, width)
-                self._panels[i] = (op(tail, block, None, "none", [], "") if panel is None
-                                   else op.binary(tail, panel, block, None, "add"))
-            self._pending += int(k.shape[0])
-            if self._pending >= FLUSH_TOKENS:
-                self.flush()
-            return
-        if self.device == "cpu":
-            k = k.cpu()
-            total = torch.from_numpy(self._sum)  # a view: adds land in the numpy array
+
+            def product(rows, block):  # rows · blockᵀ: (len(rows), width)
+                return op(rows, block, None, "none", [], "")
         else:
-            total = self._sum
+            if self.device == "cpu":
+                k = k.cpu()
+            kt = k.T  # a view: torch's matmul reads transposed operands as they are
+
+            def product(rows, block):
+                return rows @ block.T
         for i in range(len(e) - 1):
-            total[e[i] : e[i + 1], e[i] :] += k[:, e[i] : e[i + 1]].T @ k[:, e[i] :]
+            a, b = e[i], e[i + 1]
+            block = kt[a:b]
+            self._add_diag(i, product(block, block))
+            step = chunk_rows(b - a)
+            for r in range(b, self.d, step):
+                self._add_rect(i, r - b, product(kt[r : r + step], block))
 
-    def flush(self) -> None:
-        """Move the float32 panels into the float64 sum (a no-op for the torch path)."""
-        if not self._pending:
-            return
-        e = self._edges
-        for i, panel in enumerate(self._panels):
-            self._sum[e[i] : e[i + 1], e[i] :] += panel.numpy().T  # column-major sum: whole columns
-            self._panels[i] = None
-        self._pending = 0
-
-    def sum_upper(self) -> np.ndarray:
-        """The raw accumulator's upper triangle as numpy float64, for checkpoints."""
-        self.flush()
-        s = self._sum if self.device == "cpu" else self._sum.cpu().numpy()
-        return np.triu(s)
-
-    def load(self, upper: np.ndarray, count: int) -> None:
-        self.count = int(count)
-        if self.kernels == "onednn":
-            self._panels = [None] * len(self._panels)
-            self._pending = 0
+    def _add_diag(self, i: int, square) -> None:
+        w = square.shape[0]
         if self.device == "cpu":
-            self._sum[...] = upper
+            self._diag[i] += square.numpy().reshape(-1)[_tril_flat(w)]
         else:
             import torch
 
-            self._sum.copy_(torch.as_tensor(symmetric(upper)))
+            idx = self._index.get(w)
+            if idx is None:
+                idx = self._index[w] = torch.as_tensor(_tril_flat(w), device=square.device)
+            self._diag[i].add_(square.reshape(-1).index_select(0, idx))
+
+    def _add_rect(self, i: int, start: int, part) -> None:
+        if self.device == "cpu":
+            self._rect[i][start : start + part.shape[0]] += part.numpy()
+        else:
+            self._rect[i][start : start + part.shape[0]].add_(part)
+
+    def flush(self) -> None:
+        """Nothing to do: every product is in the float64 sum when :meth:`add` returns (kept for callers
+        that mark resumable points)."""
+
+    def packed(self) -> np.ndarray:
+        """The float64 sum in the packed layout (lower triangle row by row), for checkpoints."""
+        out = np.empty(packed_size(self.d), dtype=np.float64)
+        rect, diag = self._host()
+        e = self._edges
+        for i in range(len(e) - 1):
+            a, b = e[i], e[i + 1]
+            for j in range(a, self.d):
+                base = j * (j + 1) // 2
+                if j < b:  # row j − a of the diagonal block's triangle
+                    t = j - a
+                    out[base + a : base + j + 1] = diag[i][t * (t + 1) // 2 : (t + 1) * (t + 2) // 2]
+                else:
+                    out[base + a : base + b] = rect[i][j - b]
+        return out
+
+    def load(self, packed: np.ndarray, count: int) -> None:
+        """Set the sum from its packed layout (as :meth:`packed` gives it) and the token count."""
+        packed = np.asarray(packed, dtype=np.float64)
+        if packed.shape != (packed_size(self.d),):
+            raise ValueError(f"a packed sum of d_ff {self.d} has {packed_size(self.d)} numbers, not {packed.shape}")
+        self.count = int(count)
+        e = self._edges
+        for i in range(len(e) - 1):
+            a, b = e[i], e[i + 1]
+            rect = np.empty((self.d - b, b - a), dtype=np.float64)
+            for j in range(b, self.d):
+                base = j * (j + 1) // 2
+                rect[j - b] = packed[base + a : base + b]
+            diag = np.concatenate([packed[j * (j + 1) // 2 + a : j * (j + 1) // 2 + j + 1] for j in range(a, b)])
+            if self.device == "cpu":
+                self._rect[i][...] = rect
+                self._diag[i][...] = diag
+            else:
+                import torch
+
+                self._rect[i].copy_(torch.as_tensor(rect))
+                self._diag[i].copy_(torch.as_tensor(diag))
 
     def total(self) -> np.ndarray:
         """The full symmetric Σ k kᵀ in float64."""
-        return symmetric(self.sum_upper())
+        return unpack_symmetric(self.packed(), self.d)
+
+    def _host(self):
+        if self.device == "cpu":
+            return self._rect, self._diag
+        return [r.cpu().numpy() for r in self._rect], [t.cpu().numpy() for t in self._diag]
 
 
-def symmetric(upper: np.ndarray) -> np.ndarray:
-    """Mirror an upper-triangular matrix into a full symmetric one."""
-    u = np.triu(upper)
-    return u + np.triu(u, 1).T
+def _committed_zeros(shape) -> np.ndarray:
+    a = np.empty(shape, dtype=np.float64)
+    a.fill(0.0)
+    return a
+
+
+def unpack_symmetric(packed: np.ndarray, d: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The full symmetric d × d matrix of a packed lower triangle (into ``out`` if given)."""
+    if packed.shape != (packed_size(d),):
+        raise ValueError(f"a packed d_ff {d} triangle has {packed_size(d)} numbers, not {packed.shape}")
+    m = np.empty((d, d), dtype=np.float64) if out is None else out
+    for j in range(d):
+        m[j, : j + 1] = packed[j * (j + 1) // 2 : (j + 1) * (j + 2) // 2]
+    step = 256
+    for a in range(0, d, step):  # mirror: the upper triangle from the lower, a row block at a time
+        b = min(a + step, d)
+        m[a:b, b:] = m[b:, a:b].T
+        sq = m[a:b, a:b]
+        iu = np.triu_indices(b - a, 1)
+        sq[iu] = sq.T[iu]
+    return m
+
+
+def pack_lower(full: np.ndarray) -> np.ndarray:
+    """The packed lower triangle of a square matrix (the inverse of :func:`unpack_symmetric`)."""
+    d = full.shape[0]
+    out = np.empty(packed_size(d), dtype=np.float64)
+    for j in range(d):
+        out[j * (j + 1) // 2 : (j + 1) * (j + 2) // 2] = full[j, : j + 1]
+    return out

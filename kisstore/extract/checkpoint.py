@@ -4,9 +4,15 @@ Arrays are written first, the JSON state that points at them last, so a kill at 
 moment leaves the previous committed state intact:
 
 - ``items_keys``, ``items_known``, ``items_p_true``: the item pass, written once;
-- ``done``: (layer, d_ff, d_ff_) raw sums of finished layer groups, each layer written once;
+- ``done``: (layer, d_ff·(d_ff+1)/2) raw sums of finished layer groups, each layer written once;
 - ``partial_0`` / ``partial_1``: the running group's sums, alternating slots; the state
   names the slot that holds the last committed one.
+
+The sums are float64 lower triangles in the packed layout of ``kisstore.extract.accumulate``
+(row j's S[j, 0..j] from j(j+1)/2 on): half a full matrix, and the same for either kernel
+path. The group's ``sums_layout`` attribute names it. A checkpoint without it holds full
+d_ff × d_ff sums (kisstore before packed accumulators): it is never read as packed; the
+extraction starts over, with a message (the only loss is the interrupted run's progress).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import zarr
 
 from kisstore import failpoints
 from kisstore.errors import StoreError
+from kisstore.extract.accumulate import LAYOUT, packed_size
 from kisstore.store.chunking import tile_edge
 from kisstore.store.io import Store, default_compressors, storage_errors
 from kisstore.store.layout import checkpoint_path
@@ -33,6 +40,7 @@ class Checkpoint:
         self.path = checkpoint_path(model_id)
         self.fingerprint = fingerprint
         self.state: dict[str, Any] = {}
+        self.restarted_old_layout = False  # set by open(): a full-matrix checkpoint was found and started over
         self.guard = guard or (lambda: None)  # called before every write: raises to stop it (the writer's lease)
 
     # -- lifecycle --------------------------------------------------------------------
@@ -53,18 +61,20 @@ class Checkpoint:
                         f"the store holds an unfinished extraction of this model with other settings "
                         f"({diff}); rerun with the same options to resume, or pass --overwrite to start over"
                     )
-                self.group = g
-                self.state = dict(attrs.get("state") or {})
-                return self.state
+                if attrs.get("sums_layout") == LAYOUT:
+                    self.group = g
+                    self.state = dict(attrs.get("state") or {})
+                    return self.state
+                # full d_ff × d_ff sums of an earlier kisstore: never read as packed ones, started over
+                self.restarted_old_layout = True
             self.store.check_links(self.path)  # mode "w" deletes what is there first
             g = zarr.open_group(self.store.zstore, path=self.path, mode="w")
             n = len(self.layers)
             for name in ("done", "partial_0", "partial_1"):
-                g.create_array(name, shape=(n, d, d), chunks=(1, min(d, tile_edge()), min(d, tile_edge())),
-                               dtype="float64", compressors=default_compressors(), fill_value=0.0,
-                               dimension_names=("layer_row", "d_ff", "d_ff_"))  # xarray can open the store
+                create_sums(g, name, n, d)
             # the fingerprint last, in one write: it marks the checkpoint as started
-            g.attrs.update({"fingerprint": _plain(self.fingerprint), "state": {}, "overwrite": self.overwrite})
+            g.attrs.update({"fingerprint": _plain(self.fingerprint), "state": {}, "overwrite": self.overwrite,
+                            "sums_layout": LAYOUT})
             self.group = g
             self.state = {}
             return self.state
@@ -110,13 +120,13 @@ class Checkpoint:
         return (g["items_keys"][...], g["items_known"][...], g["items_p_true"][...], g["items_case_id"][...])
 
     # -- sums ---------------------------------------------------------------------------
-    def save_partial(self, rows: Sequence[int], uppers: Iterable[np.ndarray], **state: Any) -> None:
+    def save_partial(self, rows: Sequence[int], sums: Iterable[np.ndarray], **state: Any) -> None:
         """Write the running group's sums into the free slot, then commit the state."""
         self.guard()
         slot = 1 - int(self.state.get("slot", 1))
         with storage_errors(self.store.url, self.store.storage_options):
             arr = self.group[f"partial_{slot}"]
-            for r, u in zip(rows, uppers, strict=True):
+            for r, u in zip(rows, sums, strict=True):
                 arr[r] = u
                 failpoints.hit("checkpoint_write")
         self.commit(slot=slot, **state)
@@ -125,11 +135,11 @@ class Checkpoint:
         arr = self.group[f"partial_{int(self.state['slot'])}"]
         return [arr[r] for r in rows]
 
-    def save_done(self, rows: Sequence[int], uppers: Iterable[np.ndarray], counts: Sequence[int], **state: Any) -> None:
+    def save_done(self, rows: Sequence[int], sums: Iterable[np.ndarray], counts: Sequence[int], **state: Any) -> None:
         self.guard()
         with storage_errors(self.store.url, self.store.storage_options):
             arr = self.group["done"]
-            for r, u in zip(rows, uppers, strict=True):
+            for r, u in zip(rows, sums, strict=True):
                 arr[r] = u
         done = dict(self.state.get("done_counts") or {})
         for r, c in zip(rows, counts, strict=True):
@@ -138,6 +148,14 @@ class Checkpoint:
 
     def load_done(self, row: int) -> np.ndarray:
         return self.group["done"][row]
+
+
+def create_sums(group, name: str, n: int, d: int):
+    """A (layers, packed triangle) float64 array of raw sums, in tiles of a ``cov`` tile's size."""
+    size = packed_size(d)
+    return group.create_array(name, shape=(n, size), chunks=(1, min(size, tile_edge() ** 2)), dtype="float64",
+                              compressors=default_compressors(), fill_value=0.0,
+                              dimension_names=("layer_row", "packed_tril"))  # xarray can open the store
 
 
 def _plain(obj: Any) -> Any:

@@ -48,9 +48,10 @@ def item_pass(
     The causal mask keeps the key (a prompt position) independent of the appended target,
     so the same pass yields the keys, ``known`` (greedy argmax reproduces every target
     token) and ``p_true`` (probability of the first target token). Items are batched in order
-    of length (less padding), and the LM head runs only on the positions that predict a target
-    token (``logits_to_keep``), not on every position: with a 49k-token vocabulary the full
-    logits of a 2048-token batch are 400 MB.
+    of length (less padding), and the LM head runs only on the (item, position) pairs that
+    predict a target token (:func:`pair_logits`), not on every position: with a 49k-token
+    vocabulary the full logits of a 2048-token batch are 400 MB, the logits of the positions
+    any item of the batch needs (what ``logits_to_keep`` gives) ~300 MB, those of the pairs ~50 MB.
     """
     import torch
     from tqdm.auto import tqdm
@@ -70,43 +71,61 @@ def item_pass(
         ids, mask = ids.to(lm.device), mask.to(lm.device)
         pos = torch.tensor([enc[i].key_pos for i in group], device=lm.device)
         batch_rows = torch.arange(len(group), device=lm.device)
-        need = sorted({t - 1 for i in group for t in enc[i].target_pos})  # positions predicting a target
-        col = {t: c for c, t in enumerate(need)}
+        # the (row, position) pairs whose next token is a target token: the LM head runs on these only
+        pairs = [(r, t - 1) for r, i in enumerate(group) for t in enc[i].target_pos]
+        at = {pair: c for c, pair in enumerate(pairs)}
 
         def on_key(layer, x, _g=group, _p=pos, _r=batch_rows, _shape=ids.shape):
             x = x.reshape(*_shape, -1)  # some models (OPT) flatten (batch, seq) before the MLP
             keys[row[layer], _g] = x[_r, _p].float().cpu().numpy()
 
         with torch.inference_mode(), key_hooks(lm.model, lm.module_template, layers, on_key):
-            logits = _logits_at(lm.model, ids, mask, need)
+            logits = pair_logits(lm.model, ids, mask, pairs)
         for r, i in enumerate(group):
             tp = enc[i].target_pos
             if not tp:
                 continue
             tgt = ids[r, tp]
-            pred = logits[r, [col[t - 1] for t in tp]]
+            pred = logits[[at[(r, t - 1)] for t in tp]]
             known[i] = bool((pred.argmax(-1) == tgt).all())
             p_true[i] = float(torch.softmax(pred[0].float(), -1)[tgt[0]])
+        del logits
         bar.update(len(group))
         failpoints.hit("item_batch")
     bar.close()
     return ItemPass(keys, known, p_true)
 
 
-def _logits_at(model, ids, mask, positions: list[int]):
-    """Logits (batch, len(positions), vocab) at the given sequence positions.
+def pair_logits(model, ids, mask, pairs: list[tuple[int, int]]):
+    """Logits (len(pairs), vocab) at the given (batch row, sequence position) pairs.
 
-    transformers' causal LMs take ``logits_to_keep`` (a tensor of positions) and run the LM
-    head, with whatever the model applies after it (soft-capping, scaling), on those positions
-    only. A model whose forward does not take it gets the full logits, then indexed.
+    The LM head (the model's output embeddings) gets the final hidden states of these pairs
+    only, through a pre-hook that picks them out of its input, so the logits of a batch are
+    pairs × vocab (a few hundred rows), not batch × positions × vocab; whatever the model applies
+    after the head (soft-capping, scaling) is element-wise and runs on them as it is. A model
+    whose head is not called that way (no output embeddings, or a forward that bypasses them)
+    gets its full logits, then indexed.
     """
     import torch
 
-    keep = torch.tensor(positions or [0], dtype=torch.long, device=ids.device)
+    rows = torch.tensor([r for r, _ in pairs] or [0], dtype=torch.long, device=ids.device)
+    cols = torch.tensor([c for _, c in pairs] or [0], dtype=torch.long, device=ids.device)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    picked = []
+
+    def pick(_module, args):
+        h = args[0]
+        if picked or h.dim() != 3 or h.shape[:2] != ids.shape:
+            return None  # not the final hidden states of this batch: leave the call alone
+        picked.append(True)
+        return (h[rows, cols].unsqueeze(0), *args[1:])
+
+    handle = head.register_forward_pre_hook(pick) if isinstance(head, torch.nn.Module) else None
     try:
-        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
-    except TypeError:
         logits = model(input_ids=ids, attention_mask=mask).logits
-    if logits.shape[1] != len(keep):  # the keyword was accepted but ignored: full logits
-        logits = logits[:, keep]
-    return logits
+    finally:
+        if handle is not None:
+            handle.remove()
+    if picked and logits.shape[:2] == (1, len(rows)):
+        return logits[0]
+    return logits[rows, cols]  # the head was not reached through the hook: full logits

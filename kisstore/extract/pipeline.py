@@ -17,7 +17,7 @@ from kisstore._version import __version__
 from kisstore.data.corpus import resolve_corpus
 from kisstore.data.items import Item, ItemSet, load_items
 from kisstore.errors import InputError, StoreError
-from kisstore.extract.accumulate import SecondMoment, symmetric
+from kisstore.extract.accumulate import SecondMoment, layer_bytes, staging_bytes, unpack_symmetric
 from kisstore.extract.checkpoint import Checkpoint
 from kisstore.extract.covariance import (
     WINDOW,
@@ -108,18 +108,33 @@ def validate(opts: ExtractOptions) -> None:
 
 
 def layer_groups(layers: Sequence[int], d: int, budget: int | None) -> list[list[int]]:
-    """Fewest consecutive groups whose float64 accumulators (plus a float32 product) fit the budget."""
-    per_layer = 12 * d * d
+    """Fewest consecutive groups whose float64 accumulators (each the packed lower triangle,
+    8·d(d+1)/2 bytes), plus the one float32 product they share in flight, fit the budget."""
     if budget is None:
         return [list(layers)]
-    per_pass = budget // per_layer
+    per_pass = pass_layers(d, budget)
     if per_pass < 1:
         raise InputError(
-            f"--max-memory {budget} bytes is below one layer's accumulator ({per_layer} bytes for d_ff={d})"
+            f"--max-memory {budget} bytes is below one layer's accumulator ({one_layer_bytes(d)} bytes for d_ff={d})"
         )
     n_pass = -(-len(layers) // per_pass)
     size = -(-len(layers) // n_pass)
     return [list(layers[i : i + size]) for i in range(0, len(layers), size)]
+
+
+def stage_bytes(d: int) -> int:
+    """The float32 staging of either kernel path (the larger): one product in flight."""
+    return max(staging_bytes(d, "onednn"), staging_bytes(d, "torch"))
+
+
+def one_layer_bytes(d: int) -> int:
+    """The least budget that runs: one layer's float64 triangle and the staging buffer."""
+    return layer_bytes(d) + stage_bytes(d)
+
+
+def pass_layers(d: int, budget: int) -> int:
+    """How many layers' accumulators one corpus pass holds within ``budget`` bytes."""
+    return max(0, (budget - stage_bytes(d)) // layer_bytes(d))
 
 
 def default_memory(device: str) -> int:
@@ -170,7 +185,7 @@ def default_budget(lm, cpu_kernels: str, compile: bool = False) -> int:
     budget = default_memory(lm.device)
     if linears_on_onednn(cpu_kernels, lm.device, compile):
         budget -= copied_weight_bytes(lm.model)
-    return max(budget, 12 * lm.d_ff**2)  # too little memory: one layer per pass, not a refusal
+    return max(budget, one_layer_bytes(lm.d_ff))  # too little memory: one layer per pass, not a refusal
 
 
 def context_length(config) -> int | None:
@@ -196,6 +211,7 @@ class ModelRun:
         self.cleared = False
         self.lease = None  # the ModelLock held while this model is written
         self.d_ff_hint: int | None = None
+        self.final_provenance: dict[str, Any] | None = None  # taken by final_cov, before the weights go
         self.max_length = opts.max_length  # capped at the model's context by prepare()
 
     def check_lease(self) -> None:
@@ -360,10 +376,18 @@ class ModelRun:
             "dtype": self.lm.dtype,
         }
 
+    def open_checkpoint(self) -> dict[str, Any]:
+        state = self.ckpt.open(self.layers, self.lm.d_ff)
+        if self.ckpt.restarted_old_layout:
+            self.ckpt.restarted_old_layout = False
+            log(f"[{self.model_id}] the store's unfinished extraction was checkpointed by an earlier kisstore "
+                "(full d_ff × d_ff sums, not packed triangles); it cannot be resumed and starts over")
+        return state
+
     # -- item pass ----------------------------------------------------------------------
     def run_items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         self.load()
-        state = self.ckpt.open(self.layers, self.lm.d_ff)
+        state = self.open_checkpoint()
         want = [it.case_id for it in self.items]
         found = None
         if state.get("items_done"):
@@ -400,7 +424,7 @@ class ModelRun:
             return ds["cov"].values.astype(np.float64), ds["n_tokens"].values.astype(np.int64)
         if self.client is not None:
             return self.run_corpus_sharded()
-        state = self.ckpt.open(self.layers, self.lm.d_ff)
+        state = self.open_checkpoint()
         d, o = self.lm.d_ff, self.opts
         budget = o.max_memory if o.max_memory is not None else default_budget(self.lm, o.cpu_kernels, o.compile)
         rows_of = {layer: r for r, layer in enumerate(self.layers)}
@@ -469,7 +493,7 @@ class ModelRun:
                 _bar.update(batch.tokens)
 
             def checkpoint(batch, _g=group, _rows=rows, _p=progress, _m=moments, _h=hasher):
-                self.ckpt.save_partial(_rows, (_m[x].sum_upper() for x in _g), group_rows=_rows,
+                self.ckpt.save_partial(_rows, (_m[x].packed() for x in _g), group_rows=_rows,
                                        docs=_p["docs"], tokens=_p["tokens"],
                                        corpus_windows=_h.committed(_p["docs"]), corpus_files=files)
 
@@ -481,7 +505,7 @@ class ModelRun:
             count = moments[group[0]].count
             check_count(count, d, o.corpus)
             self.note_short_corpus(count)
-            self.ckpt.save_done(rows, (moments[x].sum_upper() for x in group), [count] * len(group),
+            self.ckpt.save_done(rows, (moments[x].packed() for x in group), [count] * len(group),
                                 group_rows=None, docs=0, tokens=0, corpus_documents=progress["docs"],
                                 corpus_windows=hasher.committed(progress["docs"]), corpus_files=files)
             expect = self.ckpt.state["corpus_windows"]  # the next group's pass must read the same
@@ -519,11 +543,17 @@ class ModelRun:
                 f"--corpus-tokens {cap}; the covariance uses all {count} (n_tokens records it)")
 
     def final_cov(self, done_counts: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """C = S / n of every layer, unpacked from the checkpoint's finished sums. The model is
+        unloaded first (its provenance kept): the weights and the float64 covariances, the two
+        largest arrays of an extraction, are never in memory together."""
         d = self.lm.d_ff
+        self.final_provenance = self.provenance()
+        self.unload()
         n_tokens = np.array([done_counts[r] for r in range(len(self.layers))], dtype=np.int64)
         cov = np.empty((len(self.layers), d, d), dtype=np.float64)
         for r in range(len(self.layers)):
-            cov[r] = symmetric(self.ckpt.load_done(r)) / n_tokens[r]
+            unpack_symmetric(self.ckpt.load_done(r), d, out=cov[r])  # in place: no d × d temporary
+            cov[r] /= n_tokens[r]
         return cov, n_tokens
 
     def run_corpus_sharded(self) -> tuple[np.ndarray, np.ndarray]:
@@ -532,7 +562,7 @@ class ModelRun:
         from kisstore.extract.covariance import count_documents
 
         o = self.opts
-        state = self.ckpt.open(self.layers, self.lm.d_ff)
+        state = self.open_checkpoint()
         done = {int(k): v for k, v in (state.get("done_counts") or {}).items()}
         if len(done) < len(self.layers):
             corpus = resolve_corpus(o.corpus)
@@ -834,11 +864,15 @@ def _extract_locked(opts: ExtractOptions, store: Store, runs: list[ModelRun], ca
     written = []
     for run in reversed(runs):  # the last model of phase 1 is still loaded
         cov, n_tokens = run.run_corpus()
+        attrs = {**(run.final_provenance if run.final_provenance is not None else run.provenance()),
+                 "complete": False}
+        run.unload()  # (final_cov unloaded an extracting model already; an imported covariance's goes here)
         keys, known, p_true, token_ids, tokens = results[run.model_id]
         sel = np.asarray(selected)
         ds = model_dataset(keys[:, sel], cov, n_tokens, known[sel], p_true[sel], run.layers,
                            [candidates[i].case_id for i in selected], token_ids[sel], tokens[sel])
-        ds.attrs = {**run.provenance(), "complete": False}
+        del cov  # the dataset holds it
+        ds.attrs = attrs
         path = layout.model_path(run.model_id)
         # a complete model being overwritten stays readable until the new one replaces it whole;
         # a new model is written in place, hidden from readers until it is committed

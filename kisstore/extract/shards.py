@@ -59,8 +59,12 @@ def committed(store, task: ShardTask) -> bool:
     path = shard_path(task.model_id, task.index)
     if not store.has(path):
         return False
+    from kisstore.extract.accumulate import LAYOUT
+
     a = store.group_attrs(path)
-    return a.get("done") is True and a.get("docs") == list(task.docs) and a.get("n_shards") == task.n_shards
+    # a shard of full d_ff × d_ff sums (an earlier kisstore's) is redone, never merged as packed ones
+    return (a.get("done") is True and a.get("docs") == list(task.docs) and a.get("n_shards") == task.n_shards
+            and a.get("sums_layout") == LAYOUT)
 
 
 def changed_shards(store, tasks: list[ShardTask], window: int) -> None:
@@ -94,13 +98,13 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
     import zarr
 
     from kisstore.data.corpus import resolve_corpus
-    from kisstore.extract.accumulate import SecondMoment
+    from kisstore.extract.accumulate import LAYOUT, SecondMoment
+    from kisstore.extract.checkpoint import create_sums
     from kisstore.extract.covariance import WindowHasher, accumulate, corpus_batches
     from kisstore.extract.pipeline import layer_groups
     from kisstore.extract.prefetch import prefetch
     from kisstore.models.loading import load_model
-    from kisstore.store.chunking import tile_edge
-    from kisstore.store.io import Store, default_compressors, storage_errors
+    from kisstore.store.io import Store, storage_errors
 
     task = ShardTask(**{**task_dict, "docs": tuple(task_dict["docs"])})
     store = Store(task.store, task.storage_options)
@@ -111,7 +115,7 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
     d = lm.d_ff
     corpus = resolve_corpus(task.corpus)
     start, stop = task.docs
-    uppers: dict[int, np.ndarray] = {}
+    sums: dict[int, np.ndarray] = {}  # packed lower triangles (kisstore.extract.accumulate)
     count = 0
     from kisstore.extract.pipeline import default_budget, release_memory
 
@@ -128,7 +132,7 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
         accumulate(lm, group, batches, moments, cpu_kernels=task.cpu_kernels, compile=task.compile)
         windows = hasher.digests[start // hasher.window:]
         for layer in group:
-            uppers[layer] = moments[layer].sum_upper()
+            sums[layer] = moments[layer].packed()
         count = moments[group[0]].count
     del lm, moments
     if task.compile:
@@ -140,12 +144,10 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
     store.check_links(path)  # mode "w" deletes what is there first
     with storage_errors(store.url, store.storage_options):
         g = zarr.open_group(store.zstore, path=path, mode="w")
-        arr = g.create_array("sum", shape=(len(task.layers), d, d), chunks=(1, min(d, tile_edge()), min(d, tile_edge())),
-                             dtype="float64", compressors=default_compressors(), fill_value=0.0,
-                             dimension_names=("layer_row", "d_ff", "d_ff_"))
+        arr = create_sums(g, "sum", len(task.layers), d)
         for r, layer in enumerate(task.layers):
-            arr[r] = uppers[layer]
-        g.attrs.update({"done": True, "count": int(count), "docs": [start, stop], "n_shards": task.n_shards,
+            arr[r] = sums[layer]
+        g.attrs.update({"sums_layout": LAYOUT, "done": True, "count": int(count), "docs": [start, stop], "n_shards": task.n_shards,
                         "windows": windows})
     return {"index": task.index, "count": int(count), "skipped": False}
 
@@ -197,17 +199,29 @@ def run_sharded(tasks: list[ShardTask], client, progress: bool = True) -> list[d
 
 
 def merge(store, model_id: str, shards: list[tuple[int, int]], n_layers: int) -> tuple[list[np.ndarray], int]:
-    """Exact merge: Σ over shards of the float64 partial sums, and the total token count."""
+    """Exact merge: Σ over shards of the float64 partial sums (packed lower triangles, shard 0 first),
+    one layer at a time, and the total token count."""
     import zarr
 
-    total = None
+    from kisstore.extract.accumulate import LAYOUT
+
+    groups = []
     count = 0
     for i in range(len(shards)):
         g = zarr.open_group(store.zstore, path=shard_path(model_id, i), mode="r")
         if g.attrs.get("done") is not True:
             raise StoreError(f"shard {i} of {model_id} is not committed")
-        s = g["sum"][...]
-        total = s if total is None else total + s
+        if g.attrs.get("sums_layout") != LAYOUT:
+            raise StoreError(f"shard {i} of {model_id} holds sums in another layout (an earlier kisstore's); "
+                             "rerun with --overwrite to redo the corpus pass")
+        if g["sum"].shape[0] != n_layers:
+            raise StoreError(f"shard {i} of {model_id} holds {g['sum'].shape[0]} layers, not {n_layers}")
+        groups.append(g["sum"])
         count += int(g.attrs["count"])
-    assert total is not None and total.shape[0] == n_layers
-    return [total[r] for r in range(n_layers)], count
+    totals = []
+    for r in range(n_layers):
+        total = groups[0][r]
+        for arr in groups[1:]:
+            total += arr[r]
+        totals.append(total)
+    return totals, count
