@@ -89,15 +89,8 @@ def write_report(ds: xr.Dataset, folder: str | Path, dpi: int = 150) -> list[Pat
     paths = []
 
     curve = forgetting_curve(ds)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.plot(curve["step"], curve["top1"], "o-", ms=3, label="tracked facts: top-1 accuracy (target_true)")
-    ax.plot(curve["step"], curve["p_true"], "s-", ms=3, label="tracked facts: mean p(target_true)")
-    ax.plot(curve["step"][1:], curve["efficacy"][1:], ".", alpha=0.6, label="efficacy: p(target_new) after its edit")
-    ax.plot(curve["step"], curve["retention"], "--", label="edited so far: mean p(target_new)")
-    ax.set(xlabel="number of sequential edits", ylabel="probability / accuracy", ylim=(-0.02, 1.02),
-           title=f"Forgetting curve — {title}")
-    ax.legend(fontsize=8, loc="best")
-    ax.grid(alpha=0.3)
+    fig = _forgetting_figure(curve, "step", "number of sequential edits", "efficacy: p(target_new) after its edit",
+                             title)
     paths.append(_save(fig, out / "forgetting_curve.png", dpi))
 
     fig, ax = plt.subplots(figsize=(5.2, 5))
@@ -188,6 +181,21 @@ def _forecast_figure(ds: xr.Dataset, title: str, path: Path, dpi: int) -> Path:
     return _save(fig, path, dpi)
 
 
+def _forgetting_figure(curve: dict, x: str, xlabel: str, efficacy_label: str, title: str):
+    """The forgetting curve against ``curve[x]`` (``step`` for one fact a step, ``edited`` for batches)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(curve[x], curve["top1"], "o-", ms=3, label="tracked facts: top-1 accuracy (target_true)")
+    ax.plot(curve[x], curve["p_true"], "s-", ms=3, label="tracked facts: mean p(target_true)")
+    ax.plot(curve[x][1:], curve["efficacy"][1:], ".", alpha=0.6, label=efficacy_label)
+    ax.plot(curve[x], curve["retention"], "--", label="edited so far: mean p(target_new)")
+    ax.set(xlabel=xlabel, ylabel="probability / accuracy", ylim=(-0.02, 1.02), title=f"Forgetting curve — {title}")
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def _spread_report(ds: xr.Dataset, out: Path, dpi: int) -> list[Path]:
     """A MEMIT/AlphaEdit run: forgetting curve, predicted vs measured/live per layer, the drift per
     layer against the live change, CounterFact's metrics and the forecast."""
@@ -196,16 +204,8 @@ def _spread_report(ds: xr.Dataset, out: Path, dpi: int) -> list[Path]:
     title = run_title(ds)
     paths = []
     curve = forgetting_curve(ds)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.plot(curve["edited"], curve["top1"], "o-", ms=3, label="tracked facts: top-1 accuracy (target_true)")
-    ax.plot(curve["edited"], curve["p_true"], "s-", ms=3, label="tracked facts: mean p(target_true)")
-    ax.plot(curve["edited"][1:], curve["efficacy"][1:], ".", alpha=0.6,
-            label="efficacy: the batch's mean p(target_new) after its step")
-    ax.plot(curve["edited"], curve["retention"], "--", label="edited so far: mean p(target_new)")
-    ax.set(xlabel="number of facts edited", ylabel="probability / accuracy", ylim=(-0.02, 1.02),
-           title=f"Forgetting curve — {title}")
-    ax.legend(fontsize=8, loc="best")
-    ax.grid(alpha=0.3)
+    fig = _forgetting_figure(curve, "edited", "number of facts edited",
+                             "efficacy: the batch's mean p(target_new) after its step", title)
     paths.append(_save(fig, out / "forgetting_curve.png", dpi))
 
     layers = [int(x) for x in ds["layer"].values]
