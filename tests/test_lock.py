@@ -28,12 +28,12 @@ def store(request, tmp_path):
 
 
 def _lease_of(store: Store, model: str = "m") -> dict | None:
-    data, _ = lockmod._backend(store, f"{lockmod.LOCK_DIR}/{model}.json").read()
+    data, _ = store.backend.versioned(f"{lockmod.LOCK_DIR}/{model}.json").read()
     return None if data is None else json.loads(data)
 
 
 def test_backend_create_and_replace_are_compare_and_swap(store):
-    b = lockmod._backend(store, f"{lockmod.LOCK_DIR}/m.json")
+    b = store.backend.versioned(f"{lockmod.LOCK_DIR}/m.json")
     assert b.read() == (None, None)
     v1 = b.create(b"first")
     assert v1 is not None and b.read() == (b"first", v1)
@@ -127,7 +127,7 @@ def test_a_writer_that_cannot_renew_stops_before_its_lease_may_have_expired(stor
     {"host": 7}, {"token": ["t"]},
 ])
 def test_a_lease_kisstore_could_not_have_written_counts_as_corrupt_and_free(store, body):
-    b = lockmod._backend(store, f"{lockmod.LOCK_DIR}/m.json")
+    b = store.backend.versioned(f"{lockmod.LOCK_DIR}/m.json")
     lease = {"host": "elsewhere", "pid": 1, "token": "t", "expires": time.time() + 600, "since": 0, **body}
     b.create(json.dumps(lease).encode())
     lk = ModelLock(store, "m", ttl=60)
@@ -140,7 +140,7 @@ def test_s3_without_conditional_writes_keeps_the_compare_and_swap_semantics_sequ
     """A botocore too old for If-None-Match/If-Match: s3fs would drop them silently, so kisstore
     checks first and relies on the read-back for simultaneous writers."""
     store = Store(s3_server.url("s.zarr"), s3_server.options)
-    b = lockmod._backend(store, f"{lockmod.LOCK_DIR}/m.json")
+    b = store.backend.versioned(f"{lockmod.LOCK_DIR}/m.json")
     assert b.conditional  # this environment's botocore knows them
     b.conditional = False
     v1 = b.create(b"first")

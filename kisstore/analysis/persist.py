@@ -95,12 +95,11 @@ def name_is_set(name: str | None) -> bool:
 
 def stored_models(store: Store, name: str | None = None) -> list[str]:
     """The models the stored analysis ``name`` holds (none when it does not exist)."""
-    import zarr
 
     root = layout.analysis_root(name)
     if not store.has(root):
         return []
-    group = zarr.open_group(store.zstore, path=root, mode="r")
+    group = store.open_group(root)
     return sorted(m for m, g in group.groups() if m != scaling.GROUP and "model" in g.attrs)
 
 
@@ -247,7 +246,7 @@ def _compute_to_the_end(work) -> None:
 
 
 def _open(store: Store, path: str) -> xr.Dataset:
-    ds = xr.open_dataset(store.zstore, group=path, engine="zarr", chunks={}, zarr_format=3, consolidated=False)
+    ds = store.open_dataset(path)
     return canonical(ds)
 
 
@@ -271,8 +270,7 @@ def read_analysis(store: Store, model: str, name: str | None = None) -> xr.Datas
 
     ds = _open(store, path)
     if store.has(layout.ITEMS):  # the top pairs' text, joined from /items through their case ids (lazily)
-        items = xr.open_dataset(store.zstore, group=layout.ITEMS, engine="zarr", chunks={}, zarr_format=3,
-                                consolidated=False)
+        items = store.open_dataset(layout.ITEMS)
         ds = text.join_item_text(ds, items)
     return ds
 

@@ -64,7 +64,7 @@ def discard_checkpoints(store: Store, run: str) -> None:
 
 
 def _open(store: Store, path: str, settings: dict[str, Any], run: str) -> xr.Dataset:
-    ds = xr.open_zarr(store.zstore, group=path, zarr_format=3, consolidated=False)
+    ds = store.open_dataset(path)
     if json.loads(ds.attrs.get("settings", "{}")) != settings:
         raise InputError(f"run {run!r} has a checkpoint made with other settings; rerun with the same settings "
                          "to resume it, or pass --overwrite to discard it")

@@ -399,7 +399,7 @@ def store_runs(store: str, main_run: str, storage_options: dict | None = None, o
     from kisstore.store.io import Store
 
     st = Store(store, storage_options or {}, read_only=True)
-    tree = xr.open_datatree(st.zstore, engine="zarr", zarr_format=3, consolidated=False)
+    tree = st.open_tree()
     if EDITS not in tree.children:
         return []
     runs = tree[EDITS]

@@ -167,7 +167,7 @@ def validate(opts: EditOptions) -> None:
 
 def _load_model_dataset(store: Store, model_id: str) -> xr.Dataset:
     return layout.current_names(  # a schema-1 store's `keys` read as `key`
-        xr.open_zarr(store.zstore, group=layout.model_path(model_id), zarr_format=3, consolidated=False))
+        store.open_dataset(layout.model_path(model_id)))
 
 
 def plan_edit(opts: EditOptions) -> EditPlan:
@@ -381,8 +381,7 @@ def run_edit(opts: EditOptions, progress: Callable[[str], None] | None = None) -
         say(f"[{plan.model_id}] /{edit_path(plan.run)} is already complete in the store with these settings; "
             "nothing to do (pass --overwrite to redo it)")
         stored = Store(opts.store, opts.storage_options, read_only=True)
-        return plan.run, xr.open_zarr(stored.zstore, group=edit_path(plan.run), zarr_format=3,
-                                      consolidated=False).load()
+        return plan.run, stored.open_dataset(edit_path(plan.run)).load()
     spread = opts.method in SPREAD_METHODS
     where = f"layers {_ranges(plan.layers)}, batches of {opts.batch}" if spread else f"layer {plan.layer}"
     say(f"[{plan.model_id}] {where}: {plan.n_edits} {opts.method} edits, "

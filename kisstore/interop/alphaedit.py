@@ -96,10 +96,9 @@ def run_projector_export(opts: ProjectorOptions, echo: Callable[[str], None] | N
     if attrs.get("complete") is not True and attrs.get("cov_source") != "imported":
         raise StoreError(f"model {model_id} in {redact(store.url)} is not complete (extraction unfinished); "
                          "finish it with `kisstore extract` first")
-    import xarray as xr
 
     with storage_errors(store.url, store.storage_options):
-        ds = xr.open_zarr(store.zstore, group=path, consolidated=False, zarr_format=3)
+        ds = store.open_dataset(path)
         if "cov" not in ds:
             raise StoreError(f"model {model_id} has no cov array to build the projector from")
         stored = [int(x) for x in ds["layer"].values]

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xarray as xr
 
 from kisstore._version import __version__
 from kisstore.errors import InputError, StoreError
@@ -167,7 +166,7 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] | None = None,
     sample_size = _sample_size(opts, attrs)
 
     with storage_errors(store.url, store.storage_options):
-        ds = xr.open_zarr(store.zstore, group=path, consolidated=False, zarr_format=3)
+        ds = store.open_dataset(path)
         if "cov" not in ds or "n_tokens" not in ds:
             raise StoreError(f"model {model_id} has no cov/n_tokens arrays to export")
         stored_layers = [int(x) for x in ds["layer"].values]

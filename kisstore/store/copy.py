@@ -29,12 +29,9 @@ deleted. Copy a store while no extraction is writing to it.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import os
 import time
-import uuid
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -42,14 +39,12 @@ from typing import Any
 
 from kisstore import failpoints
 from kisstore.errors import InputError, StoreError
-from kisstore.store.io import missing_bucket_error, storage_errors
+from kisstore.store.backend import TMP_SUFFIX, Backend, Entry, backend_for
 from kisstore.store.lock import LOCK_DIR
-from kisstore.store.urls import normalize_s3_options, redact, split_url
+from kisstore.store.urls import redact
 
 MARKER = ".kisstore-copy-in-progress"
 METADATA_NAMES = ("zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata")
-_TMP_SUFFIX = ".kisstore-tmp-"
-_S3_SINGLE_PUT_LIMIT = 2 * 50 * 2**20  # s3fs pipe_file switches to multipart upload at 2 × its 50 MiB chunksize
 # writer leases belong to one location (and its writers), not to the data: never copied or deleted
 _NOT_COPIED = (f"{LOCK_DIR}/",)
 
@@ -75,164 +70,6 @@ class CopyReport:
                 f"every chunk verified")
 
 
-@dataclass
-class _Entry:
-    size: int
-    md5: str | None  # known without reading the bytes (a plain S3 ETag), else None
-
-
-class _Side:
-    """One end of a copy: a filesystem, the store's root inside it, and its options."""
-
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None):
-        import fsspec
-
-        self.url = url
-        self.options = dict(storage_options or {})
-        self.scheme, rest = split_url(url)
-        self.local = self.scheme == "file"
-        with storage_errors(url, self.options):
-            if self.local:
-                self.fs = fsspec.filesystem("file")
-                self.root = os.path.abspath(rest if url.startswith("file://") else url)
-            else:
-                opts = normalize_s3_options(self.options) if self.scheme == "s3" else dict(self.options)
-                self.fs, path = fsspec.core.url_to_fs(url, **opts)
-                self.root = path.rstrip("/")
-
-    def errors(self):
-        return storage_errors(self.url, self.options)
-
-    def check_bucket(self) -> None:
-        """Fail early, with one line, when an S3 bucket is missing or unreachable."""
-        if self.scheme != "s3":
-            return
-        bucket = self.root.split("/", 1)[0]
-        with self.errors():
-            try:
-                self.fs.call_s3("head_bucket", Bucket=bucket)
-            except FileNotFoundError as e:
-                raise missing_bucket_error(self.url) from e
-
-    def _path(self, key: str) -> str:
-        return f"{self.root}/{key}"
-
-    def list(self) -> dict[str, _Entry]:
-        """Every key under the root with its size (and MD5 where the listing gives it)."""
-        with self.errors():
-            if self.local:
-                out: dict[str, _Entry] = {}
-                if not os.path.isdir(self.root):
-                    if os.path.exists(self.root):
-                        raise StoreError(f"{self.url} is a file, not a store directory")
-                    return out
-                for dirpath, dirs, files in os.walk(self.root):  # never descends into a linked folder
-                    for name in sorted(dirs + files):
-                        full = os.path.join(dirpath, name)
-                        if os.path.islink(full):  # its target may be outside the store: never followed
-                            raise StoreError(self._link_error(full))
-                    for name in files:
-                        full = os.path.join(dirpath, name)
-                        key = os.path.relpath(full, self.root).replace(os.sep, "/")
-                        out[key] = _Entry(os.path.getsize(full), None)
-                return out
-            self.fs.invalidate_cache()
-            try:
-                found = self.fs.find(self.root, detail=True)
-            except FileNotFoundError as e:
-                if "bucket" in str(e).lower():
-                    raise
-                return {}
-            prefix = self.root + "/"
-            return {name[len(prefix):]: _Entry(int(info.get("size") or 0), _plain_md5(info.get("ETag")))
-                    for name, info in found.items() if name.startswith(prefix) and info.get("type") != "directory"}
-
-    def _link_error(self, path: str) -> str:
-        rel = os.path.relpath(path, self.root).replace(os.sep, "/")
-        try:
-            target = os.readlink(path)
-        except OSError:
-            target = "?"
-        return (f"{redact(self.url)}: {rel} is a symbolic link (to {target}); kisstore copy does not follow "
-                f"links inside a store: replace it with the file or folder itself")
-
-    def _local_path(self, key: str) -> str:
-        """``root/key``, refused where a folder on the way is a link (the key itself is checked by the caller)."""
-        path = self._path(key)
-        current = self.root
-        for part in key.split("/")[:-1]:
-            current = os.path.join(current, part)
-            if os.path.islink(current):
-                raise StoreError(self._link_error(current))
-        real_root = os.path.realpath(self.root)
-        if os.path.commonpath([real_root, os.path.realpath(os.path.dirname(path))]) != real_root:
-            raise StoreError(f"{redact(self.url)}: key {key!r} leads outside the store; nothing written there")
-        return path
-
-    def read(self, key: str) -> bytes:
-        with self.errors():
-            if self.local:
-                try:  # O_NOFOLLOW: a file replaced by a link since the listing is not followed either
-                    fd = os.open(self._local_path(key), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-                except OSError as e:
-                    if os.path.islink(self._path(key)):
-                        raise StoreError(self._link_error(self._path(key))) from e
-                    raise
-                with os.fdopen(fd, "rb") as f:
-                    return f.read()
-            return self.fs.cat_file(self._path(key))
-
-    def md5(self, key: str, entry: _Entry) -> str:
-        return entry.md5 or hashlib.md5(self.read(key)).hexdigest()
-
-    def write(self, key: str, data: bytes, md5: str) -> None:
-        """Write ``data`` atomically and check that the stored bytes have the given MD5."""
-        failpoints.hit(failpoints.WRITE)
-        with self.errors():
-            path = self._path(key)
-            if self.local:
-                os.makedirs(os.path.dirname(self._local_path(key)), exist_ok=True)
-                self._local_path(key)  # again, now that the folders exist
-                tmp = f"{path}{_TMP_SUFFIX}{uuid.uuid4().hex[:8]}"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-                stored = hashlib.md5(self.read(key)).hexdigest()
-            elif self.scheme == "s3":
-                # one PUT below s3fs's multipart threshold: the server checks Content-MD5 and
-                # returns the MD5 as ETag; a multipart upload's ETag is not an MD5: read it back
-                single = len(data) < _S3_SINGLE_PUT_LIMIT
-                kw = {"ContentMD5": base64.b64encode(bytes.fromhex(md5)).decode()} if single else {}
-                out = self.fs.pipe_file(path, data, **kw)
-                stored = _plain_md5((out or {}).get("ETag")) or hashlib.md5(self.read(key)).hexdigest()
-            else:
-                self.fs.pipe_file(path, data)
-                stored = hashlib.md5(self.read(key)).hexdigest()
-        if stored != md5:
-            raise StoreError(f"verification failed: {key} at {redact(self.url)} does not hold the bytes sent; "
-                             f"rerun the copy")
-
-    def delete(self, keys: list[str]) -> None:
-        if not keys:
-            return
-        failpoints.hit(failpoints.WRITE)
-        with self.errors():
-            if self.local:
-                for key in keys:
-                    try:
-                        os.remove(self._local_path(key))
-                    except FileNotFoundError:
-                        pass
-                _remove_empty_dirs(self.root)
-            else:
-                self.fs.rm([self._path(k) for k in keys])
-
-    def same_location(self, other: _Side) -> bool:
-        return self.scheme == other.scheme and self.root.rstrip("/") == other.root.rstrip("/")
-
-
 def copy_store(src: str, dst: str, *, src_options: Mapping[str, Any] | None = None,
                dst_options: Mapping[str, Any] | None = None, overwrite: bool = False, progress: bool = True,
                workers: int = 8) -> CopyReport:
@@ -242,10 +79,10 @@ def copy_store(src: str, dst: str, *, src_options: Mapping[str, Any] | None = No
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
     t0 = time.perf_counter()
-    s, d = _Side(src, src_options), _Side(dst, dst_options)
+    s, d = backend_for(src, src_options), backend_for(dst, dst_options)
     if s.same_location(d):
         raise InputError("source and destination are the same store")
-    if _inside(s, d) or _inside(d, s):
+    if s.inside(d) or d.inside(s):
         raise InputError("source and destination must not be inside one another")
     s.check_bucket()
     d.check_bucket()
@@ -259,7 +96,7 @@ def copy_store(src: str, dst: str, *, src_options: Mapping[str, Any] | None = No
     _check_keys(src_keys, src)  # a key that is no plain relative path is refused before anything is written
     if MARKER in src_keys:
         raise StoreError(f"{redact(src)} is an unfinished copy; finish that copy before copying from it")
-    src_keys = {k: e for k, e in src_keys.items() if _TMP_SUFFIX not in k and not k.startswith(_NOT_COPIED)}
+    src_keys = {k: e for k, e in src_keys.items() if TMP_SUFFIX not in k and not k.startswith(_NOT_COPIED)}
     src_root = s.read("zarr.json")
     src_id = hashlib.md5(src_root).hexdigest()
     dst_keys = d.list()
@@ -335,7 +172,7 @@ def copy_store(src: str, dst: str, *, src_options: Mapping[str, Any] | None = No
     return report
 
 
-def _check_keys(keys: Mapping[str, _Entry], url: str) -> None:
+def _check_keys(keys: Mapping[str, Entry], url: str) -> None:
     """Refuse (one line) a key that is not a plain relative path: written to a local folder it
     could land outside it (``../``, a leading ``/``), or somewhere other than its name says."""
     for key in keys:
@@ -346,7 +183,7 @@ def _check_keys(keys: Mapping[str, _Entry], url: str) -> None:
                              f"(a '..', '.' or empty segment, a leading '/' or a backslash); nothing was copied")
 
 
-def _check_destination(d: _Side, dst_keys: dict[str, _Entry], src_id: str, overwrite: bool) -> bool:
+def _check_destination(d: Backend, dst_keys: dict[str, Entry], src_id: str, overwrite: bool) -> bool:
     """Refuse a destination that holds something else; return whether this resumes a copy."""
     if not dst_keys:
         return False
@@ -372,7 +209,7 @@ def _check_destination(d: _Side, dst_keys: dict[str, _Entry], src_id: str, overw
                      f"choose an empty destination or pass --overwrite to replace its contents")
 
 
-def _all_identical(s: _Side, d: _Side, src_keys: dict[str, _Entry], dst_keys: dict[str, _Entry],
+def _all_identical(s: Backend, d: Backend, src_keys: dict[str, Entry], dst_keys: dict[str, Entry],
                    meta: list[str]) -> bool:
     """Cheap check (sizes and known MD5s; metadata compared by bytes) that nothing needs copying."""
     for key, e in src_keys.items():
@@ -388,7 +225,7 @@ def _all_identical(s: _Side, d: _Side, src_keys: dict[str, _Entry], dst_keys: di
     return all(s.md5(k, src_keys[k]) == d.md5(k, dst_keys[k]) for k in data)
 
 
-def _copy_key(s: _Side, d: _Side, key: str, entry: _Entry, existing: _Entry | None,
+def _copy_key(s: Backend, d: Backend, key: str, entry: Entry, existing: Entry | None,
               checksummed: dict[str, dict | None]) -> bool:
     """Copy one key unless the destination holds identical bytes; returns whether it was sent."""
     data: bytes | None = None
@@ -410,7 +247,7 @@ def _copy_key(s: _Side, d: _Side, key: str, entry: _Entry, existing: _Entry | No
     return True
 
 
-def _checksummed_arrays(s: _Side, meta: list[str]) -> dict[str, dict | None]:
+def _checksummed_arrays(s: Backend, meta: list[str]) -> dict[str, dict | None]:
     """Array path → its metadata when its chunks (or shards) carry crc32c checksums, else None."""
     from kisstore.store import integrity
 
@@ -460,27 +297,6 @@ def _check_crc32c(key: str, data: bytes, checksummed: dict[str, dict | None], ur
 
 def _is_metadata(key: str) -> bool:
     return key.rsplit("/", 1)[-1] in METADATA_NAMES
-
-
-def _plain_md5(etag: Any) -> str | None:
-    """An S3 ETag that is the MD5 of the object's bytes (single-part upload), else None."""
-    if not isinstance(etag, str):
-        return None
-    etag = etag.strip('"').lower()
-    return etag if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag) else None
-
-
-def _inside(a: _Side, b: _Side) -> bool:
-    return a.scheme == b.scheme and a.root.startswith(b.root.rstrip("/") + "/")
-
-
-def _remove_empty_dirs(root: str) -> None:
-    for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -t[0].count(os.sep)):
-        if dirpath != root:
-            try:
-                os.rmdir(dirpath)
-            except OSError:
-                pass
 
 
 def _progress(total: int, enabled: bool):

@@ -130,18 +130,9 @@ def _edit_summary(g: zarr.Group) -> dict[str, Any]:
 
 
 def checkpoint_age(store: Store, path: str) -> float | None:
-    """Seconds since the checkpoint's state was last committed (local stores and fsspec)."""
-    try:
-        if store.scheme == "file":
-            import os
-
-            return time.time() - os.path.getmtime(os.path.join(str(store.zstore.root), path, "zarr.json"))
-        fs = store.zstore.fs
-        info = fs.info(f"{store.zstore.path}/{path}/zarr.json")
-        mtime = info.get("LastModified") or info.get("mtime")
-        return time.time() - (mtime.timestamp() if hasattr(mtime, "timestamp") else float(mtime))
-    except Exception:
-        return None
+    """Seconds since the checkpoint's state was last committed, where the storage tells."""
+    modified = store.backend.modified(f"{path}/zarr.json")
+    return None if modified is None else time.time() - modified
 
 
 def verify(store: Store, progress: bool = True) -> list[str]:

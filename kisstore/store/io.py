@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -16,8 +16,10 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from kisstore import failpoints
 from kisstore._version import __version__
-from kisstore.errors import InputError, StoreError
+from kisstore.errors import StoreError
 from kisstore.store import chunking, indexes, layout
+from kisstore.store.backend import Backend, backend_for
+from kisstore.store.errors import storage_errors
 from kisstore.store.urls import normalize_s3_options, redact, split_url
 
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
@@ -40,69 +42,6 @@ def default_chunks(dims: tuple[str, ...], shape: tuple[int, ...], dtype: Any = n
     return chunking.chunking(dims, shape, dtype).chunks
 
 
-@contextlib.contextmanager
-def storage_errors(url: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[None]:
-    """Translate storage-layer exceptions into one-line StoreErrors with secrets removed."""
-    try:
-        yield
-    except (StoreError, InputError):
-        raise
-    except PermissionError as e:
-        if split_url(url)[0] == "file":
-            raise StoreError(redact(f"cannot write to store {url}: permission denied", storage_options)) from e
-        raise StoreError(redact(f"store {url}: {_describe(e, storage_options)}", storage_options)) from e
-    except FileNotFoundError as e:
-        if _is_missing_bucket(e):
-            raise missing_bucket_error(url) from e
-        raise StoreError(redact(f"store {url}: not found ({e})", storage_options)) from e
-    except OSError as e:
-        raise StoreError(redact(f"store {url}: {_describe(e, storage_options)}", storage_options)) from e
-    except Exception as e:  # botocore / aiohttp errors have no common base
-        name = type(e).__name__
-        if any(s in name for s in ("Credential", "ClientError", "Endpoint", "Connect", "NoSuchBucket", "AccessDenied")):
-            raise StoreError(redact(f"store {url}: {_describe(e, storage_options)}", storage_options)) from e
-        raise
-
-
-_CREDENTIAL_HINTS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "Unable to locate credentials",
-                     "Access Key Id you provided", "signature we calculated", "NoCredentials",
-                     "ExpiredToken", "security token included in the request is invalid", "InvalidToken")
-_CREDENTIAL_ADVICE = "check the credentials (--storage-option key=…/secret=…/profile=… or the AWS_* environment)"
-
-
-def _describe(e: BaseException, storage_options: Mapping[str, Any] | None = None) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if "Partial credentials" in text or "PartialCredentials" in type(e).__name__:
-        return "incomplete credentials: give both key=… and secret=… (or neither, to use the AWS environment)"
-    if any(h in text for h in _CREDENTIAL_HINTS) or "Credential" in type(e).__name__:
-        return f"access denied: {_CREDENTIAL_ADVICE}"
-    if isinstance(e, PermissionError) or "AccessDenied" in text or text in ("Forbidden", "Access Denied"):
-        return f"access denied: {_CREDENTIAL_ADVICE} and the bucket's permissions"
-    if _is_missing_bucket(e):
-        return "bucket does not exist"
-    if "Could not connect" in text or "Cannot connect" in text or "Connect" in type(e).__name__:
-        endpoint = _endpoint(storage_options)
-        return "cannot reach the storage endpoint" + (f" {endpoint}" if endpoint else "")
-    return text
-
-
-def _is_missing_bucket(e: BaseException) -> bool:
-    text = str(e)
-    return "NoSuchBucket" in text or "bucket does not exist" in text.lower() or "NoSuchBucket" in type(e).__name__
-
-
-def _endpoint(storage_options: Mapping[str, Any] | None) -> str | None:
-    opts = dict(storage_options or {})
-    return opts.get("endpoint_url") or dict(opts.get("client_kwargs") or {}).get("endpoint_url")
-
-
-def missing_bucket_error(url: str) -> StoreError:
-    """The one-line error for an S3 URL whose bucket does not exist."""
-    bucket = split_url(url)[1].split("/", 1)[0]
-    return StoreError(f"store {redact(url)}: bucket {bucket!r} does not exist "
-                      f"(create it first, e.g. `aws s3 mb s3://{bucket}`)")
-
-
 class Store:
     """A handle on one kisstore store: its URL, options and the Zarr store underneath."""
 
@@ -112,6 +51,7 @@ class Store:
         self.scheme = scheme
         self.storage_options = dict(storage_options or {})
         self.read_only = read_only
+        self._backend: Backend | None = None
         failpoints.watch_store_writes()  # crash-safety tests only (KISSTORE_FAILPOINT=write:n)
         with storage_errors(url, self.storage_options):
             if scheme == "file":
@@ -131,11 +71,14 @@ class Store:
             return found
 
     def _check_bucket(self) -> None:
-        bucket = split_url(self.url)[1].split("/", 1)[0]
-        try:
-            _sync(self.zstore.fs._call_s3("head_bucket", Bucket=bucket))
-        except FileNotFoundError as e:
-            raise missing_bucket_error(self.url) from e
+        self.backend.check_bucket()
+
+    @property
+    def backend(self) -> Backend:
+        """Where the store's bytes live and what that storage guarantees (kisstore.store.backend)."""
+        if self._backend is None:
+            self._backend = backend_for(self.url, self.storage_options)
+        return self._backend
 
     def root(self) -> zarr.Group:
         with storage_errors(self.url, self.storage_options):
@@ -174,6 +117,19 @@ class Store:
     def group_attrs(self, path: str) -> dict[str, Any]:
         with storage_errors(self.url, self.storage_options):
             return dict(zarr.open_group(self.zstore, path=path, mode="r").attrs)
+
+    # -- reading ------------------------------------------------------------------------
+    def open_group(self, path: str = "", mode: str = "r") -> zarr.Group:
+        """The zarr group at PATH (``mode`` as zarr's: r, r+, a, w)."""
+        return zarr.open_group(self.zstore, path=path, mode=mode)
+
+    def open_dataset(self, path: str) -> xr.Dataset:
+        """The group at PATH as an xarray Dataset, lazily: Dask arrays of the stored chunks."""
+        return xr.open_dataset(self.zstore, group=path, engine="zarr", chunks={}, zarr_format=3, consolidated=False)
+
+    def open_tree(self) -> xr.DataTree:
+        """The whole store as an xarray DataTree (lazily read arrays, no consolidated metadata needed)."""
+        return xr.open_datatree(self.zstore, engine="zarr", zarr_format=3, consolidated=False)
 
     def model_ids(self, complete_only: bool = True) -> list[str]:
         if not self.has(layout.MODELS):

@@ -9,7 +9,7 @@ on the same host a dead pid frees it at once, elsewhere it expires after ``ttl``
 Every change of the lease object is a compare-and-swap, so two writers never take it at the
 same time: on S3 a conditional PUT (``If-None-Match: *`` to create it, ``If-Match: <ETag>`` to
 replace the version that was read); on local disk the same two operations under an exclusive
-``flock`` of the store's folder. Where neither is available (a botocore without conditional
+``flock`` of the store's folder (both in kisstore.store.backend). Where neither is available (a botocore without conditional
 writes, a file system without flock such as some NFS mounts, other fsspec filesystems) the
 lease falls back to write, wait, read back. A writer checks its lease before each write
 (:meth:`ModelLock.check`): it stops once the lease was taken from it (``--break-lock``
@@ -20,7 +20,6 @@ that the lease may have expired and been taken legitimately.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import numbers
 import os
@@ -28,22 +27,14 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-from kisstore import failpoints
 from kisstore.errors import StoreError
 from kisstore.store import layout
-from kisstore.store.io import Store, _sync, storage_errors
+from kisstore.store.io import Store, storage_errors
 
 LOCK_DIR = layout.LOCKS
 DEFAULT_TTL = 600.0
-
-
-def _buffer(data: bytes):
-    from zarr.core.buffer import default_buffer_prototype
-
-    return default_buffer_prototype().buffer.from_bytes(data)
 
 
 _CORRUPT = {"corrupt": True, "expires": 0}
@@ -68,178 +59,6 @@ def _decode(data: bytes | None) -> dict[str, Any] | None:
     return lease
 
 
-class _ReadBack:
-    """Any fsspec store: plain writes, made safe only by waiting and reading back (not atomic)."""
-
-    read_back = True  # after taking the lease, wait and check that no rival's write replaced ours
-
-    def __init__(self, store: Store, key: str):
-        self.store, self.key = store, key
-
-    def read(self) -> tuple[bytes | None, Any]:
-        from zarr.core.buffer import default_buffer_prototype
-
-        buf = _sync(self.store.zstore.get(self.key, prototype=default_buffer_prototype()))
-        data = None if buf is None else buf.to_bytes()
-        return data, data
-
-    def create(self, data: bytes) -> Any:
-        _sync(self.store.zstore.set(self.key, _buffer(data)))
-        return data
-
-    def replace(self, data: bytes, version: Any) -> Any:
-        return self.create(data) if self.read()[0] == version else None  # checked, but not atomically
-
-    def delete(self, version: Any) -> None:
-        _sync(self.store.zstore.delete(self.key))
-
-
-# what flock raises where the file system cannot lock (NFS emulating it with byte-range locks on a
-# descriptor not open for writing, Lustre without -o flock, …): the lease then falls back to read-back
-_NO_FLOCK = {errno.EBADF, errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
-
-
-class _Local(_ReadBack):
-    """Local disk: create and replace are checked and done under an exclusive ``flock`` of the
-    store's folder (held for microseconds, never for the lease's lifetime); the file itself is
-    written to a temporary name and renamed, so a reader never sees half of it. The lease folder
-    is created and removed only under the flock."""
-
-    read_back = False  # becomes True where the file system cannot flock
-
-    def __init__(self, store: Store, key: str):
-        super().__init__(store, key)
-        self.root = str(store.zstore.root)
-        self.path = os.path.join(self.root, key)
-
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        import fcntl
-
-        os.makedirs(self.root, exist_ok=True)
-        fd = os.open(self.root, os.O_RDONLY)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as e:
-                if e.errno not in _NO_FLOCK:
-                    raise
-                self.read_back = True  # no mutual exclusion here: acquire reads its lease back
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the flock
-
-    def read(self) -> tuple[bytes | None, Any]:
-        try:
-            with open(self.path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            data = None
-        return data, data
-
-    def _put(self, data: bytes) -> bytes:
-        failpoints.hit(failpoints.WRITE)
-        tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self.path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)  # only left when the write failed (a full disk)
-        return data
-
-    def create(self, data: bytes) -> Any:
-        with self._exclusive():
-            return None if os.path.exists(self.path) else self._put(data)
-
-    def replace(self, data: bytes, version: Any) -> Any:
-        with self._exclusive():
-            return self._put(data) if self.read()[0] == version else None
-
-    def delete(self, version: Any) -> None:
-        with self._exclusive():
-            if self.read()[0] == version:
-                os.unlink(self.path)
-            with contextlib.suppress(OSError):  # other models' leases keep the folder
-                os.rmdir(os.path.dirname(self.path))
-
-
-class _S3(_ReadBack):
-    """S3: conditional PUTs, the object's ETag as its version. The read-back stays, for
-    S3-compatible servers that ignore the conditions."""
-    _LOST = ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412", "409", "404")
-
-    def __init__(self, store: Store, key: str):
-        super().__init__(store, key)
-        fs = store.zstore.fs
-        self.fs = fs
-        self.bucket, self.object_key, _ = fs.split_path(f"{store.zstore.path}/{key}")
-        # s3fs drops the parameters its botocore does not know: without these the PUTs would be
-        # unconditional, silently; then only the read-back guards the lease
-        self.conditional = _botocore_knows("PutObject", ("IfNoneMatch", "IfMatch"))
-
-    def _call(self, method: str, **kw) -> dict | None:
-        """The S3 call's response, or None when its condition failed (another writer won)."""
-        if method not in ("get_object", "head_object"):
-            failpoints.hit(failpoints.WRITE)
-        try:
-            return _sync(self.fs._call_s3(method, Bucket=self.bucket, Key=self.object_key, **kw))
-        except (OSError, ValueError) as e:
-            cause = e.__cause__ if e.__cause__ is not None else e
-            code = str(getattr(cause, "response", {}).get("Error", {}).get("Code", ""))
-            if code in self._LOST or isinstance(e, FileExistsError):
-                return None
-            raise
-
-    def read(self) -> tuple[bytes | None, Any]:
-        try:
-            out = _sync(self.fs._call_s3("get_object", Bucket=self.bucket, Key=self.object_key))
-        except FileNotFoundError:
-            return None, None
-
-        async def body() -> bytes:
-            async with out["Body"] as stream:
-                return await stream.read()
-
-        return _sync(body()), out["ETag"]
-
-    def create(self, data: bytes) -> Any:
-        if not self.conditional:
-            return None if self.read()[0] is not None else self._call("put_object", Body=data)["ETag"]
-        out = self._call("put_object", Body=data, IfNoneMatch="*")
-        return None if out is None else out["ETag"]
-
-    def replace(self, data: bytes, version: Any) -> Any:
-        if not self.conditional:
-            return None if self.read()[1] != version else self._call("put_object", Body=data)["ETag"]
-        out = self._call("put_object", Body=data, IfMatch=version)
-        return None if out is None else out["ETag"]
-
-    def delete(self, version: Any) -> None:
-        if self.read()[1] == version:  # servers without conditional DELETE: checked first
-            self._call("delete_object", IfMatch=version)
-
-
-def _botocore_knows(operation: str, params: tuple[str, ...]) -> bool:
-    try:
-        import botocore.session
-
-        members = botocore.session.get_session().get_service_model("s3").operation_model(operation).input_shape.members
-    except Exception:  # no botocore model to ask: assume the worst
-        return False
-    return all(p in members for p in params)
-
-
-def _backend(store: Store, key: str) -> _ReadBack:
-    if store.scheme == "file" and os.name == "posix":
-        return _Local(store, key)
-    if store.scheme == "s3":
-        return _S3(store, key)
-    return _ReadBack(store, key)
-
-
 class ModelLock:
     def __init__(self, store: Store, model_id: str, ttl: float = DEFAULT_TTL, break_lock: bool = False):
         self.store = store
@@ -248,7 +67,7 @@ class ModelLock:
         self.ttl = ttl
         self.break_lock = break_lock
         self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
-        self.backend = _backend(store, self.key)
+        self.backend = store.backend.versioned(self.key)  # compare-and-swap where the storage has it
         self.lost_to: dict[str, Any] | None = None  # the lease that replaced ours ({}: none left), once seen
         self._version: Any = None  # what our last write left there (bytes or ETag)
         self._expires = 0.0  # the expiry our last successful write of the lease recorded
