@@ -21,6 +21,7 @@ from kisstore._version import __version__
 from kisstore.errors import InputError, StoreError
 from kisstore.hashing import file_sha256
 from kisstore.interop import rome_format as fmt
+from kisstore.models.loading import ModelShape, inspect_model
 from kisstore.store import commit, layout
 from kisstore.store.io import Store
 from kisstore.store.urls import public_options, redact
@@ -42,63 +43,12 @@ class ImportOptions:
 
 
 @dataclass
-class ModelShape:
-    """What the import checks files against, from the config and a weightless (meta) model."""
-
-    name: str
-    name_or_path: str
-    architecture: str
-    n_layers: int
-    d_ff: int
-    hooked_module: str
-    provenance: dict[str, Any]
-
-
-@dataclass
 class ImportResult:
     model_id: str
     folder: Path
     layers: list[int]
     files: list[dict[str, Any]]
     ignored: list[str]
-
-
-def inspect_model(name: str, module: str | None = None, trust_remote_code: bool = False) -> ModelShape:
-    """Layer count, key width and key module of a model, without loading its weights."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from kisstore.models.aliases import family_of
-    from kisstore.models.loading import key_dim, load_config, resolve_source
-    from kisstore.models.registry import module_template, n_layers_of
-
-    source = resolve_source(name)
-    config = load_config(source, trust_remote_code)
-    template = module_template(config.model_type, module)
-    n_layers = n_layers_of(config)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    modules = dict(model.named_modules())
-    first = template.format(i=0)
-    if first not in modules:
-        raise InputError(f"module {first!r} not found in this {config.model_type} model; pass --module with the "
-                         "MLP down-projection path")
-    d_ff = key_dim(modules[first])
-    name_or_path = getattr(config, "_name_or_path", "") if source.kind == "hub" else source.name
-    provenance = {
-        "model_id": source.location if source.kind != "gguf" else Path(source.location).name,
-        "model_name": source.name,
-        "model_source": source.kind,
-        "model_revision": source.revision or getattr(config, "_commit_hash", None) or "unknown",
-        "name_or_path": name_or_path,
-        "architecture": config.model_type,
-        "family": source.family or family_of(source.location, config.model_type),
-        "n_params": int(sum(p.numel() for p in model.parameters())),
-        "n_layers": int(n_layers),
-        "d_ff": int(d_ff),
-        "hooked_module": template,
-    }
-    return ModelShape(name, name_or_path, config.model_type, int(n_layers), int(d_ff), template, provenance)
 
 
 # -- finding the files -------------------------------------------------------------------

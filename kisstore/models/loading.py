@@ -299,30 +299,10 @@ def load_model(
     model.eval()
     model.to(dev)
 
-    modules = dict(model.named_modules())
-    first = template.format(i=0)
-    if first not in modules:
-        raise InputError(
-            f"module {first!r} not found in this {config.model_type} model; pass --module with the "
-            "MLP down-projection path"
-        )
-    d_ff = key_dim(modules[first])
+    d_ff = _key_width(model, config, template)
     n_params = sum(p.numel() for p in model.parameters())
-    family = source.family or family_of(source.location, config.model_type)
-    import transformers
-
     provenance = {
-        "model_id": source.location if source.kind != "gguf" else Path(source.location).name,
-        "model_name": source.name,
-        "model_source": source.kind,
-        "model_revision": revision or getattr(config, "_commit_hash", None) or "unknown",
-        "name_or_path": getattr(config, "_name_or_path", "") if source.kind == "hub" else source.name,
-        "architecture": config.model_type,
-        "family": family,
-        "n_params": int(n_params),
-        "n_layers": int(n_layers),
-        "d_ff": int(d_ff),
-        "hooked_module": template,
+        **model_provenance(source, config, template, revision, n_params, n_layers, d_ff),
         "dtype": str(tdtype).replace("torch.", ""),
         "device": dev if dev == "cpu" else f"{dev} ({torch.cuda.get_device_name(0)})",
         "trust_remote_code": bool(trust_remote_code),
@@ -332,6 +312,66 @@ def load_model(
         provenance["note"] = "weights dequantised from a Q4_1 GGUF file: an approximation of the original model"
     return LoadedModel(model, tokenizer, source, template, n_layers, d_ff, int(n_params), dev,
                        provenance["dtype"], provenance)
+
+
+@dataclass
+class ModelShape:
+    """A model's layer count, key width and key module, read from its config and a weightless
+    (meta-device) copy: what `kisstore import-rome` checks files against."""
+
+    name: str
+    name_or_path: str
+    architecture: str
+    n_layers: int
+    d_ff: int
+    hooked_module: str
+    provenance: dict[str, Any]
+
+
+def inspect_model(name: str, module: str | None = None, trust_remote_code: bool = False) -> ModelShape:
+    """Layer count, key width and key module of a model, without loading its weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_source(name)
+    config = load_config(source, trust_remote_code)
+    template = module_template(config.model_type, module)
+    n_layers = n_layers_of(config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    d_ff = _key_width(model, config, template)
+    provenance = model_provenance(source, config, template, source.revision,
+                                  sum(p.numel() for p in model.parameters()), n_layers, d_ff)
+    return ModelShape(name, provenance["name_or_path"], config.model_type, int(n_layers), int(d_ff), template,
+                      provenance)
+
+
+def model_provenance(source: ModelSource, config, template: str, revision: str | None, n_params: int,
+                     n_layers: int, d_ff: int) -> dict[str, Any]:
+    """Where a model came from and its shape, as every store records it (the one place it is built)."""
+    return {
+        "model_id": source.location if source.kind != "gguf" else Path(source.location).name,
+        "model_name": source.name,
+        "model_source": source.kind,
+        "model_revision": revision or getattr(config, "_commit_hash", None) or "unknown",
+        "name_or_path": getattr(config, "_name_or_path", "") if source.kind == "hub" else source.name,
+        "architecture": config.model_type,
+        "family": source.family or family_of(source.location, config.model_type),
+        "n_params": int(n_params),
+        "n_layers": int(n_layers),
+        "d_ff": int(d_ff),
+        "hooked_module": template,
+    }
+
+
+def _key_width(model, config, template: str) -> int:
+    """The key width at layer 0's key module; a one-line error where the module is not there."""
+    modules = dict(model.named_modules())
+    first = template.format(i=0)
+    if first not in modules:
+        raise InputError(f"module {first!r} not found in this {config.model_type} model; pass --module with the "
+                         "MLP down-projection path")
+    return key_dim(modules[first])
 
 
 def key_dim(module) -> int:
