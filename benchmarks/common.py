@@ -159,6 +159,7 @@ def random_smollm2(device: str, config: dict[str, Any] | None = None):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from kisstore.models.loading import LoadedModel, ModelSource
+    from kisstore.models.registry import KeySite
 
     cfg = LlamaConfig(**(config or SMOLLM2_135M))
     torch.manual_seed(0)
@@ -167,7 +168,7 @@ def random_smollm2(device: str, config: dict[str, Any] | None = None):
     n_params = sum(p.numel() for p in model.parameters())
     source = ModelSource("smollm2-135m-random", "random", "random", "smollm2")
     provenance = {"architecture": "llama", "model_revision": "random", "dtype": "float32", "device": device}
-    return LoadedModel(model, tok, source, "model.layers.{i}.mlp.down_proj", cfg.num_hidden_layers,
+    return LoadedModel(model, tok, source, KeySite("model.layers.{i}.mlp.down_proj"), cfg.num_hidden_layers,
                        cfg.intermediate_size, int(n_params), device, "float32", provenance)
 
 

@@ -64,7 +64,7 @@ def layer_stats_pass(lm, layer: int, batches: Iterable, stat: Float32SecondMomen
     and add the masked inputs to a float32 second moment."""
     import torch
 
-    module = dict(lm.model.named_modules())[lm.module_template.format(i=layer)]
+    module = lm.key_site.find(lm.model, layer)
     held: dict[str, Any] = {}
 
     def hook(_module, args, _output):
@@ -100,7 +100,7 @@ def bare_forward(lm, batch, kernels: str = "torch", *, head: bool = False, compi
 
     net = lm.model if head else lm.model.base_model
     with (torch.inference_mode(), onednn_linears(lm.model, enabled=linears_on_onednn(kernels, lm.device, compile)),
-          compiled_layers(lm.model, lm.module_template, [lm.n_layers - 1]) if compile else contextlib.nullcontext()):
+          compiled_layers(lm.model, lm.key_site, [lm.n_layers - 1]) if compile else contextlib.nullcontext()):
         net(input_ids=batch.input_ids.to(lm.device), attention_mask=batch.attention_mask.to(lm.device),
             use_cache=False)
 

@@ -109,7 +109,6 @@ def run_model(lm, layers: list[int] | None = None, batch: int = 10, steps: int =
     from kisstore.data.items import load_items
     from kisstore.edit.evaluate import FactProbe, capture_at_keys
     from kisstore.edit.methods import Memit
-    from kisstore.edit.spread import _block_template
     from kisstore.edit.targets import direct_delta
     from kisstore.edit.weights import down_proj_weight, set_down_proj_weight
 
@@ -125,9 +124,8 @@ def run_model(lm, layers: list[int] | None = None, batch: int = 10, steps: int =
     n = min(batch * steps, len(chosen))
     steps = n // batch
     chosen = chosen[: steps * batch]
-    named = dict(lm.model.named_modules())
-    modules = [named[lm.module_template.format(i=lay)] for lay in layers]
-    block = named[_block_template(lm.module_template).format(i=layers[-1])]
+    modules = [lm.key_site.find(lm.model, lay) for lay in layers]
+    block = lm.key_site.find(lm.model, layers[-1], block=True)
     probe = FactProbe(lm, chosen)
     originals = [m.weight.detach().clone() for m in modules]
     w0 = [down_proj_weight(m) for m in modules]

@@ -50,7 +50,7 @@ class PaperKeys:
 
         self.lm = lm
         self.enc = [encode_item(lm.tokenizer, it) for it in items]
-        self.module = dict(lm.model.named_modules())[lm.module_template.format(i=layer)]
+        self.module = lm.key_site.find(lm.model, layer)
 
     def key(self, i: int):
         import torch

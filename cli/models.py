@@ -24,7 +24,7 @@ def models_cmd():
         click.echo(f"{a.name:<14} {a.family:<9} {a.params:<6} {src:<36} {'yes' if avail else 'no (Hub)'}")
     click.echo("\nsupported architectures (model_type → hooked module):")
     for arch in ARCHITECTURES.values():
-        click.echo(f"  {arch.name:<10} {arch.module_template}")
+        click.echo(f"  {arch.name:<10} {arch.key_site.template}")
     click.echo("Any other Hub id, local directory or .gguf file works too; --module overrides the path.")
 
 

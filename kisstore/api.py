@@ -77,7 +77,7 @@ def keys(model: Any, prompts: Sequence[str], subjects: Sequence[str], *, targets
     if not isinstance(batch_tokens, int) or batch_tokens < 1:
         raise InputError(f"batch_tokens must be a positive whole number, got {batch_tokens!r}")
     lm = load_model(model, device=device, dtype=dtype) if isinstance(model, str) else model
-    if not hasattr(lm, "module_template") or not hasattr(lm, "tokenizer"):
+    if not hasattr(lm, "key_site") or not hasattr(lm, "tokenizer"):
         raise InputError("model: give a model name or what kisstore.load_model returned")
     if layers is None or isinstance(layers, str):
         chosen = parse_layers(layers, lm.n_layers)
@@ -99,8 +99,8 @@ def keys(model: Any, prompts: Sequence[str], subjects: Sequence[str], *, targets
     else:
         values = _prompt_keys(lm, items, chosen, position, batch_tokens)
     return xr.DataArray(values, dims=("layer", "item", "d_ff"), coords=coords, name="key", attrs={
-        "long_name": f"MLP key (input of {lm.module_template}) at the {position} token",
-        "model": lm.source.name, "hooked_module": lm.module_template, "token_position": position})
+        "long_name": f"MLP key (input of {lm.key_site.template}) at the {position} token",
+        "model": lm.source.name, "hooked_module": lm.key_site.template, "token_position": position})
 
 
 def _items(prompts, subjects, targets):
@@ -158,7 +158,7 @@ def _prompt_keys(lm, items, layers, position, batch_tokens):
             x = x.reshape(*_shape, -1)
             out[row[layer], _g] = x[_r, _p].float().cpu().numpy()
 
-        with torch.inference_mode(), key_hooks(lm.model, lm.module_template, layers, on_key, stop_after_last=True):
+        with torch.inference_mode(), key_hooks(lm.model, lm.key_site, layers, on_key, stop_after_last=True):
             try:
                 lm.model(input_ids=ids, attention_mask=mask)
             except StopForward:

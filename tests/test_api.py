@@ -134,7 +134,7 @@ def test_keys_of_prompts_alone_equal_the_item_pass_keys(position, gpt2, tiny_ite
 
     enc = gpt2.tokenizer(prompts[1], return_tensors="pt")
     seen = {}
-    module = dict(gpt2.model.named_modules())[gpt2.module_template.format(i=2)]
+    module = gpt2.key_site.find(gpt2.model, 2)
     handle = module.register_forward_pre_hook(lambda _m, args: seen.setdefault("k", args[0]))
     with torch.no_grad():
         gpt2.model(**enc)

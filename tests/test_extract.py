@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from kisstore.data.items import load_items
 from kisstore.extract import ExtractOptions, run_extract
 from kisstore.extract.pipeline import one_layer_bytes
+from kisstore.models.registry import KeySite
 from tests import tiny
 
 # written here independently of kisstore.models.registry
@@ -284,7 +285,7 @@ def test_compiled_layers_are_put_back_as_they_were(tiny_models, fresh_compiler):
     layers = model.model.layers
     offload = layers[1].forward  # what accelerate's hooks do: a forward on the instance
     layers[1].forward = offload
-    with compiled_layers(model, KEY_MODULE["llama"].replace("{}", "{i}"), [1], backend="aot_eager"):
+    with compiled_layers(model, KeySite(KEY_MODULE["llama"].replace("{}", "{i}")), [1], backend="aot_eager"):
         assert "forward" in layers[0].__dict__ and layers[1].forward is not offload
         assert "forward" not in layers[2].__dict__  # past the last hooked layer: left alone
     assert "forward" not in layers[0].__dict__

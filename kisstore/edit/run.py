@@ -440,7 +440,7 @@ def sequential_edits(lm, plan: EditPlan, opts: EditOptions, say: Callable[[str],
     from kisstore.edit.targets import direct_delta, rome_delta
     from kisstore.edit.weights import down_proj_weight, set_down_proj_weight
 
-    module = dict(lm.model.named_modules())[lm.module_template.format(i=plan.layer)]
+    module = lm.key_site.find(lm.model, plan.layer)
     keys, n_e, n = plan.keys, plan.n_edits, len(plan.items)
     lower, _ = whitening(plan.cov, opts.ridge, layer=plan.layer, n_tokens=plan.n_tokens)
     projector, null_rank = cf.nullspace_projector(regularize(plan.cov, opts.ridge), opts.nullspace_threshold,
@@ -712,7 +712,7 @@ def run_attrs(opts: EditOptions, plan: EditPlan, lm, elapsed: float) -> dict[str
     return {
         "kind": "sequential closed-form edits",
         "model_id": plan.model_id, "model_name": lm.provenance.get("model_name"),
-        "model_revision": lm.provenance.get("model_revision"), "hooked_module": lm.module_template,
+        "model_revision": lm.provenance.get("model_revision"), "hooked_module": lm.key_site.template,
         "layer": plan.layer, "n_layers": lm.n_layers, "d_ff": lm.d_ff, "edits": plan.n_edits,
         "tracked": len(plan.items) - plan.n_edits, "tracked_from": opts.tracked_from,
         "selection": "edited facts have distinct subjects; tracked facts share no subject with an edited one",

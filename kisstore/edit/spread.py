@@ -109,12 +109,6 @@ def _norm(x: np.ndarray) -> np.ndarray:
     return np.sqrt(np.sum(x * x, axis=-1))
 
 
-def _block_template(module_template: str) -> str:
-    """``model.layers.{i}.mlp.down_proj`` → ``model.layers.{i}``: the layer's transformer block."""
-    cut = module_template.index("{i}") + len("{i}")
-    return module_template[:cut]
-
-
 # -- the loop ------------------------------------------------------------------------------------
 def spread_edits(lm, plan, opts, say: Callable[[str], None], store: Store, settings: dict[str, Any],
                  prompts=None) -> xr.Dataset:
@@ -129,11 +123,10 @@ def spread_edits(lm, plan, opts, say: Callable[[str], None], store: Store, setti
     from kisstore.edit.targets import direct_delta, rome_delta
     from kisstore.edit.weights import down_proj_weight, set_down_proj_weight
 
-    named = dict(lm.model.named_modules())
     layers = plan.layers
     n_l, n_e, n = len(layers), plan.n_edits, len(plan.items)
-    modules = [named[lm.module_template.format(i=lay)] for lay in layers]
-    block = named[_block_template(lm.module_template).format(i=layers[-1])]
+    modules = [lm.key_site.find(lm.model, lay) for lay in layers]
+    block = lm.key_site.find(lm.model, layers[-1], block=True)
     keys = plan.layer_keys  # (layer, item, d_ff): the stored keys of the unedited model
     groups = batches(n_e, opts.batch)
     steps = len(groups) + 1

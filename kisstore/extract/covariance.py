@@ -275,8 +275,8 @@ def accumulate(
     with (contextlib.closing(batches) if hasattr(batches, "close") else contextlib.nullcontext(),
           torch.inference_mode(), onednn_linears(lm.model, enabled=fast),
           dense_kv_attention(),  # no mask below: float32 grouped-query attention needs this for a fused kernel
-          compiled_layers(lm.model, lm.module_template, layers) if compile else contextlib.nullcontext(),
-          key_hooks(lm.model, lm.module_template, layers, on_key, stop_after_last=True, via_layer=compile)):
+          compiled_layers(lm.model, lm.key_site, layers) if compile else contextlib.nullcontext(),
+          key_hooks(lm.model, lm.key_site, layers, on_key, stop_after_last=True, via_layer=compile)):
         for batch in batches:
             ids = batch.input_ids.to(lm.device)
             # the non-padding rows, found once per batch on the host (a boolean mask index on the

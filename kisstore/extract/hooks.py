@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
+from kisstore.models.registry import KeySite
+
 BACKEND = "inductor"  # torch.compile's backend for compiled_layers (tests use "aot_eager": no code generation)
 
 
@@ -12,25 +14,17 @@ class StopForward(Exception):
     """Raised by the last hook: nothing after the last hooked layer needs computing."""
 
 
-def layer_template(template: str) -> str:
-    """The decoder layer that holds a key module: ``model.layers.{i}.mlp.down_proj`` → ``model.layers.{i}``."""
-    head, sep, _ = template.partition("{i}")
-    if not sep:
-        raise ValueError(f"module template {template!r} has no {{i}}")
-    return head + "{i}"
-
-
 @contextlib.contextmanager
 def key_hooks(
     model,
-    template: str,
+    site: KeySite,
     layers: Sequence[int],
     on_key: Callable[[int, object], None],
     *,
     stop_after_last: bool = False,
     via_layer: bool = False,
 ) -> Iterator[None]:
-    """Call ``on_key(layer, keys)`` with each hooked module's input (batch, seq, d_ff).
+    """Call ``on_key(layer, keys)`` with the input (batch, seq, d_ff) of each layer's key module (SITE).
 
     With ``stop_after_last`` the deepest layer's hook raises StopForward once it has handed over
     its keys, so the rest of the network and the LM head never run.
@@ -56,10 +50,10 @@ def key_hooks(
 
     try:
         for layer in layers:
-            key_module = modules[template.format(i=layer)]
+            key_module = modules[site.module(layer)]
             if via_layer:
                 handles.append(key_module.register_forward_pre_hook(park))
-                holder = modules[layer_template(template).format(i=layer)]
+                holder = modules[site.block(layer)]
                 handles.append(holder.register_forward_hook(
                     lambda _m, _a, _o, _l=layer: hand_over(_l, slot.pop("keys"))))
             else:
@@ -75,7 +69,7 @@ RECOMPILE_LIMIT = 64  # graphs per code object: every transformers decoder layer
 
 
 @contextlib.contextmanager
-def compiled_layers(model, template: str, layers: Sequence[int], *, backend=None) -> Iterator[None]:
+def compiled_layers(model, site: KeySite, layers: Sequence[int], *, backend=None) -> Iterator[None]:
     """Run the forwards of the decoder layers ``0…max(layers)`` through ``torch.compile``.
 
     Only each layer's ``forward`` is compiled, not its ``__call__``: hooks registered on the
@@ -95,7 +89,7 @@ def compiled_layers(model, template: str, layers: Sequence[int], *, backend=None
 
     install()  # before anything is traced: see kisstore.extract.attention
     modules = dict(model.named_modules())
-    holders = [modules[layer_template(template).format(i=i)] for i in range(max(layers) + 1)]
+    holders = [modules[site.block(i)] for i in range(max(layers) + 1)]
     # a forward already set on the instance (accelerate's offloading hooks put one there) is
     # compiled with the rest and put back afterwards
     before = [m.__dict__.get("forward") for m in holders]

@@ -79,7 +79,7 @@ def item_pass(
             x = x.reshape(*_shape, -1)  # some models (OPT) flatten (batch, seq) before the MLP
             keys[row[layer], _g] = x[_r, _p].float().cpu().numpy()
 
-        with torch.inference_mode(), key_hooks(lm.model, lm.module_template, layers, on_key):
+        with torch.inference_mode(), key_hooks(lm.model, lm.key_site, layers, on_key):
             logits = pair_logits(lm.model, ids, mask, pairs)
         for r, i in enumerate(group):
             tp = enc[i].target_pos

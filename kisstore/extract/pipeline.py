@@ -222,10 +222,10 @@ class ModelRun:
     def prepare(self) -> None:
         """Cheap checks from the config alone (model reachable, architecture, layer spec)."""
         from kisstore.models.loading import load_config, resolve_source
-        from kisstore.models.registry import module_template, n_layers_of
+        from kisstore.models.registry import key_site, n_layers_of
 
         config = load_config(resolve_source(self.name), self.opts.trust_remote_code)
-        module_template(config.model_type, self.opts.module)
+        key_site(config.model_type, self.opts.module)
         self.requested_layers = parse_layers(self.opts.layers, n_layers_of(config))
         self.architecture, self.n_layers = config.model_type, n_layers_of(config)
         self.d_ff_hint = d_ff_of(config, self.opts.module)  # for the corpus check before any work
@@ -370,7 +370,7 @@ class ModelRun:
     def fingerprint(self) -> dict[str, Any]:
         o = self.opts
         return {
-            "model_revision": self.lm.provenance["model_revision"], "hooked_module": self.lm.module_template,
+            "model_revision": self.lm.provenance["model_revision"], "hooked_module": self.lm.key_site.template,
             "layers": self.layers, "token_position": o.token, "corpus": o.corpus, "corpus_tokens": o.corpus_tokens,
             "max_length": self.max_length, "items_sha256": self.items_sha,
             "dtype": self.lm.dtype,

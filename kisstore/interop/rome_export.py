@@ -19,6 +19,7 @@ from kisstore.errors import InputError, StoreError
 from kisstore.interop import layouts
 from kisstore.interop import rome_format as fmt
 from kisstore.layers import parse_layers
+from kisstore.models.registry import KeySite
 from kisstore.store import integrity, layout
 from kisstore.store.io import Store, storage_errors
 from kisstore.store.urls import redact
@@ -154,8 +155,9 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] | None = None,
         raise StoreError(f"model {model_id} in {redact(store.url)} is not complete (extraction unfinished); "
                          "finish it with `kisstore extract` first")
     template = attrs.get("hooked_module")
-    if not isinstance(template, str) or "{i}" not in template:
+    if not isinstance(template, str) or template.count("{i}") != 1:
         raise StoreError(f"model {model_id} records no hooked_module template; cannot name the files")
+    site = KeySite(template)
     name_or_path = str(attrs.get("name_or_path") or attrs.get("model_id") or "")
     names = {rule.name: opts.model_name or rule.model_folder(name_or_path) for rule in rules}
     for model_name in names.values():
@@ -181,7 +183,7 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] | None = None,
     for rule in rules:
         folder = Path(opts.stats_dir) / names[rule.name] / fmt.stats_folder_name(ds_name)
         written.append(LayoutFiles(rule, names[rule.name], folder, {
-            layer: folder / rule.file_name(template.format(i=layer), opts.precision, sample_size) for layer in wanted}))
+            layer: folder / rule.file_name(site.module(layer), opts.precision, sample_size) for layer in wanted}))
     targets: dict[Path, int] = {}  # rules that name the same file write it once
     for lf in written:
         for layer, p in lf.files.items():

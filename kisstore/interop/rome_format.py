@@ -109,14 +109,6 @@ def parse_file_name(path: str | Path) -> StatsFileName | None:
                          None if sample is None else int(sample), m.group("tokens"))
 
 
-def layer_pattern(template: str) -> re.Pattern[str]:
-    """A regex matching the module names of ``template`` (``…{i}…``), capturing the layer index."""
-    if "{i}" not in template:
-        raise InputError(f"module template {template!r} has no '{{i}}'")
-    before, after = template.split("{i}", 1)
-    return re.compile(f"^{re.escape(before)}(\\d+){re.escape(after)}$")
-
-
 def null_sample_size() -> np.ndarray:
     """ROME's encoding of ``sample_size=None``: a float64 NaN with a fixed payload."""
     return np.array(struct.unpack(">d", struct.pack(">Q", _NULL_BITS))[0], dtype=np.float64)

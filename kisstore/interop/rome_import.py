@@ -22,6 +22,7 @@ from kisstore.errors import InputError, StoreError
 from kisstore.hashing import file_sha256
 from kisstore.interop import rome_format as fmt
 from kisstore.models.loading import ModelShape, inspect_model
+from kisstore.models.registry import KeySite
 from kisstore.store import commit, layout
 from kisstore.store.io import Store
 from kisstore.store.urls import public_options, redact
@@ -106,7 +107,7 @@ def find_stats_folder(source: Path, shape: ModelShape, ds_name: str | None = Non
 def select_files(folder: Path, shape: ModelShape, precision: str | None = None,
                  sample_size: int | None = None) -> tuple[dict[int, fmt.StatsFileName], list[str]]:
     """Map layer index → file; refuse files for another module, out-of-range layers and duplicates."""
-    pattern = fmt.layer_pattern(shape.hooked_module)
+    site = KeySite(shape.hooked_module)
     chosen: dict[int, list[fmt.StatsFileName]] = {}
     ignored = []
     for f in _stats_files(folder):
@@ -114,11 +115,10 @@ def select_files(folder: Path, shape: ModelShape, precision: str | None = None,
                 sample_size is not None and f.sample_size != sample_size):
             ignored.append(f.path.name)
             continue
-        m = pattern.match(f.layer_name)
-        if m is None:
+        layer = site.layer_of(f.layer_name)
+        if layer is None:
             raise InputError(f"{f.path}: module {f.layer_name!r} is not this model's key module "
                              f"({shape.hooked_module} for {shape.architecture}); wrong model's statistics?")
-        layer = int(m.group(1))
         if layer >= shape.n_layers:
             raise InputError(f"{f.path}: layer {layer} does not exist; the model has {shape.n_layers} layers "
                              f"(0-{shape.n_layers - 1})")

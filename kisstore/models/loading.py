@@ -18,7 +18,7 @@ from kisstore.errors import InputError
 from kisstore.hashing import file_sha256
 from kisstore.models.aliases import ALIASES, family_of
 from kisstore.models.embedded import smollm2_gguf
-from kisstore.models.registry import module_template, n_layers_of
+from kisstore.models.registry import KeySite, key_site, n_layers_of
 
 
 @dataclass
@@ -37,7 +37,7 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     source: ModelSource
-    module_template: str
+    key_site: KeySite
     n_layers: int
     d_ff: int
     n_params: int
@@ -259,7 +259,7 @@ def load_model(
     source = resolve_source(name)
     dev = pick_device(device)
     config = load_config(source, trust_remote_code)
-    template = module_template(config.model_type, module)
+    site = key_site(config.model_type, module)
     n_layers = n_layers_of(config)
 
     revision = source.revision
@@ -299,10 +299,10 @@ def load_model(
     model.eval()
     model.to(dev)
 
-    d_ff = _key_width(model, config, template)
+    d_ff = _key_width(model, config, site)
     n_params = sum(p.numel() for p in model.parameters())
     provenance = {
-        **model_provenance(source, config, template, revision, n_params, n_layers, d_ff),
+        **model_provenance(source, config, site, revision, n_params, n_layers, d_ff),
         "dtype": str(tdtype).replace("torch.", ""),
         "device": dev if dev == "cpu" else f"{dev} ({torch.cuda.get_device_name(0)})",
         "trust_remote_code": bool(trust_remote_code),
@@ -310,7 +310,7 @@ def load_model(
     }
     if source.kind == "gguf":
         provenance["note"] = "weights dequantised from a Q4_1 GGUF file: an approximation of the original model"
-    return LoadedModel(model, tokenizer, source, template, n_layers, d_ff, int(n_params), dev,
+    return LoadedModel(model, tokenizer, source, site, n_layers, d_ff, int(n_params), dev,
                        provenance["dtype"], provenance)
 
 
@@ -335,18 +335,18 @@ def inspect_model(name: str, module: str | None = None, trust_remote_code: bool 
 
     source = resolve_source(name)
     config = load_config(source, trust_remote_code)
-    template = module_template(config.model_type, module)
+    site = key_site(config.model_type, module)
     n_layers = n_layers_of(config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    d_ff = _key_width(model, config, template)
-    provenance = model_provenance(source, config, template, source.revision,
+    d_ff = _key_width(model, config, site)
+    provenance = model_provenance(source, config, site, source.revision,
                                   sum(p.numel() for p in model.parameters()), n_layers, d_ff)
-    return ModelShape(name, provenance["name_or_path"], config.model_type, int(n_layers), int(d_ff), template,
+    return ModelShape(name, provenance["name_or_path"], config.model_type, int(n_layers), int(d_ff), site.template,
                       provenance)
 
 
-def model_provenance(source: ModelSource, config, template: str, revision: str | None, n_params: int,
+def model_provenance(source: ModelSource, config, site: KeySite, revision: str | None, n_params: int,
                      n_layers: int, d_ff: int) -> dict[str, Any]:
     """Where a model came from and its shape, as every store records it (the one place it is built)."""
     return {
@@ -360,18 +360,18 @@ def model_provenance(source: ModelSource, config, template: str, revision: str |
         "n_params": int(n_params),
         "n_layers": int(n_layers),
         "d_ff": int(d_ff),
-        "hooked_module": template,
+        "hooked_module": site.template,
     }
 
 
-def _key_width(model, config, template: str) -> int:
+def _key_width(model, config, site: KeySite) -> int:
     """The key width at layer 0's key module; a one-line error where the module is not there."""
-    modules = dict(model.named_modules())
-    first = template.format(i=0)
-    if first not in modules:
-        raise InputError(f"module {first!r} not found in this {config.model_type} model; pass --module with the "
-                         "MLP down-projection path")
-    return key_dim(modules[first])
+    try:
+        module = site.find(model, 0)
+    except InputError:
+        raise InputError(f"module {site.module(0)!r} not found in this {config.model_type} model; pass --module with "
+                         "the MLP down-projection path") from None
+    return key_dim(module)
 
 
 def key_dim(module) -> int:
