@@ -699,7 +699,7 @@ def lazy_cov(load_sums, n_tokens: np.ndarray, d: int):
     import dask
     import dask.array as da
 
-    parts = [da.from_delayed(dask.delayed(unpacked_cov, pure=True)(load_sums, n_tokens, d, rows),
+    parts = [da.from_delayed(dask.delayed(unpacked_cov, pure=False)(load_sums, n_tokens, d, rows),
                              shape=(len(rows), d, d), dtype=np.float64) for rows in cov_blocks(len(n_tokens), d)]
     return parts[0] if len(parts) == 1 else da.concatenate(parts, axis=0)
 
