@@ -95,6 +95,32 @@ def test_covariance_equals_numpy_over_the_same_tokens(arch, tiny_models, tiny_it
         assert np.linalg.eigvalsh(c).min() > 0
 
 
+def test_covariance_written_block_by_block_equals_numpy_and_keeps_the_store_layout(
+        tiny_models, tiny_items, tiny_corpus, tmp_path, monkeypatch):
+    """The final write stores cov one write block (shard) at a time from the checkpoint's packed
+    sums: with shards of 2 of the 3 layers, the blocks are [0, 1] and [2], the array is sharded as
+    the store's rule says, sealed, and equal to numpy's S / n over the same tokens."""
+    import zarr
+
+    from kisstore.extract.pipeline import cov_blocks
+    from kisstore.store import chunking
+    from kisstore.store.integrity import check_for_reading
+    from kisstore.store.io import Store
+
+    d = 36
+    monkeypatch.setattr(chunking, "SHARD_BYTES", 2 * 8 * d * d)
+    assert cov_blocks(3, d) == [range(0, 2), range(2, 3)]
+    store = tmp_path / "s.zarr"
+    (mid,) = _extract(tiny_models["llama"], store, tiny_items, tiny_corpus, max_length=48)
+    arr = zarr.open_array(store / "models" / mid / "cov", mode="r")
+    assert (arr.shards, arr.chunks) == ((2, d, d), (1, d, d))
+    check_for_reading(Store(str(store)), [f"models/{mid}"])  # every shard present, in its manifest's place
+    ds = xr.open_datatree(store, engine="zarr")[f"models/{mid}"].ds
+    expect, n = _numpy_cov(tiny_models["llama"], "llama", tiny_corpus, 48)
+    assert (ds["n_tokens"].values == n).all()
+    np.testing.assert_allclose(ds["cov"].values, expect, rtol=2e-5, atol=1e-7)
+
+
 def test_token_cap_takes_whole_documents_until_reached(tiny_models, tiny_items, tiny_corpus, tmp_path):
     store = tmp_path / "s.zarr"
     (mid,) = _extract(tiny_models["gpt2"], store, tiny_items, tiny_corpus, corpus_tokens=500)

@@ -35,7 +35,7 @@ from kisstore.extract.positions import POSITIONS
 from kisstore.extract.prefetch import prefetch
 from kisstore.layers import parse_layers
 from kisstore.limits import check_threads
-from kisstore.store import commit, layout
+from kisstore.store import chunking, commit, layout
 from kisstore.store.io import Store
 from kisstore.store.urls import public_options, redact
 
@@ -412,8 +412,9 @@ class ModelRun:
         return keys, known, p_true, token_ids, tokens
 
     # -- corpus pass --------------------------------------------------------------------
-    def run_corpus(self) -> tuple[np.ndarray, np.ndarray]:
-        """Return (cov (layer, d, d) float64, n_tokens (layer,))."""
+    def run_corpus(self) -> tuple[Any, np.ndarray]:
+        """Return (cov (layer, d, d) float64, n_tokens (layer,)): an extracted cov is lazy
+        (:meth:`final_cov`), an imported one a numpy array (read before its group is rewritten)."""
         from tqdm.auto import tqdm
 
         self.load()
@@ -542,21 +543,20 @@ class ModelRun:
             log(f"[{self.model_id}] warning: corpus {self.opts.corpus!r} ran out after {count} tokens, fewer than "
                 f"--corpus-tokens {cap}; the covariance uses all {count} (n_tokens records it)")
 
-    def final_cov(self, done_counts: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """C = S / n of every layer, unpacked from the checkpoint's finished sums. The model is
-        unloaded first (its provenance kept): the weights and the float64 covariances, the two
-        largest arrays of an extraction, are never in memory together."""
+    def final_cov(self, done_counts: dict[int, int]):
+        """C = S / n of every layer from the checkpoint's finished sums, as a lazy Dask array
+        (layer, d, d) float64 whose blocks are the store's write blocks of ``cov`` (whole shards:
+        a few layers at small d_ff, one at large): each is unpacked from its packed triangles
+        only when the final write stores it (:func:`write_model`), so at most one block of
+        float64 covariances is in memory, never all of them. The model is unloaded first (its
+        provenance kept): the weights and the covariances are never in memory together."""
         d = self.lm.d_ff
         self.final_provenance = self.provenance()
         self.unload()
         n_tokens = np.array([done_counts[r] for r in range(len(self.layers))], dtype=np.int64)
-        cov = np.empty((len(self.layers), d, d), dtype=np.float64)
-        for r in range(len(self.layers)):
-            unpack_symmetric(self.ckpt.load_done(r), d, out=cov[r])  # in place: no d × d temporary
-            cov[r] /= n_tokens[r]
-        return cov, n_tokens
+        return lazy_cov(self.ckpt.load_done, n_tokens, d), n_tokens
 
-    def run_corpus_sharded(self) -> tuple[np.ndarray, np.ndarray]:
+    def run_corpus_sharded(self) -> tuple[Any, np.ndarray]:
         """The corpus pass split into shards run on the Dask cluster's workers."""
         from kisstore.extract import shards
         from kisstore.extract.covariance import count_documents
@@ -674,6 +674,45 @@ def model_dataset(keys, cov, n_tokens, known, p_true, layers, case_ids, key_toke
                              {"long_name": "decoded token at the key position"})
     return xr.Dataset(data, coords={"layer": np.asarray(layers, dtype=np.int64),
                                     "item": np.asarray(case_ids, dtype=np.int64)})
+
+
+def cov_blocks(n_layers: int, d: int) -> list[range]:
+    """The layer rows of each block the store writes ``cov`` in whole (store.chunking's shards,
+    or chunks where a layer is not sharded): the blocks :func:`lazy_cov` makes."""
+    per = chunking.chunking(("layer", "d_ff", "d_ff_"), (n_layers, d, d), np.float64).write_chunks[0]
+    return [range(a, min(a + per, n_layers)) for a in range(0, n_layers, per)]
+
+
+def unpacked_cov(load_sums, n_tokens: np.ndarray, d: int, rows: range) -> np.ndarray:
+    """C = S / n of the layer rows ``rows``: each row's packed float64 sum (``load_sums(row)``)
+    unpacked in place into one (rows, d, d) block, then divided by its token count."""
+    out = np.empty((len(rows), d, d), dtype=np.float64)
+    for i, r in enumerate(rows):
+        unpack_symmetric(load_sums(r), d, out=out[i])  # in place: no d × d temporary
+        out[i] /= n_tokens[r]
+    return out
+
+
+def lazy_cov(load_sums, n_tokens: np.ndarray, d: int):
+    """Every layer's C as a Dask array of :func:`cov_blocks`, each computed by :func:`unpacked_cov`
+    when it is stored: the final write holds one block of covariances at a time."""
+    import dask
+    import dask.array as da
+
+    parts = [da.from_delayed(dask.delayed(unpacked_cov, pure=False)(load_sums, n_tokens, d, rows),
+                             shape=(len(rows), d, d), dtype=np.float64) for rows in cov_blocks(len(n_tokens), d)]
+    return parts[0] if len(parts) == 1 else da.concatenate(parts, axis=0)
+
+
+def write_model(store: Store, path: str, ds: xr.Dataset) -> None:
+    """``store.write_dataset(path, ds)`` computing ``ds``'s lazy blocks (the covariance of
+    :func:`lazy_cov`) one after another in this process: never several blocks at once (Dask's
+    thread pool), nor on the workers of a sharded run's cluster (its client is the default
+    scheduler while the run holds it)."""
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        store.write_dataset(path, ds)
 
 
 def store_items(store: Store) -> list[Item] | None:
@@ -871,14 +910,14 @@ def _extract_locked(opts: ExtractOptions, store: Store, runs: list[ModelRun], ca
         sel = np.asarray(selected)
         ds = model_dataset(keys[:, sel], cov, n_tokens, known[sel], p_true[sel], run.layers,
                            [candidates[i].case_id for i in selected], token_ids[sel], tokens[sel])
-        del cov  # the dataset holds it
+        del cov  # the dataset holds it (lazily: each block is unpacked when the write stores it)
         ds.attrs = attrs
         path = layout.model_path(run.model_id)
         # a complete model being overwritten stays readable until the new one replaces it whole;
         # a new model is written in place, hidden from readers until it is committed
         replacing = path in [layout.model_path(m) for m in store.model_ids(complete_only=True)]
         run.check_lease()
-        store.write_dataset(commit.staged(path) if replacing else path, ds)
+        write_model(store, commit.staged(path) if replacing else path, ds)
         failpoints.hit("final_write")
         if replacing:
             store.set_attrs(commit.staged(path), {"complete": True})
