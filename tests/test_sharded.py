@@ -231,3 +231,21 @@ def test_shards_cut_inside_batches_resume_and_equal_a_single_process(cluster, si
     assert int(b["n_tokens"].values[0]) == n
     np.testing.assert_allclose(b["cov"].values, single["cov"].values, rtol=1e-10, atol=0)
     assert b.attrs["shards"] == 5
+
+
+@pytest.mark.parametrize("kernels", ["torch", "onednn"])
+def test_a_negative_add_takes_products_and_tokens_out(kernels):
+    """SecondMoment.add(k, sign=-1), what a cut batch's shard does with the next shard's rows."""
+    from kisstore.extract.accumulate import SecondMoment
+    from kisstore.extract.cpu_kernels import resolve
+
+    if resolve(kernels, "cpu") != kernels:
+        pytest.skip(f"{kernels} kernels unavailable here")
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal((300, 500)).astype(np.float32)
+    m = SecondMoment(500, "cpu", kernels)
+    m.add(k)
+    m.add(k[120:], sign=-1)
+    assert m.count == 120
+    ref = k[:120].astype(np.float64).T @ k[:120].astype(np.float64)
+    np.testing.assert_allclose(m.total(), ref, rtol=0, atol=1e-3)  # float32 products of 300 and 180 rows

@@ -17,7 +17,7 @@ from kisstore.extract.attention import dense_kv_attention
 from kisstore.extract.batching import pad_right, padding_aware_batches
 from kisstore.extract.hooks import StopForward, compiled_layers, key_hooks
 
-WINDOW = 64  # documents sorted by length together; also the unit of resuming and sharding
+WINDOW = 64  # documents sorted by length together; also the unit of resuming (shards read whole windows)
 
 
 class CorpusChanged(InputError):
