@@ -107,12 +107,14 @@ def _md_details(results: list[dict[str, Any]]) -> list[str]:
         f"{d['n_shards']} shards on {d['n_shards']} LocalCluster workers with "
         f"{', '.join(str(t) for t in d['worker_threads'])} torch thread(s) each took {d['sharded_s']:.0f} s "
         f"(whole `kisstore extract` commands, {d['n_items']} items and {d['corpus_tokens']:,} corpus tokens; "
-        f"shards of {', '.join(f'{t:,}' for t in d['shard_tokens'])} tokens). Sharding "
-        + ("paid here" if r["value"] > 1 else "did not pay here")
-        + f" ({fmt(r['value'])}×): both sides ran on the same {d['one_process_threads']} threads, so the shards "
-        "could only add their fixed costs (a model load and a partial-sum commit per shard, the client's "
-        "merge). It pays where each shard gets cores or a GPU that one process cannot use (K GPUs, K machines) "
-        "and its corpus work is long against those fixed costs."))
+        f"shards of {', '.join(f'{t:,}' for t in d['shard_tokens'])} tokens). "
+        + ("Sharding paid here" if r["value"] > 1.1 else "Sharding did not pay here" if r["value"] < 0.9
+           else "Sharding changed the wall time by no more than this machine's noise")
+        + f" ({fmt(r['value'])}×): both sides had {d['one_process_threads']} threads in all, so the shards add "
+        "no compute, only their fixed costs (a model load and a commit of every layer's partial sums per "
+        "shard, the client's merge), against which K single-threaded processes may lose less to a loaded "
+        "machine than one process's OpenMP threads. Sharding pays where each shard gets cores or a GPU that "
+        "one process cannot use (K GPUs, K machines) and its corpus work is long against those fixed costs."))
     return out
 
 
