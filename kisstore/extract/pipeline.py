@@ -592,11 +592,11 @@ class ModelRun:
                 raise CorpusChanged(f"the corpus changed since this run was checkpointed (it now has {sum(lengths)} "
                                     f"tokens, the shards were planned over {sum(sp.tokens for sp in spans)}); "
                                     "rerun with --overwrite to start over")
-            self.ckpt.commit(shard_plan={**asked, "spans": [sp.as_dict() for sp in spans]})
             sizes = ", ".join(f"{sp.tokens:,}" for sp in spans)
             log(f"[{self.model_id}] corpus pass: {n_docs} documents, {sum(lengths):,} tokens in {len(tasks)} shards "
                 f"on the cluster ({sizes} tokens)")
             self.check_lease()  # the workers write their shards under this run's lease
+            self.ckpt.commit(shard_plan={**asked, "spans": [sp.as_dict() for sp in spans]})  # before any shard runs
             shards.run_sharded(tasks, self.client, progress=o.progress)
             uppers, count = shards.merge(self.store, self.model_id, spans, len(self.layers))
             check_count(count, self.lm.d_ff, o.corpus)
