@@ -39,12 +39,13 @@ def tokenizer(tiny_models):
 
 @pytest.fixture(scope="module")
 def uneven(tmp_path_factory):
-    """A few huge documents (truncated to max_length) among many tiny ones, in a fixed order."""
+    """Six huge documents (truncated to 1024 tokens: each a batch of its own, ~40 % of the tokens)
+    among 400 tiny ones, in a fixed order."""
     import random
 
     rng = random.Random(7)
-    docs = [" ".join(rng.choice(tiny.TEXT) for _ in range(60)) for _ in range(4)]
-    docs += [rng.choice(tiny.TEXT).split(".")[0] + "." for _ in range(1500)]
+    docs = [" ".join(rng.choice(tiny.TEXT) for _ in range(120)) for _ in range(6)]
+    docs += [rng.choice(tiny.TEXT).split(".")[0] + "." for _ in range(400)]
     rng.shuffle(docs)
     path = tmp_path_factory.mktemp("u") / "uneven.txt"
     path.write_text("\n\n".join(docs))
@@ -73,7 +74,7 @@ def single(tiny_models, tiny_items, corpus, tmp_path_factory):
 
 # (corpus, token cap, --batch-tokens, max_length): the issue's demo (the embedded corpus at 25,000
 # tokens, kisstore's default batches: one window, 27 documents) and an uneven synthetic corpus
-CASES = {"embedded": ("embedded", 25000, 4096, 1024), "uneven": (None, None, 1024, 256)}
+CASES = {"embedded": ("embedded", 25000, 4096, 1024), "uneven": (None, None, 1024, 1024)}
 
 
 @pytest.mark.parametrize("n_shards", [2, 3, 5])
