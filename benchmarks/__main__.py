@@ -27,6 +27,7 @@ class Settings:
     n_large: int
     measure_large: bool
     store_tokens: int  # corpus tokens of the store extracted for benchmark 5
+    shard_tokens: int = 8192  # corpus tokens of benchmark 8's two extractions
 
 
 def settings(device: str, quick: bool, n_layers: int) -> Settings:
@@ -35,10 +36,11 @@ def settings(device: str, quick: bool, n_layers: int) -> Settings:
         return Settings(corpus_tokens=16384 if quick else 65536, batch_tokens=8192, max_length=1024,
                         cov_layers=(0, mid, last) if quick else tuple(range(n_layers)),
                         p_layers=(mid,) if quick else (0, mid, last), n_small=16, n_large=128,
-                        measure_large=True, store_tokens=8192)
+                        measure_large=True, store_tokens=8192, shard_tokens=65536)
     if quick:
         return Settings(corpus_tokens=4096, batch_tokens=4096, max_length=1024, cov_layers=(0, last),
-                        p_layers=(mid,), n_small=8, n_large=128, measure_large=False, store_tokens=2048)
+                        p_layers=(mid,), n_small=8, n_large=128, measure_large=False, store_tokens=2048,
+                        shard_tokens=4096)
     # batches of 4096 tokens: `kisstore extract`'s default --batch-tokens, what users run
     return Settings(corpus_tokens=12288, batch_tokens=4096, max_length=1024, cov_layers=(0, mid, last),
                     p_layers=(0, last), n_small=16, n_large=128, measure_large=True, store_tokens=4096)
@@ -55,6 +57,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     help="Comma-separated subset of: cov (benchmarks 1, 3, 4), p (2), memory (5), scale (6), "
                          "edit (7: lifelong editing's update rules; alone, it saves to "
                          "benchmarks/results-edit-<cpu|cuda>.json); "
+                         "also shards (not in the default: 8, `kisstore extract --shards 2` on a LocalCluster "
+                         "against one process; alone, it saves to benchmarks/results-shards-<cpu|cuda>.json); "
                          "also profile (not in the default: where the corpus pass's time goes, by kind of "
                          "kernel, written to --profile-out).")
     ap.add_argument("--profile-out", type=Path, default=None, metavar="PATH",
@@ -93,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         print("--device cuda: no CUDA device here", file=sys.stderr)
         return 2
     only = set(args.only.split(","))
-    unknown = only - {"cov", "p", "memory", "scale", "profile", "edit"}
+    unknown = only - {"cov", "p", "memory", "scale", "profile", "edit", "shards"}
     if unknown:
-        print(f"--only: unknown part(s) {', '.join(sorted(unknown))}; use cov, p, memory, scale, edit, profile",
+        print(f"--only: unknown part(s) {', '.join(sorted(unknown))}; use cov, p, memory, scale, edit, profile, shards",
               file=sys.stderr)
         return 2
     start = time.perf_counter()
@@ -107,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)
 
     lm, model_note = common.load_bench_model(args.device, args.model)
+    embedded = "random" not in lm.source.kind  # benchmarks 5 and 8 run the command line on the embedded model
     cfg = settings(args.device, args.quick, lm.n_layers)
     if args.batch_tokens is not None:
         cfg = dataclasses.replace(cfg, batch_tokens=args.batch_tokens)
@@ -182,6 +187,16 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"benchmark 5: kisstore extract (128 items, {cfg.store_tokens} corpus tokens) and analyze")
             results += memory.run(device=args.device, n_items=128, corpus_tokens=cfg.store_tokens, progress=progress)
 
+    if "shards" in only:
+        if not embedded:
+            notes.append("Benchmark 8 skipped: it runs `kisstore extract` on the embedded model, not installed here.")
+        else:
+            from benchmarks import sharding
+
+            progress(f"benchmark 8: kisstore extract ({cfg.shard_tokens} corpus tokens), one process vs "
+                     "2 shards on a LocalCluster")
+            results += sharding.run(device=args.device, corpus_tokens=cfg.shard_tokens, n_shards=2, progress=progress)
+
     scale = None
     if "scale" in only:
         from benchmarks import scale as scale_mod
@@ -207,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": cfg.__dict__, "results": [r.as_dict() for r in results], "scale": scale,
         "notes": notes, "elapsed_s": elapsed, **({"profile": profile} if profile else {}),
     }
-    path = args.json or (report.EDIT_RESULTS[kind] if only == {"edit"} else report.RESULTS[kind])
+    path = args.json or (report.EDIT_RESULTS[kind] if only == {"edit"} else
+                         report.SHARDS_RESULTS[kind] if only == {"shards"} else report.RESULTS[kind])
     report.save(payload, path)
     print()
     print(report.table(payload["results"]))

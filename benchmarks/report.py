@@ -11,6 +11,7 @@ from benchmarks.common import fmt
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = {"cpu": ROOT / "benchmarks" / "results-cpu.json", "cuda": ROOT / "benchmarks" / "results-cuda.json"}
 EDIT_RESULTS = {k: ROOT / "benchmarks" / f"results-edit-{k}.json" for k in ("cpu", "cuda")}
+SHARDS_RESULTS = {k: ROOT / "benchmarks" / f"results-shards-{k}.json" for k in ("cpu", "cuda")}
 DOC = ROOT / "docs" / "benchmarks.md"
 
 
@@ -101,6 +102,19 @@ def _md_details(results: list[dict[str, Any]]) -> list[str]:
         f"Extraction ({d['corpus_tokens']:,} corpus tokens, {d['wall_s']:.0f} s): peak RSS {d['peak_rss_mib']:.0f} MiB "
         f"for {d['weights_mib']:.0f} MiB of weights, {d['keys_mib']:.0f} MiB of keys and {d['cov_mib']:.0f} MiB of "
         f"float64 covariances; store on disk {d['store_on_disk_mib']:.0f} MiB."))
+    add("shards_speedup", lambda d, r: (
+        f"Shards: one process with {d['one_process_threads']} torch threads took {d['one_process_s']:.0f} s, "
+        f"{d['n_shards']} shards on {d['n_shards']} LocalCluster workers with "
+        f"{', '.join(str(t) for t in d['worker_threads'])} torch thread(s) each took {d['sharded_s']:.0f} s "
+        f"(whole `kisstore extract` commands, {d['n_items']} items and {d['corpus_tokens']:,} corpus tokens; "
+        f"shards of {', '.join(f'{t:,}' for t in d['shard_tokens'])} tokens). "
+        + ("Sharding paid here" if r["value"] > 1.1 else "Sharding did not pay here" if r["value"] < 0.9
+           else "Sharding changed the wall time by no more than this machine's noise")
+        + f" ({fmt(r['value'])}×): both sides had {d['one_process_threads']} threads in all, so the shards add "
+        "no compute, only their fixed costs (a model load and a commit of every layer's partial sums per "
+        "shard, the client's merge), against which K single-threaded processes may lose less to a loaded "
+        "machine than one process's OpenMP threads. Sharding pays where each shard gets cores or a GPU that "
+        "one process cannot use (K GPUs, K machines) and its corpus work is long against those fixed costs."))
     return out
 
 
@@ -197,6 +211,11 @@ What is compared, and how:
    re-solving all edits so far at once from W₀, interleaved step by step; targets fixed per fact
    beforehand, so neither side pays an optimisation. kisstore's measurement forwards per step
    (predicted, measured, live, scoring) are in each run's `seconds` (docs/editing.md).
+8. **Shards** (`benchmarks/sharding.py`; `--only shards` runs it alone, not in the default):
+   `kisstore extract --shards 2` on a `LocalCluster` of 2 worker processes against one process
+   with `--threads 2`, the same command line in child processes one after the other, with the
+   workers' torch thread counts asked from the workers; and the balance of the shards' tokens
+   against the 10 % rule (docs/cluster.md).
 
 Timing discipline: the corpus work is interleaved batch by batch (the forwards, kisstore,
 layer_stats per sampled layer, GEMM; order rotated each batch) and summarised by the median of per-batch ratios;
@@ -325,6 +344,10 @@ def render(paths: dict[str, Path] | None = None, doc: Path = DOC) -> Path:
         p = EDIT_RESULTS[kind]
         if paths is RESULTS and p.is_file():  # `python -m benchmarks --only edit`, saved on its own
             lines += _md_run(f"Lifelong editing ({title}; benchmark 7 alone)", json.loads(p.read_text()))
+    for kind, title in (("cpu", "CPU"), ("cuda", "CUDA")):
+        p = SHARDS_RESULTS[kind]
+        if paths is RESULTS and p.is_file():  # `python -m benchmarks --only shards`, saved on its own
+            lines += _md_run(f"Shards on a LocalCluster ({title}; benchmark 8 alone)", json.loads(p.read_text()))
     lines.append(TUNING)
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(lines))

@@ -41,7 +41,8 @@ from kisstore_cli.common import handle_errors, parse_size, storage_option, stora
 @click.option("--scheduler", default=None, metavar="ADDR",
               help="Dask scheduler for a sharded corpus pass (default: $DASK_SCHEDULER_ADDRESS with --shards).")
 @click.option("--shards", type=int, default=1, show_default=True, metavar="K",
-              help="Split the corpus pass into K shards run on the cluster's workers.")
+              help="Split the corpus pass into K shards run on the cluster's workers, each holding "
+                   "n/K of the n corpus tokens to within 10 % (at least --batch-tokens each).")
 @click.option("--break-lock", is_flag=True, help="Take over a write lock left by a process that died elsewhere.")
 @click.option("--threads", type=int, default=None, metavar="N",
               help="CPU threads for torch in this process [default: torch's]; 1 is fastest on a machine "

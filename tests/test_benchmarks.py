@@ -121,6 +121,8 @@ def test_report_renders_saved_results(tmp_path):
     # the results files in the repository (earlier runs' formats included) render too
     committed = report.render(report.RESULTS, doc=tmp_path / "committed.md").read_text()
     assert "## CPU" in committed and "## CUDA" in committed
+    if report.SHARDS_RESULTS["cpu"].is_file():  # benchmark 8, saved on its own
+        assert "## Shards on a LocalCluster (CPU; benchmark 8 alone)" in committed and "torch thread(s) each" in committed
     assert "PASS" in report.table(payload["results"])
 
 

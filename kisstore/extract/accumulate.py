@@ -100,6 +100,7 @@ class SecondMoment:
         self.d = d
         self.device = device
         self.count = 0
+        self._sign = 1  # of the add in progress
         self.kernels = resolve(kernels, device)
         self._edges = edges_for(d, self.kernels)
         e = self._edges
@@ -116,13 +117,15 @@ class SecondMoment:
             self._diag = [torch.zeros(n, dtype=torch.float64, device=device) for _, n in shapes]
             self._index = {}
 
-    def add(self, k) -> None:
-        """Add a (tokens, d) block of keys (torch tensor or numpy array)."""
+    def add(self, k, sign: int = 1) -> None:
+        """Add a (tokens, d) block of keys (torch tensor or numpy array); ``sign=-1`` takes its
+        products and tokens out again (a sharded pass's cut batch, ``kisstore.extract.shards``)."""
         import torch
 
         if k.shape[0] == 0:
             return
-        self.count += int(k.shape[0])
+        self.count += sign * int(k.shape[0])
+        self._sign = sign
         k = (k.detach() if hasattr(k, "detach") else torch.from_numpy(np.asarray(k))).float()
         e = self._edges
         if self.kernels == "onednn":
@@ -149,20 +152,27 @@ class SecondMoment:
     def _add_diag(self, i: int, square) -> None:
         w = square.shape[0]
         if self.device == "cpu":
-            self._diag[i] += square.numpy().reshape(-1)[_tril_flat(w)]
+            tri = square.numpy().reshape(-1)[_tril_flat(w)]
+            if self._sign > 0:
+                self._diag[i] += tri
+            else:
+                self._diag[i] -= tri
         else:
             import torch
 
             idx = self._index.get(w)
             if idx is None:
                 idx = self._index[w] = torch.as_tensor(_tril_flat(w), device=square.device)
-            self._diag[i].add_(square.reshape(-1).index_select(0, idx))
+            self._diag[i].add_(square.reshape(-1).index_select(0, idx), alpha=self._sign)
 
     def _add_rect(self, i: int, start: int, part) -> None:
         if self.device == "cpu":
-            self._rect[i][start : start + part.shape[0]] += part.numpy()
+            if self._sign > 0:
+                self._rect[i][start : start + part.shape[0]] += part.numpy()
+            else:
+                self._rect[i][start : start + part.shape[0]] -= part.numpy()
         else:
-            self._rect[i][start : start + part.shape[0]].add_(part)
+            self._rect[i][start : start + part.shape[0]].add_(part, alpha=self._sign)
 
     def flush(self) -> None:
         """Nothing to do: every product is in the float64 sum when :meth:`add` returns (kept for callers

@@ -17,7 +17,7 @@ from kisstore.extract.attention import dense_kv_attention
 from kisstore.extract.batching import pad_right, padding_aware_batches
 from kisstore.extract.hooks import StopForward, compiled_layers, key_hooks
 
-WINDOW = 64  # documents sorted by length together; also the unit of resuming and sharding
+WINDOW = 64  # documents sorted by length together; also the unit of resuming (shards read whole windows)
 
 
 class CorpusChanged(InputError):
@@ -154,6 +154,23 @@ class Batch:
     attention_mask: object
     docs_end: int | None  # documents consumed after this batch, where it ends a window
     tokens: int  # non-padding tokens in the batch
+    window: int = -1  # its place in the pass: the window it was formed in (documents // window) …
+    part: int = 0  # … and its index among that window's batches (how shards name their bounds)
+    minus: object = None  # a sharded pass's cut batch: a mask of the tokens whose products are taken out
+                          # again after those of ``attention_mask`` went in (``kisstore.extract.shards``)
+
+
+def window_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """How one window's documents are batched: indices into ``lengths`` (their token counts, in
+    reading order; 0 for a document that tokenizes to nothing), one list per batch.
+
+    Empty documents are dropped, the rest sorted by length (stable) and cut by
+    :func:`padding_aware_batches`. ``corpus_batches`` forms its batches with it, and the shard
+    planner (``kisstore.extract.shards.plan``) predicts them with it from token counts alone.
+    """
+    order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: lengths[i])
+    groups = padding_aware_batches([lengths[i] for i in order], batch_tokens)
+    return [[order[j] for j in g] for g in groups]
 
 
 def corpus_batches(
@@ -179,6 +196,7 @@ def corpus_batches(
     exhausted = False
     while not exhausted:
         seqs: list[list[int]] = []
+        first = consumed  # the window's first document
         read = 0
         while read < window:
             if max_docs is not None and consumed + read - skip_docs >= max_docs:
@@ -195,25 +213,24 @@ def corpus_batches(
             if hasher is not None:
                 hasher.add(text)  # closes (and checks) the window at its 64th document
             ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"] if text.strip() else []
-            if ids:
-                seqs.append(ids)
-                seen += len(ids)
+            seqs.append(ids)
+            seen += len(ids)
         consumed += read
         if hasher is not None and read < window:
             hasher.end_window(check=True)  # the last, partial window
-        if not seqs:
-            continue
-        seqs.sort(key=len)
-        groups = padding_aware_batches([len(s) for s in seqs], batch_tokens)
+        groups = window_batches([len(s) for s in seqs], batch_tokens)
         for gi, group in enumerate(groups):
             chunk = [seqs[i] for i in group]
-            yield _make(chunk, tokenizer, consumed if gi == len(groups) - 1 else None)
+            b = _make(chunk, tokenizer, consumed if gi == len(groups) - 1 else None)
+            b.window, b.part = first // window, gi
+            yield b
 
 
 def count_documents(tokenizer, corpus: Corpus, *, max_length: int, token_cap: int | None,
-                    hasher: WindowHasher | None = None) -> int:
+                    hasher: WindowHasher | None = None, lengths: list[int] | None = None) -> int:
     """How many documents ``corpus_batches`` would read under ``token_cap`` (same rule);
-    ``hasher`` gets their window digests (unchecked: the caller compares)."""
+    ``hasher`` gets their window digests (unchecked: the caller compares), ``lengths`` each
+    document's token count after truncation (what the shard planner balances)."""
     seen = 0
     n = 0
     for text in corpus.documents():
@@ -222,8 +239,10 @@ def count_documents(tokenizer, corpus: Corpus, *, max_length: int, token_cap: in
         n += 1
         if hasher is not None:
             hasher.add(text, check=False)
-        if text.strip():
-            seen += len(tokenizer(text, truncation=True, max_length=max_length)["input_ids"])
+        k = len(tokenizer(text, truncation=True, max_length=max_length)["input_ids"]) if text.strip() else 0
+        seen += k
+        if lengths is not None:
+            lengths.append(k)
     if hasher is not None:
         hasher.end_window(check=False)
     return n
@@ -270,6 +289,8 @@ def accumulate(
         flat = x.reshape(-1, x.shape[-1])  # some models (OPT) flatten (batch, seq) before the MLP
         rows = state["rows"]
         moments[layer].add(flat if rows is None else flat.index_select(0, rows))  # (tokens, d_ff), padding dropped
+        if state["minus"] is not None:
+            moments[layer].add(flat.index_select(0, state["minus"]), sign=-1)
 
     fast = linears_on_onednn(cpu_kernels, lm.device, compile)
     with (contextlib.closing(batches) if hasattr(batches, "close") else contextlib.nullcontext(),
@@ -283,6 +304,8 @@ def accumulate(
             # device would cost a nonzero() and a device sync per layer); no copy when nothing is padded
             keep = batch.attention_mask.reshape(-1).bool()
             state["rows"] = None if bool(keep.all()) else keep.nonzero().squeeze(1).to(lm.device)
+            state["minus"] = (None if batch.minus is None
+                              else batch.minus.reshape(-1).bool().nonzero().squeeze(1).to(lm.device))
             try:
                 # No attention mask: the batch is right-padded and attention is causal, so no real
                 # token attends to a padding position and the real tokens' keys are the same

@@ -21,6 +21,7 @@ from kisstore.extract.accumulate import SecondMoment, layer_bytes, staging_bytes
 from kisstore.extract.checkpoint import Checkpoint
 from kisstore.extract.covariance import (
     WINDOW,
+    CorpusChanged,
     WindowHasher,
     accumulate,
     check_count,
@@ -567,26 +568,41 @@ class ModelRun:
         if len(done) < len(self.layers):
             corpus = resolve_corpus(o.corpus)
             hasher = WindowHasher()  # the windows' digests, read along with the count
+            lengths: list[int] = []  # each document's tokens: what the plan balances
             n_docs = count_documents(self.lm.tokenizer, corpus, max_length=self.max_length, token_cap=o.corpus_tokens,
-                                     hasher=hasher)
+                                     hasher=hasher, lengths=lengths)
             windows = hasher.digests
-            ranges = shards.plan(n_docs, o.shards, WINDOW)
+            # a rerun (the client killed, a shard failed) keeps the plan its checkpoint recorded, so its
+            # committed shards stay valid; another --shards or --batch-tokens plans afresh
+            asked = {"requested": o.shards, "batch_tokens": o.batch_tokens}
+            recorded = state.get("shard_plan") or {}
+            if {k: recorded.get(k) for k in asked} == asked:
+                spans = [shards.Span.of(x) for x in recorded["spans"]]
+            else:
+                spans = shards.plan(lengths, o.shards, batch_tokens=o.batch_tokens, window=WINDOW)
             load = {"device": o.device, "dtype": o.dtype, "module": o.module,
                     "trust_remote_code": o.trust_remote_code, "allow_pickle": o.allow_pickle}
             tasks = [shards.ShardTask(self.name, self.model_id, load, o.store, o.storage_options, self.layers,
-                                      o.corpus, self.max_length, o.batch_tokens, o.max_memory, i, r, len(ranges),
-                                      cpu_kernels=o.cpu_kernels, compile=o.compile,
-                                      windows=windows[:-(-r[1] // WINDOW)])
-                     for i, r in enumerate(ranges)]
+                                      o.corpus, self.max_length, o.batch_tokens, o.max_memory, i, sp.as_dict(),
+                                      len(spans), cpu_kernels=o.cpu_kernels, compile=o.compile,
+                                      windows=windows[:-(-sp.docs[1] // WINDOW)])
+                     for i, sp in enumerate(spans)]
             shards.changed_shards(self.store, tasks, WINDOW)  # committed shards read another corpus: refused
-            log(f"[{self.model_id}] corpus pass: {n_docs} documents in {len(tasks)} shards on the cluster")
+            if sum(sp.tokens for sp in spans) != sum(lengths):
+                raise CorpusChanged(f"the corpus changed since this run was checkpointed (it now has {sum(lengths)} "
+                                    f"tokens, the shards were planned over {sum(sp.tokens for sp in spans)}); "
+                                    "rerun with --overwrite to start over")
+            sizes = ", ".join(f"{sp.tokens:,}" for sp in spans)
+            log(f"[{self.model_id}] corpus pass: {n_docs} documents, {sum(lengths):,} tokens in {len(tasks)} shards "
+                f"on the cluster ({sizes} tokens)")
             self.check_lease()  # the workers write their shards under this run's lease
+            self.ckpt.commit(shard_plan={**asked, "spans": [sp.as_dict() for sp in spans]})  # before any shard runs
             shards.run_sharded(tasks, self.client, progress=o.progress)
-            uppers, count = shards.merge(self.store, self.model_id, ranges, len(self.layers))
+            uppers, count = shards.merge(self.store, self.model_id, spans, len(self.layers))
             check_count(count, self.lm.d_ff, o.corpus)
             self.note_short_corpus(count)
             rows = list(range(len(self.layers)))
-            self.ckpt.save_done(rows, uppers, [count] * len(rows), corpus_documents=n_docs, shards_run=len(ranges),
+            self.ckpt.save_done(rows, uppers, [count] * len(rows), corpus_documents=n_docs, shards_run=len(spans),
                                 corpus_windows=windows)
             done = {r: count for r in rows}
         return self.final_cov(done)
@@ -615,7 +631,7 @@ class ModelRun:
                                                    "corpus_sha256")}),
             "batch_tokens": o.batch_tokens, "items_sha256": self.items_sha,
             "layers": self.layers, "storage_options": public_options(o.storage_options),
-            # the shards that ran: --shards is an upper bound (whole 64-document windows)
+            # the shards that ran: --shards is an upper bound (a shard holds at least --batch-tokens tokens)
             "shards": self.ckpt.state.get("shards_run") if self.client is not None else None,  # None: none ran
             "shards_requested": o.shards if self.client is not None else None,
             # float32 kernels of the corpus pass (sharded: as this process resolves them)

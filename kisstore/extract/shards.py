@@ -1,13 +1,27 @@
-"""Sharded corpus pass on a Dask cluster: K shards of whole document windows, merged exactly.
+"""Sharded corpus pass on a Dask cluster: K shards balanced by tokens, merged exactly.
 
-Shards are contiguous ranges of whole ``WINDOW``-document windows, so every batch a shard
-forms is the batch a single process forms; only the float64 summation order of the final
-merge differs. Each shard commits its partial sums and token count into the store
-(``/_checkpoints/<model>/shards/<k>``) before reporting done; a rerun skips committed shards.
+The single process's pass is a fixed sequence of batches (``WINDOW``-document windows, each
+sorted by length and cut by ``covariance.window_batches``). A shard is a contiguous stretch of
+that sequence, from one position to the next, where a position is a token of a batch:
+``(window, part, offset)``. :func:`plan` puts the K − 1 bounds at the batch edge nearest to
+``i·n/K`` tokens when that edge is within ``EDGE_SLACK`` of a shard's share, otherwise at
+exactly ``i·n/K`` inside the batch. So every shard holds n/K tokens to within 10 %, every token
+is in exactly one shard, and the plan is a function of the documents' token counts alone.
+
+A shard forms the very batches a single process forms (it reads its windows whole) and runs
+only those that hold its tokens; a batch cut by a bound is run by both neighbours, each
+counting its own tokens of it such that the float32 products telescope (:func:`select`). Either
+way the merge equals the single process's sums to float64 rounding: every float32 per-batch
+product the single process adds is added once, by one shard. Each shard commits its partial
+sums and token count into the store (``/_checkpoints/<model>/shards/<k>``) before reporting
+done; the client records the plan in its checkpoint, and a rerun uses that plan and skips
+committed shards.
 """
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,6 +29,127 @@ import numpy as np
 
 from kisstore import failpoints
 from kisstore.errors import InputError, StoreError
+
+BALANCE = 0.10  # every shard holds n/K tokens to within this fraction
+EDGE_SLACK = BALANCE / 2  # a bound moves to a batch edge this close (a fraction of n/K): two bounds moved
+                          # at most that far keep the shard between them within BALANCE
+
+
+@dataclass(frozen=True)
+class Span:
+    """One shard's part of the pass: from ``start`` up to (not including) ``stop``, each a
+    ``(window, part, offset)`` position (token ``offset`` of batch ``part`` of ``window``, in
+    the single process's batch order); ``docs`` the documents it reads (whole windows but the
+    corpus's end), ``tokens`` the tokens it counts."""
+
+    start: tuple[int, int, int]
+    stop: tuple[int, int, int]
+    docs: tuple[int, int]
+    tokens: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"start": list(self.start), "stop": list(self.stop), "docs": list(self.docs), "tokens": self.tokens}
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> Span:
+        return cls(tuple(d["start"]), tuple(d["stop"]), tuple(d["docs"]), int(d["tokens"]))
+
+
+def pass_batches(lengths: Sequence[int], batch_tokens: int, window: int) -> list[tuple[int, int, int]]:
+    """``(window, part, tokens)`` of every batch a single process's pass forms over documents of
+    these token counts (``covariance.window_batches`` on each window), in order."""
+    from kisstore.extract.covariance import window_batches
+
+    out = []
+    for w in range(-(-len(lengths) // window)):
+        part = lengths[w * window:(w + 1) * window]
+        for p, group in enumerate(window_batches(part, batch_tokens)):
+            out.append((w, p, sum(part[i] for i in group)))
+    return out
+
+
+def plan(lengths: Sequence[int], n_shards: int, *, batch_tokens: int, window: int,
+         min_tokens: int | None = None) -> list[Span]:
+    """Split a pass over documents of token counts ``lengths`` into at most ``n_shards`` spans
+    of n/K tokens each, to within ``BALANCE`` (module docstring). A shard holds at least
+    ``min_tokens`` (default ``batch_tokens``: one batch's worth; below that its model load costs more
+    than its forwards), so K = min(``n_shards``, n // ``min_tokens``), at least 1."""
+    if n_shards < 1:
+        raise InputError(f"--shards must be at least 1, got {n_shards}")
+    batches = pass_batches(lengths, batch_tokens, window)
+    edges = [0]  # edges[j]: tokens before batch j
+    for _, _, t in batches:
+        edges.append(edges[-1] + t)
+    n = edges[-1]
+    k = max(1, min(n_shards, n // max(1, min_tokens if min_tokens is not None else batch_tokens)))
+    share = n / k
+    bounds = [(0, 0)]  # (batch index, token offset in it)
+    for i in range(1, k):
+        target = round(i * n / k)
+        j = bisect.bisect_left(edges, target)
+        near = min((c for c in (j - 1, j) if 0 <= c < len(edges)), key=lambda c: abs(edges[c] - target))
+        if abs(edges[near] - target) <= EDGE_SLACK * share:
+            bounds.append((near, 0))
+        else:
+            inside = bisect.bisect_right(edges, target) - 1  # the batch holding token ``target``
+            bounds.append((inside, target - edges[inside]))
+    bounds.append((len(batches), 0))
+
+    def position(b: tuple[int, int]) -> tuple[int, int, int]:
+        j, off = b
+        if j == len(batches):
+            return (-(-len(lengths) // window), 0, 0)  # the end of the pass
+        w, p, _ = batches[j]
+        return (w, p, off)
+
+    spans = []
+    for i in range(k):
+        (j0, o0), (j1, o1) = bounds[i], bounds[i + 1]
+        first = 0 if i == 0 else batches[j0][0]
+        last = batches[j1 if o1 else j1 - 1][0] if batches else 0  # the last window it runs a batch of
+        stop_doc = len(lengths) if i == k - 1 else min((last + 1) * window, len(lengths))
+        spans.append(Span(position(bounds[i]), position(bounds[i + 1]), (first * window, stop_doc),
+                          edges[j1] + o1 - edges[j0] - o0))
+    # the windows between two shards' batches (documents without tokens) are read by the earlier
+    # one, so the shards' documents cover the corpus without a gap
+    for i in range(k - 1):
+        a, b = spans[i], spans[i + 1]
+        if a.docs[1] < b.docs[0]:
+            spans[i] = Span(a.start, a.stop, (a.docs[0], b.docs[0]), a.tokens)
+    return spans
+
+
+def select(batches: Iterator[Any], span: Span) -> Iterator[Any]:
+    """The batches of ``batches`` (a single process's, from the span's first window on) that hold
+    the span's tokens. The forward runs on each whole batch, so its keys are the single
+    process's. A batch cut by the span's bounds, whose tokens ``[lo, hi)`` (row by row) are the
+    span's, adds the products of its tokens from ``lo`` on and takes out those from ``hi`` on
+    (``Batch.minus``); the next shard adds those from ``hi`` on, the very same float32 product.
+    Over all shards the cut batch's contributions telescope to the product of the whole batch,
+    the single process's, to float64 rounding of the additions."""
+    import torch
+
+    first, last = tuple(span.start[:2]), tuple(span.stop[:2])
+    for b in batches:
+        at = (b.window, b.part)
+        if at < first or at > last or (at == last and span.stop[2] == 0):
+            continue
+        lo = span.start[2] if at == first else 0
+        hi = span.stop[2] if at == last else None
+        if lo == 0 and hi is None:
+            yield b
+            continue
+        m = b.attention_mask.reshape(-1)
+        index = torch.cumsum(m, 0) - 1  # each real token's place in the batch, row by row
+        shape, dtype = b.attention_mask.shape, b.attention_mask.dtype
+        plus = (m > 0) & (index >= lo)
+        b.attention_mask = plus.reshape(shape).to(dtype)
+        b.tokens = int(plus.sum())
+        if hi is not None:
+            minus = (m > 0) & (index >= hi)
+            b.minus = minus.reshape(shape).to(dtype)
+            b.tokens -= int(minus.sum())
+        yield b
 
 
 @dataclass
@@ -30,23 +165,16 @@ class ShardTask:
     batch_tokens: int
     budget: int | None
     index: int
-    docs: tuple[int, int]
+    span: dict[str, Any]  # Span.as_dict()
     n_shards: int
     extra: dict[str, Any] = field(default_factory=dict)
     cpu_kernels: str = "auto"
     compile: bool = False
     windows: list[str] = field(default_factory=list)  # the client's window digests up to this shard's end
 
-
-def plan(n_docs: int, n_shards: int, window: int) -> list[tuple[int, int]]:
-    """Split ``n_docs`` documents into at most ``n_shards`` ranges of whole windows."""
-    if n_shards < 1:
-        raise InputError(f"--shards must be at least 1, got {n_shards}")
-    n_windows = -(-n_docs // window)
-    k = max(1, min(n_shards, n_windows))
-    bounds = [round(i * n_windows / k) * window for i in range(k + 1)]
-    bounds[-1] = n_docs
-    return [(bounds[i], min(bounds[i + 1], n_docs)) for i in range(k) if bounds[i] < n_docs]
+    @property
+    def docs(self) -> tuple[int, int]:
+        return tuple(self.span["docs"])
 
 
 def shard_path(model_id: str, index: int) -> str:
@@ -63,7 +191,8 @@ def committed(store, task: ShardTask) -> bool:
 
     a = store.group_attrs(path)
     # a shard of full d_ff × d_ff sums (an earlier kisstore's) is redone, never merged as packed ones
-    return (a.get("done") is True and a.get("docs") == list(task.docs) and a.get("n_shards") == task.n_shards
+    # a shard of whole windows (an earlier kisstore's, no "span") is redone under today's plan
+    return (a.get("done") is True and a.get("span") == task.span and a.get("n_shards") == task.n_shards
             and a.get("sums_layout") == LAYOUT)
 
 
@@ -100,13 +229,14 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
     from kisstore.data.corpus import resolve_corpus
     from kisstore.extract.accumulate import LAYOUT, SecondMoment
     from kisstore.extract.checkpoint import create_sums
-    from kisstore.extract.covariance import WindowHasher, accumulate, corpus_batches
+    from kisstore.extract.covariance import CorpusChanged, WindowHasher, accumulate, corpus_batches
     from kisstore.extract.pipeline import layer_groups
     from kisstore.extract.prefetch import prefetch
     from kisstore.models.loading import load_model
     from kisstore.store.io import Store, storage_errors
 
-    task = ShardTask(**{**task_dict, "docs": tuple(task_dict["docs"])})
+    task = ShardTask(**task_dict)
+    span = Span.of(task.span)
     store = Store(task.store, task.storage_options)
     if committed(store, task):
         return {"index": task.index, "count": store.group_attrs(shard_path(task.model_id, task.index))["count"],
@@ -126,14 +256,17 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
         # every window read is checked against the client's digests: a corpus changed since it counted
         # the documents fails the shard (CorpusChanged) rather than adding other documents' keys
         hasher = WindowHasher(task.windows)
-        batches = prefetch(corpus_batches(lm.tokenizer, corpus, max_length=task.max_length,
-                                          batch_tokens=task.batch_tokens, token_cap=None, skip_docs=start,
-                                          max_docs=stop - start, hasher=hasher))
+        batches = prefetch(select(corpus_batches(lm.tokenizer, corpus, max_length=task.max_length,
+                                                 batch_tokens=task.batch_tokens, token_cap=None, skip_docs=start,
+                                                 max_docs=stop - start, hasher=hasher), span))
         accumulate(lm, group, batches, moments, cpu_kernels=task.cpu_kernels, compile=task.compile)
         windows = hasher.digests[start // hasher.window:]
         for layer in group:
             sums[layer] = moments[layer].packed()
         count = moments[group[0]].count
+    if count != span.tokens:  # the documents hashed the same, so their tokenization did not
+        raise CorpusChanged(f"shard {task.index} counted {count} tokens where its plan has {span.tokens}: the corpus "
+                            "changed since the shards were planned; rerun with --overwrite to start over")
     del lm, moments
     if task.compile:
         from kisstore.extract.hooks import release_compiled
@@ -147,7 +280,8 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
         arr = create_sums(g, "sum", len(task.layers), d)
         for r, layer in enumerate(task.layers):
             arr[r] = sums[layer]
-        g.attrs.update({"sums_layout": LAYOUT, "done": True, "count": int(count), "docs": [start, stop], "n_shards": task.n_shards,
+        g.attrs.update({"sums_layout": LAYOUT, "done": True, "count": int(count), "docs": [start, stop], "span": task.span,
+                        "n_shards": task.n_shards,
                         "windows": windows})
     return {"index": task.index, "count": int(count), "skipped": False}
 
