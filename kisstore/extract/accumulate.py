@@ -18,6 +18,7 @@ Two layouts of that triangle:
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -194,6 +195,10 @@ class SecondMoment:
                     out[base + a : base + b] = rect[i][j - b]
         return out
 
+    def moment(self) -> PackedMoment:
+        """The sum so far as the reduction's intermediate (packed triangle and token count)."""
+        return PackedMoment(self.packed(), int(self.count))
+
     def load(self, packed: np.ndarray, count: int) -> None:
         """Set the sum from its packed layout (as :meth:`packed` gives it) and the token count."""
         packed = np.asarray(packed, dtype=np.float64)
@@ -248,6 +253,33 @@ def unpack_symmetric(packed: np.ndarray, d: int, out: np.ndarray | None = None) 
         iu = np.triu_indices(b - a, 1)
         sq[iu] = sq.T[iu]
     return m
+
+
+@dataclass
+class PackedMoment:
+    """The intermediate of the second-moment reduction (as Dask names its reductions'
+    intermediates): Σ kkᵀ over some tokens as a packed float64 lower triangle, and how many
+    tokens. Moments of disjoint token sets combine by addition (corpus shards, in shard order, so
+    the merge is deterministic); :meth:`finish` turns one into the covariance C = S / n.
+    Checkpoints and shard files store exactly these two numbers per layer."""
+
+    tril: np.ndarray  # (d(d+1)/2,) float64, numpy's tril_indices order
+    count: int
+
+    @property
+    def d(self) -> int:
+        return int((np.sqrt(8 * self.tril.size + 1) - 1) // 2)
+
+    def __iadd__(self, other: PackedMoment) -> PackedMoment:
+        self.tril += other.tril
+        self.count += other.count
+        return self
+
+    def finish(self, out: np.ndarray | None = None) -> np.ndarray:
+        """C = S / n as a full symmetric d × d float64 matrix (written into ``out`` if given)."""
+        c = unpack_symmetric(self.tril, self.d, out=out)
+        c /= self.count
+        return c
 
 
 def pack_lower(full: np.ndarray) -> np.ndarray:

@@ -22,11 +22,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import zarr
 
 from kisstore import failpoints
 from kisstore.errors import StoreError
-from kisstore.extract.accumulate import LAYOUT, packed_size
+from kisstore.extract.accumulate import LAYOUT, PackedMoment, packed_size
 from kisstore.store.chunking import tile_edge
 from kisstore.store.io import Store, default_compressors, storage_errors
 from kisstore.store.layout import checkpoint_path
@@ -52,7 +51,7 @@ class Checkpoint:
         with storage_errors(self.store.url, self.store.storage_options):
             attrs = self.store.group_attrs(self.path) if self.store.has(self.path) else {}
             if "fingerprint" in attrs:  # written last: a checkpoint without it never started
-                g = zarr.open_group(self.store.zstore, path=self.path, mode="r+")
+                g = self.store.open_group(self.path, mode="r+")
                 stored = {k: v for k, v in (attrs.get("fingerprint") or {}).items()
                           if k != "n_candidates"}  # kept by kisstore 0.1.0; the items' case ids now align
                 if stored != _plain(self.fingerprint):
@@ -68,7 +67,7 @@ class Checkpoint:
                 # full d_ff × d_ff sums of an earlier kisstore: never read as packed ones, started over
                 self.restarted_old_layout = True
             self.store.check_links(self.path)  # mode "w" deletes what is there first
-            g = zarr.open_group(self.store.zstore, path=self.path, mode="w")
+            g = self.store.open_group(self.path, mode="w")
             n = len(self.layers)
             for name in ("done", "partial_0", "partial_1"):
                 create_sums(g, name, n, d)
@@ -95,7 +94,7 @@ class Checkpoint:
         self.store.delete(self.path)
         parent = self.path.rsplit("/", 1)[0]
         with storage_errors(self.store.url, self.store.storage_options):
-            g = zarr.open_group(self.store.zstore, path=parent, mode="r")
+            g = self.store.open_group(parent)
             if not any(True for _ in g.groups()) and not any(True for _ in g.arrays()):
                 self.store.delete(parent)
 
@@ -135,19 +134,20 @@ class Checkpoint:
         arr = self.group[f"partial_{int(self.state['slot'])}"]
         return [arr[r] for r in rows]
 
-    def save_done(self, rows: Sequence[int], sums: Iterable[np.ndarray], counts: Sequence[int], **state: Any) -> None:
+    def save_done(self, rows: Sequence[int], moments: Iterable[PackedMoment], **state: Any) -> None:
+        """Write finished layers' moments (their sums into ``done``, their counts into the state), then commit."""
         self.guard()
+        done = dict(self.state.get("done_counts") or {})
         with storage_errors(self.store.url, self.store.storage_options):
             arr = self.group["done"]
-            for r, u in zip(rows, sums, strict=True):
-                arr[r] = u
-        done = dict(self.state.get("done_counts") or {})
-        for r, c in zip(rows, counts, strict=True):
-            done[str(r)] = int(c)
+            for r, m in zip(rows, moments, strict=True):
+                arr[r] = m.tril
+                done[str(r)] = int(m.count)
         self.commit(done_counts=done, **state)
 
-    def load_done(self, row: int) -> np.ndarray:
-        return self.group["done"][row]
+    def load_done(self, row: int) -> PackedMoment:
+        """The finished moment of layer row ``row``."""
+        return PackedMoment(self.group["done"][row], int(self.state["done_counts"][str(row)]))
 
 
 def create_sums(group, name: str, n: int, d: int):

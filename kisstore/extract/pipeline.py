@@ -17,7 +17,7 @@ from kisstore._version import __version__
 from kisstore.data.corpus import resolve_corpus
 from kisstore.data.items import Item, ItemSet, load_items
 from kisstore.errors import InputError, StoreError
-from kisstore.extract.accumulate import SecondMoment, layer_bytes, staging_bytes, unpack_symmetric
+from kisstore.extract.accumulate import SecondMoment, layer_bytes, staging_bytes
 from kisstore.extract.checkpoint import Checkpoint
 from kisstore.extract.covariance import (
     WINDOW,
@@ -331,9 +331,8 @@ class ModelRun:
         """The names of the analyses under /analyses that hold this model."""
         if not self.store.has(layout.ANALYSES):
             return []
-        import zarr
 
-        group = zarr.open_group(self.store.zstore, path=layout.ANALYSES, mode="r")
+        group = self.store.open_group(layout.ANALYSES)
         return sorted(name for name, _ in group.groups() if self.store.has(layout.analysis_path(self.model_id, name)))
 
     def scaling_without_this_model(self, name: str | None = None) -> list[dict]:
@@ -341,7 +340,7 @@ class ModelRun:
         path = f"{layout.analysis_root(name)}/scaling"
         if not self.store.has(path):
             return []
-        table = xr.open_zarr(self.store.zstore, group=path, zarr_format=3, consolidated=False)
+        table = self.store.open_dataset(path)
         models = [str(m) for m in table["model"].values]
         if self.model_id not in models:
             return []
@@ -358,7 +357,7 @@ class ModelRun:
         path = layout.model_path(self.model_id)
         if not self.store.has(path) or self.store.group_attrs(path).get("cov_source") != "imported":
             return None
-        return xr.open_zarr(self.store.zstore, group=path, zarr_format=3, consolidated=False)
+        return self.store.open_dataset(path)
 
     def unload(self) -> None:
         self.lm = None
@@ -507,8 +506,7 @@ class ModelRun:
             count = moments[group[0]].count
             check_count(count, d, o.corpus)
             self.note_short_corpus(count)
-            self.ckpt.save_done(rows, (moments[x].packed() for x in group), [count] * len(group),
-                                group_rows=None, docs=0, tokens=0, corpus_documents=progress["docs"],
+            self.ckpt.save_done(rows, (moments[x].moment() for x in group), group_rows=None, docs=0, tokens=0, corpus_documents=progress["docs"],
                                 corpus_windows=hasher.committed(progress["docs"]), corpus_files=files)
             expect = self.ckpt.state["corpus_windows"]  # the next group's pass must read the same
             state = self.ckpt.state
@@ -555,7 +553,7 @@ class ModelRun:
         self.final_provenance = self.provenance()
         self.unload()
         n_tokens = np.array([done_counts[r] for r in range(len(self.layers))], dtype=np.int64)
-        return lazy_cov(self.ckpt.load_done, n_tokens, d), n_tokens
+        return lazy_cov(self.ckpt.load_done, len(self.layers), d), n_tokens
 
     def run_corpus_sharded(self) -> tuple[Any, np.ndarray]:
         """The corpus pass split into shards run on the Dask cluster's workers."""
@@ -598,11 +596,12 @@ class ModelRun:
             self.check_lease()  # the workers write their shards under this run's lease
             self.ckpt.commit(shard_plan={**asked, "spans": [sp.as_dict() for sp in spans]})  # before any shard runs
             shards.run_sharded(tasks, self.client, progress=o.progress)
-            uppers, count = shards.merge(self.store, self.model_id, spans, len(self.layers))
+            merged = shards.merge(self.store, self.model_id, spans, len(self.layers))
+            count = merged[0].count
             check_count(count, self.lm.d_ff, o.corpus)
             self.note_short_corpus(count)
             rows = list(range(len(self.layers)))
-            self.ckpt.save_done(rows, uppers, [count] * len(rows), corpus_documents=n_docs, shards_run=len(spans),
+            self.ckpt.save_done(rows, merged, corpus_documents=n_docs, shards_run=len(spans),
                                 corpus_windows=windows)
             done = {r: count for r in rows}
         return self.final_cov(done)
@@ -699,24 +698,23 @@ def cov_blocks(n_layers: int, d: int) -> list[range]:
     return [range(a, min(a + per, n_layers)) for a in range(0, n_layers, per)]
 
 
-def unpacked_cov(load_sums, n_tokens: np.ndarray, d: int, rows: range) -> np.ndarray:
-    """C = S / n of the layer rows ``rows``: each row's packed float64 sum (``load_sums(row)``)
-    unpacked in place into one (rows, d, d) block, then divided by its token count."""
+def unpacked_cov(load_moment, d: int, rows: range) -> np.ndarray:
+    """C = S / n of the layer rows ``rows``: each row's moment (``load_moment(row)``) finished in
+    place into one (rows, d, d) block."""
     out = np.empty((len(rows), d, d), dtype=np.float64)
     for i, r in enumerate(rows):
-        unpack_symmetric(load_sums(r), d, out=out[i])  # in place: no d × d temporary
-        out[i] /= n_tokens[r]
+        load_moment(r).finish(out=out[i])  # in place: no d × d temporary
     return out
 
 
-def lazy_cov(load_sums, n_tokens: np.ndarray, d: int):
+def lazy_cov(load_moment, n_layers: int, d: int):
     """Every layer's C as a Dask array of :func:`cov_blocks`, each computed by :func:`unpacked_cov`
     when it is stored: the final write holds one block of covariances at a time."""
     import dask
     import dask.array as da
 
-    parts = [da.from_delayed(dask.delayed(unpacked_cov, pure=False)(load_sums, n_tokens, d, rows),
-                             shape=(len(rows), d, d), dtype=np.float64) for rows in cov_blocks(len(n_tokens), d)]
+    parts = [da.from_delayed(dask.delayed(unpacked_cov, pure=False)(load_moment, d, rows),
+                             shape=(len(rows), d, d), dtype=np.float64) for rows in cov_blocks(n_layers, d)]
     return parts[0] if len(parts) == 1 else da.concatenate(parts, axis=0)
 
 
@@ -734,7 +732,7 @@ def write_model(store: Store, path: str, ds: xr.Dataset) -> None:
 def store_items(store: Store) -> list[Item] | None:
     if not store.has(layout.ITEMS):
         return None
-    ds = xr.open_zarr(store.zstore, group=layout.ITEMS, zarr_format=3, consolidated=False).load()
+    ds = store.open_dataset(layout.ITEMS).load()
     return [Item(int(c), str(p), str(s), str(r), str(t), str(n)) for c, p, s, r, t, n in zip(
         ds["item"].values, ds.prompt.values, ds.subject.values, ds.relation_id.values,
         ds.target_true.values, ds.target_new.values, strict=True)]

@@ -29,6 +29,7 @@ import numpy as np
 
 from kisstore import failpoints
 from kisstore.errors import InputError, StoreError
+from kisstore.extract.accumulate import PackedMoment
 
 BALANCE = 0.10  # every shard holds n/K tokens to within this fraction
 EDGE_SLACK = BALANCE / 2  # a bound moves to a batch edge this close (a fraction of n/K): two bounds moved
@@ -224,7 +225,6 @@ def changed_shards(store, tasks: list[ShardTask], window: int) -> None:
 
 def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
     """Worker side: accumulate Σ k kᵀ over one shard's documents and commit it to the store."""
-    import zarr
 
     from kisstore.data.corpus import resolve_corpus
     from kisstore.extract.accumulate import LAYOUT, SecondMoment
@@ -276,7 +276,7 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
     path = shard_path(task.model_id, task.index)
     store.check_links(path)  # mode "w" deletes what is there first
     with storage_errors(store.url, store.storage_options):
-        g = zarr.open_group(store.zstore, path=path, mode="w")
+        g = store.open_group(path, mode="w")
         arr = create_sums(g, "sum", len(task.layers), d)
         for r, layer in enumerate(task.layers):
             arr[r] = sums[layer]
@@ -332,17 +332,16 @@ def run_sharded(tasks: list[ShardTask], client, progress: bool = True) -> list[d
     return sorted(results, key=lambda r: r["index"])
 
 
-def merge(store, model_id: str, shards: list[tuple[int, int]], n_layers: int) -> tuple[list[np.ndarray], int]:
-    """Exact merge: Σ over shards of the float64 partial sums (packed lower triangles, shard 0 first),
-    one layer at a time, and the total token count."""
-    import zarr
+def merge(store, model_id: str, shards: list[tuple[int, int]], n_layers: int) -> list[PackedMoment]:
+    """Exact merge: each layer's moment as the Σ over shards of their moments (float64 packed
+    triangles, shard 0 first; the token counts add up)."""
 
     from kisstore.extract.accumulate import LAYOUT
 
     groups = []
-    count = 0
+    counts = []
     for i in range(len(shards)):
-        g = zarr.open_group(store.zstore, path=shard_path(model_id, i), mode="r")
+        g = store.open_group(shard_path(model_id, i))
         if g.attrs.get("done") is not True:
             raise StoreError(f"shard {i} of {model_id} is not committed")
         if g.attrs.get("sums_layout") != LAYOUT:
@@ -351,11 +350,11 @@ def merge(store, model_id: str, shards: list[tuple[int, int]], n_layers: int) ->
         if g["sum"].shape[0] != n_layers:
             raise StoreError(f"shard {i} of {model_id} holds {g['sum'].shape[0]} layers, not {n_layers}")
         groups.append(g["sum"])
-        count += int(g.attrs["count"])
+        counts.append(int(g.attrs["count"]))
     totals = []
     for r in range(n_layers):
-        total = groups[0][r]
-        for arr in groups[1:]:
-            total += arr[r]
+        total = PackedMoment(groups[0][r], counts[0])
+        for arr, count in zip(groups[1:], counts[1:], strict=True):
+            total += PackedMoment(arr[r], count)
         totals.append(total)
-    return totals, count
+    return totals
