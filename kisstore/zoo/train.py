@@ -46,7 +46,7 @@ class TrainConfig:
     head_dim: int = 32
 
 
-DEFAULT_STEPS = 2000
+DEFAULT_STEPS = 600  # measured: w128 knows 94 % of a 150-entity world after 600 steps
 
 
 @dataclass
