@@ -282,7 +282,7 @@ def _train_width(out, width, run, cfg, steps, docs, items, tokenizer, dev, threa
         return results
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     state_file = folder / STATE
-    step, losses, tokens_seen, seconds = 0, [], 0, 0.0
+    step, losses, tokens_seen, seconds, cpu = 0, [], 0, 0.0, 0.0
     if state_file.is_file():
         st = torch.load(state_file, map_location=dev, weights_only=True)
         if st["run"] != run:
@@ -291,18 +291,19 @@ def _train_width(out, width, run, cfg, steps, docs, items, tokenizer, dev, threa
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optim"])
         torch.set_rng_state(st["rng"])
-        step, losses, tokens_seen, seconds = st["step"], list(st["losses"]), st["tokens_seen"], st["seconds"]
+        step, losses, tokens_seen = st["step"], list(st["losses"]), st["tokens_seen"]
+        seconds, cpu = st["seconds"], st["cpu_seconds"]
     folder.mkdir(parents=True, exist_ok=True)
     snaps = set(snapshot_steps(steps, cfg.checkpoints))
     every = max(1, steps // 20)
     model.train()
     bar = tqdm(total=steps, initial=step, desc=f"train w{width}", unit="step", disable=not progress)
-    t0, last_ckpt = time.perf_counter(), time.perf_counter()
+    t0, c0, last_ckpt = time.perf_counter(), time.process_time(), time.perf_counter()
 
     def state() -> dict:
         return {"run": run, "step": step, "model": model.state_dict(), "optim": opt.state_dict(),
                 "rng": torch.get_rng_state(), "losses": losses, "tokens_seen": tokens_seen,
-                "seconds": seconds + time.perf_counter() - t0}
+                "seconds": seconds + time.perf_counter() - t0, "cpu_seconds": cpu + time.process_time() - c0}
 
     while step < steps:
         for g in opt.param_groups:
@@ -330,10 +331,10 @@ def _train_width(out, width, run, cfg, steps, docs, items, tokenizer, dev, threa
             last_ckpt = time.perf_counter()
     bar.close()
     model.eval()
-    secs = seconds + time.perf_counter() - t0
+    secs, cpu = seconds + time.perf_counter() - t0, cpu + time.process_time() - c0
     info = _save_folder(model, tokenizer, folder, {
         **base, "untrained": False, "steps_done": step, "tokens_seen": tokens_seen, "train_seconds": secs,
-        "tokens_per_second": tokens_seen / secs if secs > 0 else None, "losses": losses,
+        "tokens_per_second": tokens_seen / secs if secs > 0 else None, "cpu_seconds": cpu, "losses": losses,
         "snapshots": sorted(snaps)}, items, dev)
     state_file.unlink(missing_ok=True)
     results.insert(0, TrainResult(width, folder, info["known_fraction"], False, info))
