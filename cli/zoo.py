@@ -1,4 +1,4 @@
-"""``kisstore zoo``: a synthetic world of facts for a controlled family of models."""
+"""``kisstore zoo``: a synthetic world of facts, and a controlled family of models trained on it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from kisstore_cli.common import handle_errors
 
 @click.group(name="zoo")
 def zoo():
-    """A controlled superposition zoo: a synthetic world of facts (see docs/zoo.md)."""
+    """A controlled superposition zoo: a synthetic world of facts and a family of models trained on it (docs/zoo.md)."""
 
 
 @zoo.command(name="world")
