@@ -267,6 +267,8 @@ def _train_width(out, width, run, cfg, steps, docs, items, tokenizer, dev, threa
     done = _done(folder, run)
     twin = out / f"w{width}-untrained"
     twin_done = _done(twin, run) if untrained_twins else True
+    if done is not None:
+        (folder / STATE).unlink(missing_ok=True)  # a run killed between its last two writes
     if done is not None and twin_done is not None:
         results.append(TrainResult(width, folder, done["known_fraction"], True, done))
         return results
