@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kisstore.zoo.train import DEFAULT_STEPS, TrainConfig
+from kisstore.zoo.train import DEFAULT_STEPS, LR_WIDTH, TrainConfig
 from kisstore_cli.common import handle_errors
 
 
@@ -42,6 +42,8 @@ def world_cmd(out: str, entities: int, seed: int):
               help="Training tokens per model, rounded up to whole steps [default: --steps].")
 @click.option("--steps", type=int, default=None, metavar="N",
               help=f"Optimizer steps per model ({TrainConfig.batch} documents each) [default: {DEFAULT_STEPS}].")
+@click.option("--lr", type=float, default=TrainConfig.lr, show_default=True, metavar="LR",
+              help=f"Adam's peak learning rate up to width {LR_WIDTH}; a wider model gets LR·{LR_WIDTH}/width.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--seed", type=int, default=0, show_default=True, metavar="S",
               help="Seed of the initial weights and the data order (the same for every width).")
@@ -52,7 +54,8 @@ def world_cmd(out: str, entities: int, seed: int):
               help="CPU threads for torch [default: torch's]; 1 is fastest on a machine shared with other jobs.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @handle_errors
-def train_cmd(out: str, widths: str, layers: int, tokens: int | None, steps: int | None, device: str, seed: int,
+def train_cmd(out: str, widths: str, layers: int, tokens: int | None, steps: int | None, lr: float, device: str,
+              seed: int,
               checkpoints: int, untrained_twins: bool, threads: int | None, quiet: bool):
     """Train one Llama model per width on the zoo world in OUT, into OUT/w<width>/.
 
@@ -69,7 +72,7 @@ def train_cmd(out: str, widths: str, layers: int, tokens: int | None, steps: int
     """
     from kisstore.zoo.train import parse_widths, train_family
 
-    cfg = TrainConfig(layers=layers, steps=steps, tokens=tokens, seed=seed, checkpoints=checkpoints)
+    cfg = TrainConfig(layers=layers, steps=steps, tokens=tokens, seed=seed, checkpoints=checkpoints, lr=lr)
     for r in train_family(out, parse_widths(widths), cfg, device=device, threads=threads,
                           untrained_twins=untrained_twins, progress=not quiet):
         i = r.info

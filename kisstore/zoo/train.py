@@ -37,7 +37,7 @@ class TrainConfig:
     tokens: int | None = None  # training tokens (non-padding), rounded up to whole steps
     seed: int = 0
     batch: int = 16  # documents per step
-    lr: float = 3e-3  # peak; linear warm-up over 5 % of the steps, cosine decay to 10 %
+    lr: float = 3e-3  # peak at width <= LR_WIDTH (see peak_lr); warm-up over 5 % of the steps, cosine to 10 %
     weight_decay: float = 0.0
     vocab_size: int = 1024
     max_length: int = 128  # tokens per document (truncation)
@@ -46,6 +46,7 @@ class TrainConfig:
     head_dim: int = 32
 
 
+LR_WIDTH = 128  # wider models get lr · LR_WIDTH / width
 DEFAULT_STEPS = 600  # measured: w128 knows 94 % of a 150-entity world after 600 steps
 
 
@@ -107,6 +108,12 @@ def steps_for_tokens(lengths: list[int], tokens: int, seed: int, batch: int) -> 
         seen += sum(lengths[i] for i in doc_order(len(lengths), seed, step, batch))
         step += 1
     return step
+
+
+def peak_lr(lr: float, width: int) -> float:
+    """Adam's peak learning rate for a width: ``lr`` up to LR_WIDTH, then ∝ 1/width (as muP
+    scales hidden weights' Adam steps): at one rate, wider models learned the world more slowly."""
+    return lr * min(1.0, LR_WIDTH / width)
 
 
 def lr_at(step: int, steps: int, peak: float) -> float:
@@ -224,6 +231,8 @@ def train_family(out: str | Path, widths: list[int], cfg: TrainConfig, *, device
         v = getattr(cfg, name)
         if v is not None and v < 1:
             raise InputError(f"--{name} must be positive, got {v}")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise InputError(f"--lr must be a positive number, got {cfg.lr}")
     if cfg.layers < 1:
         raise InputError(f"--layers must be positive, got {cfg.layers}")
     if cfg.checkpoints < 0:
@@ -240,7 +249,8 @@ def train_family(out: str | Path, widths: list[int], cfg: TrainConfig, *, device
     tok_sha = _sha(out / "tokenizer" / "tokenizer.json")
     results = []
     for width in widths:
-        run = {**asdict(cfg), "steps": steps, "width": width, "tokenizer_sha256": tok_sha}
+        run = {**asdict(cfg), "lr": peak_lr(cfg.lr, width), "steps": steps, "width": width,
+               "tokenizer_sha256": tok_sha}
         results += _train_width(out, width, run, cfg, steps, docs, items, tokenizer, dev, threads,
                                 untrained_twins, progress, checkpoint_seconds)
     return results
@@ -282,7 +292,8 @@ def _train_width(out, width, run, cfg, steps, docs, items, tokenizer, dev, threa
     if done is not None:
         results.insert(0, TrainResult(width, folder, done["known_fraction"], True, done))
         return results
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    peak = run["lr"]
+    opt = torch.optim.AdamW(model.parameters(), lr=peak, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     state_file = folder / STATE
     step, losses, tokens_seen, seconds, cpu = 0, [], 0, 0.0, 0.0
     if state_file.is_file():
@@ -309,7 +320,7 @@ def _train_width(out, width, run, cfg, steps, docs, items, tokenizer, dev, threa
 
     while step < steps:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, cfg.lr)
+            g["lr"] = lr_at(step, steps, peak)
         ids, mask, labels = _batch(tokenizer, docs, doc_order(len(docs), cfg.seed, step, cfg.batch),
                                    cfg.max_length, dev)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
