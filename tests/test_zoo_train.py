@@ -9,7 +9,14 @@ import signal
 import numpy as np
 import pytest
 
-from kisstore.zoo.train import doc_order, heads_for, parse_widths, snapshot_steps, steps_for_tokens
+from kisstore.zoo.train import (
+    doc_order,
+    heads_for,
+    parse_widths,
+    peak_lr,
+    snapshot_steps,
+    steps_for_tokens,
+)
 from tests.conftest import run_cli
 
 WORLD = ("--entities", "10", "--seed", "1")
@@ -107,6 +114,7 @@ def test_rerun_of_a_complete_family_skips_it_and_other_settings_are_refused(micr
     assert "already trained" in r.stdout and (out / "w16" / "model.safetensors").read_bytes() == before
     r = run_cli("zoo", "train", str(out), "--widths", "16", "--steps", "121", "--quiet")
     assert r.returncode == 2 and "other settings" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "steps 120 ≠ 121" in r.stderr and "layers 2 ≠ 4" in r.stderr
 
 
 @pytest.mark.parametrize("point", ["train_step:13", "train_checkpoint:2"])
@@ -141,7 +149,8 @@ def test_bad_inputs_are_one_line_errors_with_exit_2(tmp_path):
     run_cli("zoo", "world", str(world), "--entities", "5", check=True)
     cases = [[str(world), "--widths", w] for w in ("0", "64,abc", "-8", "", "16,16", "1.5")]
     cases += [[str(other)], [str(tmp_path / "missing")], [str(empty)],
-              [str(world), "--steps", "5", "--tokens", "100"], [str(world), "--steps", "0"]]
+              [str(world), "--steps", "5", "--tokens", "100"], [str(world), "--steps", "0"],
+              [str(world), "--lr", "0"], [str(world), "--lr", "nan"]]
     for args in cases:
         r = run_cli("zoo", "train", *args, "--quiet")
         assert r.returncode == 2, (args, r.stdout, r.stderr)
@@ -162,3 +171,4 @@ def test_data_order_schedule_and_heads_are_pure_functions():
     assert sum(seen) >= 100 > sum(seen[:-1])
     assert snapshot_steps(100, 3) == [25, 50, 75] and snapshot_steps(2, 5) == [1]
     assert [heads_for(w) for w in (8, 64, 96, 512)] == [1, 2, 3, 16] and parse_widths("64, 128") == [64, 128]
+    assert [peak_lr(3e-3, w) for w in (16, 128, 256, 512)] == pytest.approx([3e-3, 3e-3, 1.5e-3, 7.5e-4])

@@ -198,9 +198,16 @@ def _done(folder: Path, want: dict) -> dict | None:
         return None
     info = json.loads(f.read_text())
     if info.get("run") != want:
-        raise InputError(f"{folder} holds a model trained with other settings ({info.get('run')}); "
+        raise InputError(f"{folder} holds a model trained with other settings ({_differ(info.get('run'), want)}); "
                          "choose a new OUT or remove that folder")
     return info
+
+
+def _differ(had, want: dict) -> str:
+    """'steps 600 ≠ 601, …': the settings in which a stored run differs from this one."""
+    had = had if isinstance(had, dict) else {}
+    keys = sorted(k for k in set(had) | set(want) if had.get(k) != want.get(k))
+    return ", ".join(f"{k} {had.get(k)} ≠ {want.get(k)}" for k in keys)
 
 
 def _batch(tokenizer, docs: list[str], idx: list[int], max_length: int, device: str):
@@ -299,8 +306,8 @@ def _train_width(out, width, run, cfg, steps, docs, items, tokenizer, dev, threa
     if state_file.is_file():
         st = torch.load(state_file, map_location=dev, weights_only=True)
         if st["run"] != run:
-            raise InputError(f"{folder} holds a checkpoint of a run with other settings; choose a new OUT "
-                             "or remove that folder")
+            raise InputError(f"{folder} holds a checkpoint of a run with other settings ({_differ(st['run'], run)}); "
+                             "choose a new OUT or remove that folder")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optim"])
         torch.set_rng_state(st["rng"])
