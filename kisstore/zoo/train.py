@@ -254,10 +254,13 @@ def train_family(out: str | Path, widths: list[int], cfg: TrainConfig, *, device
     steps = cfg.steps or (steps_for_tokens(lengths, cfg.tokens, cfg.seed, cfg.batch) if cfg.tokens
                           else DEFAULT_STEPS)
     tok_sha = _sha(out / "tokenizer" / "tokenizer.json")
+    runs = {w: {**asdict(cfg), "lr": peak_lr(cfg.lr, w), "steps": steps, "width": w, "tokenizer_sha256": tok_sha}
+            for w in widths}
+    for w, run in runs.items():  # refuse another run's folder before training anything
+        for folder in (out / f"w{w}", out / f"w{w}-untrained"):
+            _done(folder, run)
     results = []
-    for width in widths:
-        run = {**asdict(cfg), "lr": peak_lr(cfg.lr, width), "steps": steps, "width": width,
-               "tokenizer_sha256": tok_sha}
+    for width, run in runs.items():
         results += _train_width(out, width, run, cfg, steps, docs, items, tokenizer, dev, threads,
                                 untrained_twins, progress, checkpoint_seconds)
     return results
