@@ -17,6 +17,7 @@ from kisstore.extract.cpu_kernels import (
     onednn_linears,
     resolve,
 )
+from kisstore.store import packed
 from tests.conftest import run_cli
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch build has no usable oneDNN linear op")
@@ -69,8 +70,8 @@ def test_packed_sum_is_the_lower_triangle_of_float64_numpy_in_half_the_memory(ke
     got = m.packed()
     assert got.shape == (d * (d + 1) // 2,)
     assert np.abs(got - expect).max() / np.abs(expect).max() < 2e-6
-    np.testing.assert_array_equal(acc.unpack_symmetric(got, d)[np.tril_indices(d)], got)
-    np.testing.assert_array_equal(acc.pack_lower(acc.unpack_symmetric(got, d)), got)
+    np.testing.assert_array_equal(packed.unpack_symmetric(got, d)[np.tril_indices(d)], got)
+    np.testing.assert_array_equal(packed.pack_lower(packed.unpack_symmetric(got, d)), got)
     width = max(b - a for a, b in zip(m._edges, m._edges[1:], strict=False))
     assert acc.staging_bytes(d, kernels) <= max(4 * width * width, acc.STAGE_BYTES)
 

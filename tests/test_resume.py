@@ -92,8 +92,8 @@ def _as_full_matrix_checkpoint(group_path) -> int:
     (layers, d_ff, d_ff) array holding the upper triangle, and no ``sums_layout`` attribute."""
     import zarr
 
-    from kisstore.extract.accumulate import unpack_symmetric
     from kisstore.store.io import default_compressors
+    from kisstore.store.packed import unpack_symmetric
 
     g = zarr.open_group(str(group_path), mode="r+", zarr_format=3, use_consolidated=False)
     rewritten = 0

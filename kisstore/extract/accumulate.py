@@ -18,16 +18,16 @@ Two layouts of that triangle:
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import numpy as np
+
+from kisstore.store.packed import PackedMoment, packed_size, unpack_symmetric
 
 BLOCK = 384  # target width of the torch path's column blocks
 MAX_BLOCKS = 8
 PANEL = 192  # target width of the oneDNN path's column blocks (d // PANEL of them, 1 to MAX_PANELS)
 MAX_PANELS = 8
 STAGE_BYTES = 16 * 2**20  # bound on one float32 product in flight (rows of a rectangle per GEMM call)
-LAYOUT = "packed-tril-v1"  # the name checkpoints and shard files record for the packed layout
 
 
 def block_edges(d: int, width: int = BLOCK, most: int = MAX_BLOCKS) -> list[int]:
@@ -38,11 +38,6 @@ def block_edges(d: int, width: int = BLOCK, most: int = MAX_BLOCKS) -> list[int]
 
 def edges_for(d: int, kernels: str) -> list[int]:
     return block_edges(d, PANEL, MAX_PANELS) if kernels == "onednn" else block_edges(d)
-
-
-def packed_size(d: int) -> int:
-    """Numbers in the lower triangle of a d × d matrix, diagonal included."""
-    return d * (d + 1) // 2
 
 
 def chunk_rows(width: int) -> int:
@@ -236,56 +231,3 @@ def _committed_zeros(shape) -> np.ndarray:
     a = np.empty(shape, dtype=np.float64)
     a.fill(0.0)
     return a
-
-
-def unpack_symmetric(packed: np.ndarray, d: int, out: np.ndarray | None = None) -> np.ndarray:
-    """The full symmetric d × d matrix of a packed lower triangle (into ``out`` if given)."""
-    if packed.shape != (packed_size(d),):
-        raise ValueError(f"a packed d_ff {d} triangle has {packed_size(d)} numbers, not {packed.shape}")
-    m = np.empty((d, d), dtype=np.float64) if out is None else out
-    for j in range(d):
-        m[j, : j + 1] = packed[j * (j + 1) // 2 : (j + 1) * (j + 2) // 2]
-    step = 256
-    for a in range(0, d, step):  # mirror: the upper triangle from the lower, a row block at a time
-        b = min(a + step, d)
-        m[a:b, b:] = m[b:, a:b].T
-        sq = m[a:b, a:b]
-        iu = np.triu_indices(b - a, 1)
-        sq[iu] = sq.T[iu]
-    return m
-
-
-@dataclass
-class PackedMoment:
-    """The intermediate of the second-moment reduction (as Dask names its reductions'
-    intermediates): Σ kkᵀ over some tokens as a packed float64 lower triangle, and how many
-    tokens. Moments of disjoint token sets combine by addition (corpus shards, in shard order, so
-    the merge is deterministic); :meth:`finish` turns one into the covariance C = S / n.
-    Checkpoints and shard files store exactly these two numbers per layer."""
-
-    tril: np.ndarray  # (d(d+1)/2,) float64, numpy's tril_indices order
-    count: int
-
-    @property
-    def d(self) -> int:
-        return int((np.sqrt(8 * self.tril.size + 1) - 1) // 2)
-
-    def __iadd__(self, other: PackedMoment) -> PackedMoment:
-        self.tril += other.tril
-        self.count += other.count
-        return self
-
-    def finish(self, out: np.ndarray | None = None) -> np.ndarray:
-        """C = S / n as a full symmetric d × d float64 matrix (written into ``out`` if given)."""
-        c = unpack_symmetric(self.tril, self.d, out=out)
-        c /= self.count
-        return c
-
-
-def pack_lower(full: np.ndarray) -> np.ndarray:
-    """The packed lower triangle of a square matrix (the inverse of :func:`unpack_symmetric`)."""
-    d = full.shape[0]
-    out = np.empty(packed_size(d), dtype=np.float64)
-    for j in range(d):
-        out[j * (j + 1) // 2 : (j + 1) * (j + 2) // 2] = full[j, : j + 1]
-    return out

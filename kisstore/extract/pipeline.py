@@ -18,7 +18,6 @@ from kisstore.data.corpus import resolve_corpus
 from kisstore.data.items import Item, ItemSet, load_items
 from kisstore.errors import InputError, StoreError
 from kisstore.extract.accumulate import SecondMoment, layer_bytes, staging_bytes
-from kisstore.extract.checkpoint import Checkpoint
 from kisstore.extract.covariance import (
     WINDOW,
     CorpusChanged,
@@ -37,6 +36,7 @@ from kisstore.extract.prefetch import prefetch
 from kisstore.layers import parse_layers
 from kisstore.limits import check_threads
 from kisstore.store import chunking, commit, layout
+from kisstore.store.checkpoint import Checkpoint
 from kisstore.store.io import Store
 from kisstore.store.urls import public_options, redact
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from kisstore import failpoints
 from kisstore.errors import InputError, StoreError
-from kisstore.extract.accumulate import PackedMoment
+from kisstore.store.packed import PackedMoment
 
 BALANCE = 0.10  # every shard holds n/K tokens to within this fraction
 EDGE_SLACK = BALANCE / 2  # a bound moves to a batch edge this close (a fraction of n/K): two bounds moved
@@ -188,7 +188,7 @@ def committed(store, task: ShardTask) -> bool:
     path = shard_path(task.model_id, task.index)
     if not store.has(path):
         return False
-    from kisstore.extract.accumulate import LAYOUT
+    from kisstore.store.packed import LAYOUT
 
     a = store.group_attrs(path)
     # a shard of full d_ff × d_ff sums (an earlier kisstore's) is redone, never merged as packed ones
@@ -227,13 +227,14 @@ def run_shard(task_dict: dict[str, Any]) -> dict[str, Any]:
     """Worker side: accumulate Σ k kᵀ over one shard's documents and commit it to the store."""
 
     from kisstore.data.corpus import resolve_corpus
-    from kisstore.extract.accumulate import LAYOUT, SecondMoment
-    from kisstore.extract.checkpoint import create_sums
+    from kisstore.extract.accumulate import SecondMoment
     from kisstore.extract.covariance import CorpusChanged, WindowHasher, accumulate, corpus_batches
     from kisstore.extract.pipeline import layer_groups
     from kisstore.extract.prefetch import prefetch
     from kisstore.models.loading import load_model
+    from kisstore.store.checkpoint import create_sums
     from kisstore.store.io import Store, storage_errors
+    from kisstore.store.packed import LAYOUT
 
     task = ShardTask(**task_dict)
     span = Span.of(task.span)
@@ -336,7 +337,7 @@ def merge(store, model_id: str, shards: list[tuple[int, int]], n_layers: int) ->
     """Exact merge: each layer's moment as the Σ over shards of their moments (float64 packed
     triangles, shard 0 first; the token counts add up)."""
 
-    from kisstore.extract.accumulate import LAYOUT
+    from kisstore.store.packed import LAYOUT
 
     groups = []
     counts = []

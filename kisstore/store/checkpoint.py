@@ -8,7 +8,7 @@ moment leaves the previous committed state intact:
 - ``partial_0`` / ``partial_1``: the running group's sums, alternating slots; the state
   names the slot that holds the last committed one.
 
-The sums are float64 lower triangles in the packed layout of ``kisstore.extract.accumulate``
+The sums are float64 lower triangles in the packed layout of ``kisstore.store.packed``
 (row j's S[j, 0..j] from j(j+1)/2 on): half a full matrix, and the same for either kernel
 path. The group's ``sums_layout`` attribute names it. A checkpoint without it holds full
 d_ff × d_ff sums (kisstore before packed accumulators): it is never read as packed; the
@@ -25,10 +25,10 @@ import numpy as np
 
 from kisstore import failpoints
 from kisstore.errors import StoreError
-from kisstore.extract.accumulate import LAYOUT, PackedMoment, packed_size
 from kisstore.store.chunking import tile_edge
 from kisstore.store.io import Store, default_compressors, storage_errors
 from kisstore.store.layout import checkpoint_path
+from kisstore.store.packed import LAYOUT, PackedMoment, packed_size
 
 
 class Checkpoint:
