@@ -160,17 +160,26 @@ def test_provenance_records_the_shards_that_ran_not_the_upper_bound(cluster, tin
     assert attrs["shards"] == ran and attrs["shards_requested"] == 50
 
 
-def test_killed_sharded_run_redoes_only_unfinished_shards(cluster, tiny_models, tiny_items, corpus, tmp_path):
+def _killed_after_first_shard(model, store, items, corpus, scheduler: str, shards: int) -> list[str]:
+    """Run a sharded extract that SIGKILLs itself once its first shard is done; return its argv,
+    which resumes it."""
     import signal
 
     from tests.conftest import run_cli
 
-    store = tmp_path / "s.zarr"
-    args = ["extract", "--model", str(tiny_models["llama"]), "--store", str(store), "--items", str(tiny_items),
+    args = ["extract", "--model", str(model), "--store", str(store), "--items", str(items),
             "--corpus", str(corpus), "--corpus-tokens", "20000", "--batch-tokens", "1024", "--quiet",
-            "--scheduler", cluster.scheduler_address, "--shards", "3"]
+            "--scheduler", scheduler, "--shards", str(shards)]
     killed = run_cli(*args, env={"KISSTORE_FAILPOINT": "shard_done:1"})
     assert killed.returncode == -signal.SIGKILL
+    return args
+
+
+def test_killed_sharded_run_redoes_only_unfinished_shards(cluster, tiny_models, tiny_items, corpus, tmp_path):
+    from tests.conftest import run_cli
+
+    store = tmp_path / "s.zarr"
+    args = _killed_after_first_shard(tiny_models["llama"], store, tiny_items, corpus, cluster.scheduler_address, 3)
     resumed = run_cli(*args, check=True)
     assert resumed.stdout.count("(already committed)") >= 1
     reference = tmp_path / "ref.zarr"
@@ -208,18 +217,12 @@ def test_shards_cut_inside_batches_resume_and_equal_a_single_process(cluster, si
     """--shards 5 here cuts batches (the nearest batch edge is too far from n/5 tokens); the client is
     killed after the first shard, the rerun keeps the plan its checkpoint recorded and redoes only
     the rest, and the merge equals the single process's to float64 rounding."""
-    import signal
-
     import zarr
 
     from tests.conftest import run_cli
 
     store = tmp_path / "s.zarr"
-    args = ["extract", "--model", str(tiny_models["gpt_neox"]), "--store", str(store), "--items", str(tiny_items),
-            "--corpus", str(corpus), "--corpus-tokens", "20000", "--batch-tokens", "1024", "--quiet",
-            "--scheduler", cluster.scheduler_address, "--shards", "5"]
-    killed = run_cli(*args, env={"KISSTORE_FAILPOINT": "shard_done:1"})
-    assert killed.returncode == -signal.SIGKILL
+    args = _killed_after_first_shard(tiny_models["gpt_neox"], store, tiny_items, corpus, cluster.scheduler_address, 5)
     recorded = zarr.open_group(store, path="_checkpoints/gpt_neox", mode="r").attrs["state"]["shard_plan"]
     spans = recorded["spans"]
     assert len(spans) == 5 and any(s["start"][2] > 0 for s in spans)  # bounds inside batches

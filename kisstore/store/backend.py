@@ -125,11 +125,15 @@ class Backend:
         return hashlib.md5(self.read(key)).hexdigest()
 
     def delete(self, keys: list[str]) -> None:
+        """Remove the keys (a no-op for none)."""
         if not keys:
             return
         failpoints.hit(failpoints.WRITE)
         with self.errors():
-            self.fs.rm([self.path(k) for k in keys])
+            self._remove(keys)
+
+    def _remove(self, keys: list[str]) -> None:
+        self.fs.rm([self.path(k) for k in keys])
 
     def modified(self, key: str) -> float | None:
         """When KEY was last written (seconds since the epoch), or None where it cannot be told."""
@@ -218,17 +222,13 @@ class LocalBackend(Backend):
         os.replace(tmp, path)
         return hashlib.md5(self.read(key)).hexdigest()
 
-    def delete(self, keys: list[str]) -> None:
-        if not keys:
-            return
-        failpoints.hit(failpoints.WRITE)
-        with self.errors():
-            for key in keys:
-                try:
-                    os.remove(self._local_path(key))
-                except FileNotFoundError:
-                    pass
-            _remove_empty_dirs(self.root)
+    def _remove(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                os.remove(self._local_path(key))
+            except FileNotFoundError:
+                pass
+        _remove_empty_dirs(self.root)
 
     def modified(self, key: str) -> float | None:
         try:
