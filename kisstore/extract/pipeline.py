@@ -506,14 +506,15 @@ class ModelRun:
             count = moments[group[0]].count
             check_count(count, d, o.corpus)
             self.note_short_corpus(count)
-            self.ckpt.save_done(rows, (moments[x].moment() for x in group), group_rows=None, docs=0, tokens=0, corpus_documents=progress["docs"],
-                                corpus_windows=hasher.committed(progress["docs"]), corpus_files=files)
+            self.ckpt.save_done(rows, (moments[x].moment() for x in group), group_rows=None, docs=0, tokens=0,
+                                corpus_documents=progress["docs"], corpus_windows=hasher.committed(progress["docs"]),
+                                corpus_files=files)
             expect = self.ckpt.state["corpus_windows"]  # the next group's pass must read the same
             state = self.ckpt.state
             done_counts = {int(k): v for k, v in state["done_counts"].items()}
             del moments, batches, checkpoint, on_progress  # the closures hold the accumulators too
             release_memory()  # this group's accumulators, before the next group's or the final covariance
-        return self.final_cov(done_counts)
+        return self.final_cov()
 
     def pass_settings(self) -> dict[str, Any]:
         """The corpus pass's settings that change only float32 rounding, not what is computed:
@@ -542,7 +543,7 @@ class ModelRun:
             log(f"[{self.model_id}] warning: corpus {self.opts.corpus!r} ran out after {count} tokens, fewer than "
                 f"--corpus-tokens {cap}; the covariance uses all {count} (n_tokens records it)")
 
-    def final_cov(self, done_counts: dict[int, int]):
+    def final_cov(self):
         """C = S / n of every layer from the checkpoint's finished sums, as a lazy Dask array
         (layer, d, d) float64 whose blocks are the store's write blocks of ``cov`` (whole shards:
         a few layers at small d_ff, one at large): each is unpacked from its packed triangles
@@ -552,7 +553,8 @@ class ModelRun:
         d = self.lm.d_ff
         self.final_provenance = self.provenance()
         self.unload()
-        n_tokens = np.array([done_counts[r] for r in range(len(self.layers))], dtype=np.int64)
+        counts = self.ckpt.state["done_counts"]  # every layer's, as its finished moment records it
+        n_tokens = np.array([counts[str(r)] for r in range(len(self.layers))], dtype=np.int64)
         return lazy_cov(self.ckpt.load_done, len(self.layers), d), n_tokens
 
     def run_corpus_sharded(self) -> tuple[Any, np.ndarray]:
@@ -603,8 +605,7 @@ class ModelRun:
             rows = list(range(len(self.layers)))
             self.ckpt.save_done(rows, merged, corpus_documents=n_docs, shards_run=len(spans),
                                 corpus_windows=windows)
-            done = {r: count for r in rows}
-        return self.final_cov(done)
+        return self.final_cov()
 
     def provenance(self) -> dict[str, Any]:
         import numpy

@@ -156,9 +156,6 @@ class LocalBackend(Backend):
     """A folder on local disk: writes go to a temporary name and are renamed into place (with
     fsync); a symbolic link inside the store is refused, never followed."""
 
-    def check_bucket(self) -> None:
-        return None
-
     def list(self) -> dict[str, Entry]:
         with self.errors():
             out: dict[str, Entry] = {}
